@@ -1,0 +1,255 @@
+"""The ``Directory`` interface: what the SCIM handler may ask of any directory backend.
+
+Entries are LDAP-shaped: a DN and case-insensitive, multi-valued attributes whose values are
+``str`` (or ``bytes`` for binary attributes such as objectGUID). Filters are RFC 4515 strings, DNs
+RFC 4514 strings. ``search`` streams pages; ``changes`` returns adds, modifications, renames and
+deletions since an opaque watermark. Every implementation raises the ``DirectoryError`` family and
+declares which of those are worth retrying in ``recoverable_errors``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import ClassVar, Self
+
+AttrValue = str | bytes
+
+
+class DirectoryError(Exception):
+    """Root of every error a directory plugin raises."""
+
+
+class NoSuchObjectError(DirectoryError):
+    """The entry (or the search base) does not exist."""
+
+
+class AlreadyExistsError(DirectoryError):
+    """An entry with that DN, or a value that must be unique, already exists."""
+
+
+class ConstraintError(DirectoryError):
+    """The change breaks a schema rule, a syntax or a constraint (object class, attribute value, …)."""
+
+
+class NotAllowedError(DirectoryError):
+    """The operation is not allowed on this entry (deleting a non-leaf, renaming onto itself, …)."""
+
+
+class InsufficientAccessError(DirectoryError):
+    """The bound identity may not do this."""
+
+
+class InvalidFilterError(DirectoryError):
+    """The RFC 4515 filter string does not parse."""
+
+
+class InvalidDNError(DirectoryError):
+    """The RFC 4514 DN string does not parse."""
+
+
+class UnavailableError(DirectoryError):
+    """The server is down, busy or unreachable: try again later."""
+
+
+class DirectoryTimeoutError(UnavailableError):
+    """The operation did not finish within its time limit."""
+
+
+class Scope(enum.IntEnum):
+    BASE = 0
+    ONELEVEL = 1
+    SUBTREE = 2
+
+
+class Attributes(Mapping[str, list[AttrValue]]):
+    """Attribute name → values, with case-insensitive names that keep their first spelling."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[str, Iterable[AttrValue]] | Iterable[tuple[str, Iterable[AttrValue]]] = ()):
+        self._data: dict[str, tuple[str, list[AttrValue]]] = {}
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for name, values in pairs:
+            self.set(name, values)
+
+    def __getitem__(self, name: str) -> list[AttrValue]:
+        return self._data[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return (spelled for spelled, _ in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Attributes({dict(self.items())!r})"
+
+    def set(self, name: str, values: Iterable[AttrValue]) -> None:
+        """Replace an attribute's values; an empty list removes the attribute."""
+        listed = list(values)
+        key = name.lower()
+        if not listed:
+            self._data.pop(key, None)
+        elif key in self._data:
+            self._data[key] = (self._data[key][0], listed)
+        else:
+            self._data[key] = (name, listed)
+
+    def remove(self, name: str) -> None:
+        self._data.pop(name.lower(), None)
+
+    def first(self, name: str) -> AttrValue | None:
+        item = self._data.get(name.lower())
+        return item[1][0] if item else None
+
+    def text(self, name: str) -> str | None:
+        """The first value as text (binary values decoded as UTF-8 with replacement)."""
+        value = self.first(name)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        return value
+
+    def copy(self) -> Attributes:
+        clone = Attributes()
+        clone._data = {key: (spelled, list(values)) for key, (spelled, values) in self._data.items()}
+        return clone
+
+
+@dataclass(slots=True)
+class Entry:
+    """One directory entry: its DN and attributes (operational ones included when asked for)."""
+
+    dn: str
+    attributes: Attributes = field(default_factory=Attributes)
+
+    def get(self, name: str) -> list[AttrValue]:
+        return self.attributes.get(name, [])
+
+    def first(self, name: str) -> AttrValue | None:
+        return self.attributes.first(name)
+
+    def text(self, name: str) -> str | None:
+        return self.attributes.text(name)
+
+
+class ModOp(enum.Enum):
+    ADD = "add"
+    DELETE = "delete"
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True, slots=True)
+class Modification:
+    """One change to one attribute. ``DELETE`` with no values removes the whole attribute."""
+
+    op: ModOp
+    attribute: str
+    values: tuple[AttrValue, ...] = ()
+
+
+class ChangeKind(enum.Enum):
+    ADD = "add"
+    MODIFY = "modify"
+    RENAME = "rename"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change since a watermark. ``entry`` is the current state (for a deletion: the last state
+    known, at least the anchor attribute); ``old_dn`` is set for renames."""
+
+    kind: ChangeKind
+    dn: str
+    entry: Entry | None
+    old_dn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Changes since a watermark, oldest first; ``more`` says another call would return more."""
+
+    changes: list[Change]
+    watermark: str
+    more: bool = False
+
+
+class Directory(abc.ABC):
+    """An open connection to one directory (an async context manager)."""
+
+    #: Errors worth retrying with backoff; everything else surfaces at once.
+    recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = (UnavailableError,)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect (and bind); raise ``UnavailableError`` when the server cannot be reached."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection; safe to call twice."""
+
+    @property
+    @abc.abstractmethod
+    def base_dn(self) -> str:
+        """The naming context searches start from when the caller gives no base."""
+
+    @abc.abstractmethod
+    def search(
+        self,
+        base: str,
+        ldap_filter: str = "(objectClass=*)",
+        *,
+        scope: Scope = Scope.SUBTREE,
+        attributes: Sequence[str] | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[list[Entry]]:
+        """Stream matching entries page by page (no page is empty, except when nothing matches).
+
+        ``attributes=None`` returns all user attributes plus the operational ones the profile needs
+        (entryUUID / objectGUID); raises ``InvalidFilterError`` for a bad filter and
+        ``NoSuchObjectError`` for a missing base.
+        """
+
+    @abc.abstractmethod
+    async def get(self, dn: str, attributes: Sequence[str] | None = None) -> Entry | None:
+        """The entry at ``dn``, or None."""
+
+    @abc.abstractmethod
+    async def add(self, dn: str, attributes: Mapping[str, Sequence[AttrValue]]) -> None:
+        """Create an entry; ``AlreadyExistsError`` if the DN is taken."""
+
+    @abc.abstractmethod
+    async def modify(self, dn: str, changes: Sequence[Modification]) -> None:
+        """Apply all changes atomically, or none."""
+
+    @abc.abstractmethod
+    async def delete(self, dn: str) -> None:
+        """Delete a leaf entry."""
+
+    @abc.abstractmethod
+    async def rename(self, dn: str, new_rdn: str, *, new_superior: str | None = None) -> str:
+        """Change the RDN (the old RDN value is removed) and optionally move; returns the new DN."""
+
+    @abc.abstractmethod
+    async def changes(self, watermark: str | None, *, limit: int = 1000) -> ChangeSet:
+        """Changes after ``watermark`` (None: no changes, and the current watermark to start from)."""
+
+    async def ping(self) -> None:
+        """Raise ``UnavailableError`` unless the directory answers (readiness)."""
+        await self.get(self.base_dn, ["objectClass"])

@@ -1,0 +1,183 @@
+"""The request/response envelope carried by every transport (wire format version 1).
+
+A request is one SCIM operation (method, path, query parameters, JSON body) addressed to a domain,
+with an id, a deadline (Unix seconds) and an Ed25519 signature over its canonical encoding (see
+``signing``). A response names the request it answers, the SCIM status and body, the agent that
+produced it and how long each stage took. Both encode as UTF-8 JSON objects; ``decode_request`` and
+``decode_response`` reject anything else with an ``EnvelopeError`` that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from protocol.errors import ProtocolError
+
+VERSION = 1
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+class EnvelopeError(ProtocolError):
+    """The bytes on the wire are not a valid envelope (the message names what is wrong)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScimOperation:
+    """One SCIM call: ``GET /Users?filter=…``, ``PATCH /Groups/{id}`` with a PatchOp body, …"""
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "query": self.query, "body": self.body}
+
+    @property
+    def is_write(self) -> bool:
+        return self.method != "GET"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A signed SCIM request for the agents of ``domain``; void after ``deadline`` (Unix seconds)."""
+
+    id: str
+    domain: str
+    operation: ScimOperation
+    deadline: float
+    key_id: str | None = None
+    signature: str | None = None
+    reply_to: str | None = None
+    version: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "id": self.id,
+            "domain": self.domain,
+            "op": self.operation.to_dict(),
+            "deadline": self.deadline,
+            "reply_to": self.reply_to,
+            "key_id": self.key_id,
+            "sig": self.signature,
+        }
+
+    def signed_part(self) -> bytes:
+        """The canonical bytes a signature covers: every field but the signature itself."""
+        data = self.to_dict()
+        del data["sig"]
+        return canonical(data)
+
+    def with_signature(self, key_id: str, signature: str) -> Request:
+        return replace(self, key_id=key_id, signature=signature)
+
+    def encode(self) -> bytes:
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The answer to request ``request_id``: SCIM status and body, who answered, stage timings (ms)."""
+
+    request_id: str
+    status: int
+    body: Any = None
+    agent_id: str = ""
+    timing: dict[str, float] = field(default_factory=dict)
+    version: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "request_id": self.request_id,
+            "status": self.status,
+            "body": self.body,
+            "agent_id": self.agent_id,
+            "timing": self.timing,
+        }
+
+    def encode(self) -> bytes:
+        return _dumps(self.to_dict())
+
+
+def canonical(data: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8, finite numbers only."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _load_object(raw: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EnvelopeError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise EnvelopeError(f"{what} nests too deeply") from None
+    if not isinstance(data, dict):
+        raise EnvelopeError(f"{what} must be a JSON object, not {type(data).__name__}")
+    version = data.get("v")
+    if version != VERSION:
+        raise EnvelopeError(f"{what} has unsupported version {version!r} (this side speaks {VERSION})")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str, *, optional: bool = False) -> Any:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise EnvelopeError(f"{what} field {name!r} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def decode_request(raw: bytes | str) -> Request:
+    """Parse and validate a request envelope; raises ``EnvelopeError`` naming the faulty field."""
+    data = _load_object(raw, "request")
+    op = _field(data, "op", dict, "request")
+    method = _field(op, "method", str, "request op").upper()
+    if method not in METHODS:
+        raise EnvelopeError(f"request op method {method!r} is not one of {', '.join(sorted(METHODS))}")
+    path = _field(op, "path", str, "request op")
+    if not path.startswith("/"):
+        raise EnvelopeError(f"request op path {path!r} must start with '/'")
+    query = op.get("query") or {}
+    if not isinstance(query, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in query.items()):
+        raise EnvelopeError("request op query must be an object of string values")
+    deadline = float(_field(data, "deadline", (int, float), "request"))
+    if not math.isfinite(deadline):
+        raise EnvelopeError("request field 'deadline' must be a finite number")
+    request_id = _field(data, "id", str, "request")
+    if not request_id or len(request_id) > 200:
+        raise EnvelopeError("request field 'id' must be 1 to 200 characters")
+    return Request(
+        id=request_id,
+        domain=_field(data, "domain", str, "request"),
+        operation=ScimOperation(method=method, path=path, query=dict(query), body=op.get("body")),
+        deadline=deadline,
+        key_id=_field(data, "key_id", str, "request", optional=True),
+        signature=_field(data, "sig", str, "request", optional=True),
+        reply_to=_field(data, "reply_to", str, "request", optional=True),
+    )
+
+
+def decode_response(raw: bytes | str) -> Response:
+    """Parse and validate a response envelope; raises ``EnvelopeError`` naming the faulty field."""
+    data = _load_object(raw, "response")
+    timing = data.get("timing") or {}
+    if not isinstance(timing, dict):
+        raise EnvelopeError("response field 'timing' must be an object")
+    return Response(
+        request_id=_field(data, "request_id", str, "response"),
+        status=_field(data, "status", int, "response"),
+        body=data.get("body"),
+        agent_id=_field(data, "agent_id", str, "response", optional=True) or "",
+        timing={str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))},
+    )

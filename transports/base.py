@@ -1,0 +1,150 @@
+"""The ``Transport`` and ``Requester`` interfaces: how requests reach an agent and answers come back.
+
+The agent side is a ``Transport``: an async context manager yielding ``Delivery`` objects. Each
+delivery carries the raw envelope bytes and is settled exactly once: ``ack`` (done), ``retry_later``
+(give it back; it will be delivered again) or ``dead_letter`` (poison: park it with a reason).
+``reply`` sends the response envelope to whoever asked. The requester side is a ``Requester``:
+send a request envelope, await the response envelope, many in flight.
+
+Each implementation declares the errors worth reconnecting for in ``recoverable_errors``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import ClassVar, Self
+
+
+class TransportError(Exception):
+    """Root of every transport error."""
+
+
+class TransportClosedError(TransportError):
+    """Used after ``close()`` by us (not broken by the peer)."""
+
+
+class TransportBrokenError(TransportError):
+    """The connection was lost or refused by the peer; reconnecting may help."""
+
+
+class AlreadySettledError(TransportError):
+    """A delivery was settled twice."""
+
+
+class MessageTooLargeError(TransportError):
+    """A message exceeds what the transport carries, even after splitting."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """No response arrived before the requester's timeout."""
+
+
+class Settlement(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+class Delivery(abc.ABC):
+    """One received request message, to be replied to and settled exactly once."""
+
+    #: The envelope bytes as received.
+    payload: bytes
+    #: How many times the transport has handed out this message (1 on first delivery).
+    delivery_count: int = 1
+    #: The transport authenticated the sender itself (HTTP bearer/mTLS): no envelope signature needed.
+    trusted: bool = False
+    settlement: Settlement | None = None
+
+    @property
+    def redelivered(self) -> bool:
+        return self.delivery_count > 1
+
+    @abc.abstractmethod
+    async def reply(self, payload: bytes) -> None:
+        """Send a response envelope to the requester."""
+
+    async def settle(self, outcome: Settlement, reason: str = "") -> None:
+        if self.settlement is not None:
+            raise AlreadySettledError(f"delivery already settled as {self.settlement.value}")
+        self.settlement = outcome
+        await self._settle(outcome, reason)
+
+    async def ack(self) -> None:
+        await self.settle(Settlement.ACK)
+
+    async def retry_later(self, reason: str) -> None:
+        await self.settle(Settlement.RETRY, reason)
+
+    async def dead_letter(self, reason: str) -> None:
+        await self.settle(Settlement.DEAD_LETTER, reason)
+
+    @abc.abstractmethod
+    async def _settle(self, outcome: Settlement, reason: str) -> None: ...
+
+
+class Transport(abc.ABC):
+    """The agent's side of a transport: consume the request queues of some domains."""
+
+    #: Errors worth reconnecting for; anything else is a bug or a configuration problem.
+    recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportBrokenError,)
+    #: Largest message the transport carries (bytes), or None for no limit.
+    max_message_size: int | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect and declare what is needed; fail fast if the first connection is refused."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop consuming and disconnect; unsettled deliveries go back to the queue. Idempotent."""
+
+    @abc.abstractmethod
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        """Deliveries as they arrive; ends after ``stop_consuming()`` or ``close()``."""
+
+    @abc.abstractmethod
+    async def stop_consuming(self) -> None:
+        """Take no new work; deliveries already handed out can still be replied to and settled."""
+
+    @property
+    def connected(self) -> bool:
+        """Readiness: the transport can take work now."""
+        return True
+
+
+class Requester(abc.ABC):
+    """The service's side: send request envelopes to a domain's agents and await their responses."""
+
+    max_message_size: int | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def request(self, domain: str, request_id: str, payload: bytes, *, timeout: float) -> bytes:
+        """Send one request envelope and return the response envelope (``RequestTimeoutError`` if late)."""
