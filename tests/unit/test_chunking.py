@@ -84,6 +84,7 @@ def test_pending_memory_is_capped() -> None:
     """Chunks beyond max_pending_bytes are refused instead of buffered."""
     buffer = Reassembler(max_pending_bytes=10_000)
     frames = chunking.encode(os.urandom(40_000), LIMIT)
+
     def feed_all() -> None:
         for f in frames:
             buffer.add(f.body, f.headers)

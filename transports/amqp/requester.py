@@ -1,0 +1,199 @@
+"""The service's side of the ``amqp`` transport: publish requests, await correlated replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Self
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from protocol import chunking
+from transports.amqp.settings import (
+    CONNECTION_ERRORS,
+    RECOVERABLE_ERRORS,
+    AmqpSettings,
+    declare_request_queue,
+    open_connection,
+    safe_url,
+)
+from transports.base import (
+    MessageTooLargeError,
+    Requester,
+    RequestTimeoutError,
+    TransportBrokenError,
+    TransportClosedError,
+)
+from transports.reconnect import Backoff, Reconnector
+
+log = structlog.get_logger("cloudprov.transport.amqp")
+
+
+class AmqpRequester(Requester):
+    """Publishes to ``cloudprov.requests.{domain}``; replies come to ``cloudprov.replies.{requester_id}``.
+
+    The reply queue is durable with an idle expiry (``reply_queue_expires``) rather than exclusive,
+    so replies published while this requester reconnects (or the broker restarts) wait for it;
+    it is consumed with an exclusive consumer, so no other process takes them.
+    """
+
+    def __init__(self, url: str, settings: AmqpSettings | None = None) -> None:
+        self.url = url
+        self.settings = settings or AmqpSettings()
+        self.requester_id = self.settings.requester_id or uuid.uuid4().hex[:16]
+        self.reply_queue = self.settings.reply_prefix + self.requester_id
+        self.max_message_size: int = self.settings.max_message_size
+        self._reconnector: Reconnector | None = None
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._generation = 0
+        self._declared: set[str] = set()
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._buffer = chunking.Reassembler(max_message_size=self.max_message_size * 64)
+        self._closed = False
+        self.late_replies = 0
+        self._log = log.bind(transport="amqp", side="requester", url=safe_url(url), requester_id=self.requester_id)
+
+    @classmethod
+    def from_url(cls, url: str, *, options: Mapping[str, Any] | None = None) -> Self:
+        return cls(url, AmqpSettings.from_url(url, options))
+
+    async def connect(self) -> None:
+        if self._reconnector is not None:
+            raise TransportClosedError("AmqpRequester.connect() called twice")
+        self._reconnector = Reconnector(
+            "amqp-requester",
+            self._open,
+            Backoff(self.settings.backoff_initial, self.settings.backoff_max),
+            RECOVERABLE_ERRORS,
+        )
+        try:
+            await self._reconnector.start()
+        except CONNECTION_ERRORS as exc:
+            raise TransportBrokenError(f"cannot connect to {safe_url(self.url)}: {type(exc).__name__}: {exc}") from exc
+
+    async def _open(self) -> None:
+        generation = self._generation + 1
+        connection = await open_connection(self.url, self.settings, f"cloudprov-requester:{self.requester_id}")
+        try:
+            connection.close_callbacks.add(self._on_close(generation))
+            channel = await connection.channel(publisher_confirms=True)
+            channel.close_callbacks.add(self._on_close(generation))
+            await channel.set_qos(prefetch_count=max(self.settings.prefetch, 100))
+            queue = await channel.declare_queue(
+                self.reply_queue,
+                durable=True,
+                arguments={"x-expires": int(self.settings.reply_queue_expires * 1000)},
+            )
+            await queue.consume(self._on_reply, exclusive=True)
+        except BaseException:
+            await connection.close()
+            raise
+        old = self._connection
+        self._connection, self._channel, self._generation = connection, channel, generation
+        self._declared.clear()
+        if old is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await old.close()
+        if connection.is_closed or channel.is_closed:
+            raise TransportBrokenError("connection closed while it was being set up")
+
+    def _on_close(self, generation: int) -> Callable[[Any, BaseException | None], None]:
+        def closed(_sender: Any, exc: BaseException | None = None) -> None:
+            if generation == self._generation and not self._closed and self._reconnector is not None:
+                self._reconnector.lost(exc)
+
+        return closed
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        request_id = message.correlation_id or ""
+        try:
+            payload = self._buffer.add(message.body, message.headers)
+        except chunking.ChunkError as exc:
+            self._log.warning("malformed reply dropped", request_id=request_id, error=str(exc))
+            payload = None
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await message.ack()
+        if payload is None:
+            return
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            self.late_replies += 1
+            self._log.info("late or duplicate reply dropped", request_id=request_id)
+            return
+        future.set_result(payload)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(TransportClosedError("requester closed while awaiting the reply"))
+        if self._reconnector is not None:
+            await self._reconnector.aclose()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await connection.close()
+
+    async def request(self, domain: str, request_id: str, payload: bytes, *, timeout: float) -> bytes:
+        if self._closed or self._reconnector is None:
+            raise TransportClosedError("AmqpRequester is not connected")
+        try:
+            [frame] = chunking.encode(payload, self.max_message_size, split=False)
+        except chunking.PayloadTooLargeError as exc:
+            raise MessageTooLargeError(str(exc)) from exc
+        if request_id in self._pending:
+            raise ValueError(f"request {request_id} is already in flight")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        deadline = time.monotonic() + timeout
+        try:
+            await self._send(domain, request_id, frame, deadline)
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())):
+                return await future
+        except TimeoutError:
+            raise RequestTimeoutError(f"no reply to request {request_id} within {timeout:.1f}s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _send(self, domain: str, request_id: str, frame: chunking.Frame, deadline: float) -> None:
+        assert self._reconnector is not None
+        message = aio_pika.Message(
+            frame.body,
+            headers=dict(frame.headers),
+            message_id=request_id,
+            correlation_id=request_id,
+            reply_to=self.reply_queue,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+        )
+        queue_name = self.settings.queue_name(domain)
+        while True:
+            try:
+                await self._reconnector.wait_ready(max(0.0, deadline - time.monotonic()))
+            except TransportBrokenError:
+                raise TimeoutError from None
+            channel = self._channel
+            if channel is None:
+                raise TransportClosedError("AmqpRequester is closed")
+            try:
+                if domain not in self._declared:
+                    await declare_request_queue(channel, self.settings, domain)
+                    self._declared.add(domain)
+                await channel.default_exchange.publish(
+                    message, queue_name, timeout=max(0.1, deadline - time.monotonic())
+                )
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError from exc
+                self._reconnector.lost(exc)
+                await asyncio.sleep(0.05)
+            else:
+                return

@@ -1,0 +1,301 @@
+"""The agent's side of the ``amqp`` transport: consume the domains' request queues, reply, settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+
+from protocol import chunking
+from transports.amqp.settings import (
+    CONNECTION_ERRORS,
+    DEAD_LETTER_COUNT,
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTER_REASON,
+    RECOVERABLE_ERRORS,
+    AmqpSettings,
+    declare_request_queue,
+    open_connection,
+    safe_url,
+)
+from transports.base import (
+    Delivery,
+    MessageTooLargeError,
+    Settlement,
+    Transport,
+    TransportBrokenError,
+    TransportClosedError,
+)
+from transports.reconnect import Backoff, Reconnector
+
+log = structlog.get_logger("cloudprov.transport.amqp")
+
+
+@dataclass(slots=True)
+class _Link:
+    """One live connection: its generation number, channel and consumers."""
+
+    generation: int
+    connection: AbstractConnection
+    channel: AbstractChannel
+    consumers: list[tuple[AbstractQueue, str]]
+
+
+class AmqpDelivery(Delivery):
+    """A request message from a domain's quorum queue."""
+
+    def __init__(self, transport: AmqpTransport, message: AbstractIncomingMessage, generation: int, queue: str) -> None:
+        self._transport = transport
+        self.message = message
+        self.generation = generation
+        self.queue = queue
+        headers = message.headers or {}
+        try:
+            self.payload = chunking.decode_frame(
+                message.body, chunking.cp_headers(headers), max_message_size=transport.max_message_size
+            )
+        except chunking.ChunkError:
+            self.payload = message.body  # the dispatcher finds it malformed and dead-letters it
+        returned = headers.get("x-delivery-count")
+        if isinstance(returned, int) and not isinstance(returned, bool) and returned >= 0:
+            self.delivery_count = returned + 1
+        else:
+            self.delivery_count = 2 if message.redelivered else 1
+        self.request_id = message.correlation_id or message.message_id or ""
+        self.reply_to = message.reply_to or ""
+
+    async def reply(self, payload: bytes) -> None:
+        await self._transport._reply(self, payload)
+
+    async def _settle(self, outcome: Settlement, reason: str) -> None:
+        await self._transport._settle(self, outcome, reason)
+
+
+class AmqpTransport(Transport):
+    """Consumes ``cloudprov.requests.{domain}`` for each domain (see the package docstring)."""
+
+    recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = RECOVERABLE_ERRORS
+
+    def __init__(self, url: str, domains: Sequence[str], settings: AmqpSettings | None = None) -> None:
+        self.url = url
+        self.domains = tuple(domains)
+        self.settings = settings or AmqpSettings()
+        self.max_message_size: int = self.settings.max_message_size
+        self._reconnector: Reconnector | None = None
+        self._link: _Link | None = None
+        self._generation = 0
+        self._consuming = True
+        self._closed = False
+        self._inbox: asyncio.Queue[AmqpDelivery | None] = asyncio.Queue()
+        self._log = log.bind(transport="amqp", url=safe_url(url))
+
+    @classmethod
+    def from_url(cls, url: str, *, domains: Sequence[str], options: Mapping[str, Any] | None = None) -> Self:
+        return cls(url, domains, AmqpSettings.from_url(url, options))
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    async def connect(self) -> None:
+        if self._reconnector is not None:
+            raise TransportClosedError("AmqpTransport.connect() called twice")
+        self._reconnector = Reconnector(
+            "amqp",
+            self._open,
+            Backoff(self.settings.backoff_initial, self.settings.backoff_max),
+            RECOVERABLE_ERRORS,
+        )
+        try:
+            await self._reconnector.start()
+        except CONNECTION_ERRORS as exc:
+            raise TransportBrokenError(f"cannot connect to {safe_url(self.url)}: {type(exc).__name__}: {exc}") from exc
+
+    async def _open(self) -> None:
+        generation = self._generation + 1
+        connection = await open_connection(self.url, self.settings, f"cloudprov-agent:{','.join(self.domains)}")
+        try:
+            connection.close_callbacks.add(self._on_close(generation))
+            channel = await connection.channel(publisher_confirms=True)
+            channel.close_callbacks.add(self._on_close(generation))
+            await channel.set_qos(prefetch_count=self.settings.prefetch)
+            consumers = []
+            for domain in self.domains:
+                queue = await declare_request_queue(channel, self.settings, domain)
+                if self._consuming:
+                    tag = await queue.consume(self._on_message(generation, queue.name))
+                    consumers.append((queue, tag))
+        except BaseException:
+            await connection.close()
+            raise
+        old, self._link, self._generation = self._link, _Link(generation, connection, channel, consumers), generation
+        if old is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await old.connection.close()
+        if connection.is_closed or channel.is_closed:
+            raise TransportBrokenError("connection closed while it was being set up")
+        self._log.info("consuming", queues=[q.name for q, _ in consumers], generation=generation)
+
+    def _on_close(self, generation: int) -> Callable[[Any, BaseException | None], None]:
+        def closed(_sender: Any, exc: BaseException | None = None) -> None:
+            if generation == self._generation and not self._closed and self._reconnector is not None:
+                self._reconnector.lost(exc)
+
+        return closed
+
+    def _on_message(self, generation: int, queue: str) -> Callable[[AbstractIncomingMessage], Any]:
+        async def received(message: AbstractIncomingMessage) -> None:
+            if not self._consuming or generation != self._generation:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await message.nack(requeue=True)
+                return
+            self._inbox.put_nowait(AmqpDelivery(self, message, generation, queue))
+
+        return received
+
+    async def stop_consuming(self) -> None:
+        if not self._consuming:
+            return
+        self._consuming = False
+        link = self._link
+        if link is not None:
+            for queue, tag in link.consumers:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await queue.cancel(tag)
+        while not self._inbox.empty():  # received but never handed out: give them back now
+            delivery = self._inbox.get_nowait()
+            if delivery is not None and delivery.generation == self._generation:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await delivery.message.nack(requeue=True)
+        self._inbox.put_nowait(None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._reconnector is not None:
+            await self.stop_consuming()
+        self._closed = True
+        if self._reconnector is not None:
+            await self._reconnector.aclose()
+        link, self._link = self._link, None
+        if link is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await link.connection.close()  # unsettled deliveries return to their queues
+        self._log.info("closed")
+
+    @property
+    def connected(self) -> bool:
+        return (
+            not self._closed
+            and self._reconnector is not None
+            and self._reconnector.ready.is_set()
+            and self._link is not None
+            and not self._link.connection.is_closed
+        )
+
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        if self._reconnector is None:
+            raise TransportClosedError("AmqpTransport is not connected: use `async with` or connect() first")
+        while True:
+            delivery = await self._inbox.get()
+            if delivery is None:
+                self._inbox.put_nowait(None)  # every iterator ends, not just the first
+                return
+            if delivery.generation != self._generation:
+                continue  # its connection is gone and the broker has requeued it
+            yield delivery
+
+    # ---- replies and settlement ---------------------------------------------------------------
+    async def _channel(self, deadline: float) -> AbstractChannel:
+        if self._closed or self._reconnector is None:
+            raise TransportClosedError("AmqpTransport is closed")
+        await self._reconnector.wait_ready(max(0.0, deadline - time.monotonic()))
+        if self._link is None:
+            raise TransportClosedError("AmqpTransport is closed")
+        return self._link.channel
+
+    async def _publish(self, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish with a broker confirm, riding out a reconnect for up to ``publish_timeout``."""
+        deadline = time.monotonic() + self.settings.publish_timeout
+        while True:
+            channel = await self._channel(deadline)
+            try:
+                await channel.default_exchange.publish(
+                    message, routing_key, timeout=max(0.1, deadline - time.monotonic())
+                )
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise TransportBrokenError(f"publish to {routing_key!r} failed: {exc}") from exc
+                if self._reconnector is not None:
+                    self._reconnector.lost(exc)
+                await asyncio.sleep(0.05)
+            else:
+                return
+
+    async def _reply(self, delivery: AmqpDelivery, payload: bytes) -> None:
+        rlog = self._log.bind(request_id=delivery.request_id, queue=delivery.queue)
+        if not delivery.reply_to:
+            rlog.warning("request has no reply_to; reply dropped")
+            return
+        if not delivery.reply_to.startswith(self.settings.reply_prefix):
+            rlog.error("reply_to outside the reply prefix; reply dropped", reply_to=delivery.reply_to)
+            return
+        try:
+            frames = chunking.encode(payload, self.max_message_size)
+        except chunking.PayloadTooLargeError as exc:
+            raise MessageTooLargeError(str(exc)) from exc
+        for frame in frames:
+            await self._publish(
+                aio_pika.Message(
+                    frame.body,
+                    headers=dict(frame.headers),
+                    correlation_id=delivery.request_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                ),
+                delivery.reply_to,
+            )
+        if len(frames) > 1:
+            rlog.info("reply split into chunks", chunks=len(frames), size=len(payload))
+
+    async def _settle(self, delivery: AmqpDelivery, outcome: Settlement, reason: str) -> None:
+        slog = self._log.bind(request_id=delivery.request_id, queue=delivery.queue, outcome=outcome.value)
+        link = self._link
+        if link is None or delivery.generation != link.generation or link.channel.is_closed:
+            slog.warning("settlement lost with its connection; the broker redelivers the message")
+            return
+        message = delivery.message
+        try:
+            if outcome is Settlement.ACK:
+                await message.ack()
+            elif outcome is Settlement.RETRY:
+                await message.nack(requeue=True)
+            else:
+                headers = dict(message.headers or {})
+                headers.update(
+                    {
+                        DEAD_LETTER_REASON: reason[:1000],
+                        DEAD_LETTER_COUNT: delivery.delivery_count,
+                        DEAD_LETTER_QUEUE: delivery.queue,
+                    }
+                )
+                await link.channel.default_exchange.publish(
+                    aio_pika.Message(
+                        message.body,
+                        headers=headers,
+                        correlation_id=message.correlation_id,
+                        message_id=message.message_id,
+                        reply_to=message.reply_to,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    delivery.queue + self.settings.dead_letter_suffix,
+                    timeout=self.settings.publish_timeout,
+                )
+                await message.ack()
+                slog.warning("dead-lettered", reason=reason, delivery_count=delivery.delivery_count)
+        except CONNECTION_ERRORS as exc:
+            slog.warning("settlement lost with its connection; the broker redelivers the message", error=str(exc))
