@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 from uuid import uuid4
 
 import aiohttp
@@ -57,7 +57,7 @@ from transports.base import (
     TransportClosedError,
     TransportError,
 )
-from transports.registry import TransportSettingsError, read_settings
+from transports.registry import TransportSettingsError, read_settings, split_url
 
 SCIM_JSON = "application/scim+json"
 log = structlog.get_logger(__name__)
@@ -171,7 +171,7 @@ class HttpTransport(Transport):
 
     @classmethod
     def from_url(cls, url: str, *, domains: Sequence[str], options: Mapping[str, Any] | None = None) -> Self:
-        parts = urlsplit(url)
+        parts = split_url(url)
         tls = parts.scheme == "https"
         settings = read_settings(
             HttpServerSettings,
@@ -330,9 +330,10 @@ class HttpRequester(Requester):
 
     @classmethod
     def from_url(cls, url: str, *, options: Mapping[str, Any] | None = None) -> Self:
-        parts = urlsplit(url)
+        parts = split_url(url)
         settings = read_settings(HttpClientSettings, url, options)
-        return cls(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), settings)
+        scheme = parts.scheme if parts.scheme in {"http", "https"} else "https" if settings.tls_ca else "http"
+        return cls(urlunsplit((scheme, parts.netloc, parts.path, "", "")), settings)
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 from uuid import uuid4
 
 from transports.base import (
@@ -44,7 +44,7 @@ from transports.base import (
     TransportClosedError,
     TransportError,
 )
-from transports.registry import read_settings
+from transports.registry import read_settings, split_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ class LocalSettings:
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> LocalSettings:
-        parts = urlsplit(url)
+        parts = split_url(url)
         name = unquote(parts.netloc or parts.path.strip("/")) or "default"
         return read_settings(cls, url, options, broker=name)
 

@@ -29,6 +29,7 @@ How to write a transport (every built-in follows this shape)
       from the URL's host and path), converted to the field's annotated type (``str``, ``int``,
       ``float``, ``bool``, ``tuple[str, ...]`` or ``X | None``); unknown names are refused with
       "did you mean …?". The constructor takes the dataclass: ``LocalTransport(domains, settings)``.
+    * Parse the URL with ``split_url`` rather than ``urlsplit``: it also reads a dotted-path URL.
     * The module opens with the docstring template used here: what it is / connection URL and
       options / guarantees.
 """
@@ -43,7 +44,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from transports.base import Requester, Transport, TransportError
 
@@ -153,7 +154,7 @@ def read_settings(cls: type[S], url: str, options: Mapping[str, Any] | None = No
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     values: dict[str, Any] = dict(from_authority)
-    values.update(parse_qsl(urlsplit(_standard_url(url)).query, keep_blank_values=True))
+    values.update(parse_qsl(split_url(url).query, keep_blank_values=True))
     values.update(options or {})
     for key in values:
         if key not in names:
@@ -173,10 +174,12 @@ def _scheme_of(url: str) -> str:
     return head
 
 
-def _standard_url(url: str) -> str:
-    """The URL with a dotted-path scheme replaced, so ``urlsplit`` can read the rest."""
+def split_url(url: str) -> SplitResult:
+    """``urlsplit`` that also reads ``module:Class://rest`` (the dotted path comes back as the scheme)."""
     head, sep, rest = url.partition("://")
-    return f"x://{rest}" if sep and ":" in head else url
+    if sep and ":" in head:
+        return urlsplit(f"x://{rest}")._replace(scheme=head)
+    return urlsplit(url)
 
 
 def _table(kind: type[Transport] | type[Requester]) -> tuple[dict[str, str], str]:
