@@ -1,0 +1,212 @@
+"""Agent configuration: one YAML file validated into frozen, typed settings.
+
+Every setting has a default that works out of the box (local transport, memory directory). String
+values may reference the environment as ``${NAME}`` or ``${NAME:-default}``; secrets (and keys) may
+also be ``file:/path`` to read them from a mounted file. Environment variables named
+``CLOUDPROV__SECTION__KEY`` override the file (``CLOUDPROV__TRANSPORT__URL=amqp://…``).
+``load_settings`` raises ``ConfigError`` whose message names each faulty key and its problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_PREFIX = "CLOUDPROV__"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message lists each faulty key and what is wrong with it."""
+
+
+def _read_file_ref(value: Any) -> Any:
+    """``file:/run/secrets/x`` → the file's content without the trailing newline."""
+    if isinstance(value, str) and value.startswith("file:"):
+        path = Path(value.removeprefix("file:"))
+        try:
+            return path.read_text().rstrip("\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+    return value
+
+
+#: A secret: literal, ``${ENV}`` or ``file:/path``; never printed (``SecretStr``).
+Secret = Annotated[SecretStr, BeforeValidator(_read_file_ref)]
+#: A non-secret value that may still come from a mounted file (public keys, CA bundles).
+FileOrText = Annotated[str, BeforeValidator(_read_file_ref)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(Section):
+    id: str = Field(default_factory=socket.gethostname, description="Agent id in responses and logs (host name).")
+    domains: list[str] = Field(default=["example.com"], min_length=1, description="Domains this agent serves.")
+    state_dir: Path = Field(default=Path("state"), description="Writable folder for the agent's state (keys, stores).")
+
+
+class TransportSection(Section):
+    url: str = Field(default="local://", description="Where requests come from: local://, http://, amqp://, sb://.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Transport-specific options (see docs).")
+
+    @field_validator("url")
+    @classmethod
+    def _has_scheme(cls, url: str) -> str:
+        if "://" not in url:
+            raise ValueError(
+                f"{url!r} is not a URL; expected e.g. local://, amqp://host/, sb://ns.servicebus.windows.net/"
+            )
+        return url
+
+
+class DirectorySection(BaseModel):
+    """``plugin`` picks the backend; the other keys are that plugin's settings, validated by it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    plugin: str = Field(default="memory", description="Directory plugin: memory or ldap.")
+
+    def plugin_settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ScimSection(Section):
+    profile: str = Field(default="openldap", description="SCIM ↔ LDAP mapping profile: openldap or ad.")
+    profile_overrides: dict[str, Any] = Field(default_factory=dict, description="Changes to the profile's mapping.")
+    max_page_size: int = Field(default=1000, ge=1, le=10_000, description="Largest `count` a list request may ask for.")
+    default_page_size: int = Field(default=100, ge=1, description="Page size when a list request gives no `count`.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted (bytes).")
+    cursor_ttl: float = Field(default=300.0, gt=0, description="Seconds an idle list cursor stays open.")
+    max_cursors: int = Field(default=64, ge=1, description="Open list cursors at most (oldest closed first).")
+
+
+class SigningSection(Section):
+    public_keys: dict[str, FileOrText] = Field(
+        default_factory=dict, description="Trusted request-signing keys: key id → Ed25519 public key (base64 or PEM)."
+    )
+    clock_skew: float = Field(default=30.0, ge=0, description="Seconds of clock difference tolerated on deadlines.")
+    max_lifetime: float = Field(default=900.0, gt=0, description="Longest deadline a request may carry (seconds).")
+
+
+class DispatcherSection(Section):
+    max_in_flight: int = Field(default=64, ge=1, description="Requests handled at once.")
+    max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a failing message is dead-lettered.")
+    grace_period: float = Field(default=30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
+    idempotency_ttl: float = Field(default=3600.0, gt=0, description="Seconds a response is kept for redeliveries.")
+    idempotency_max_entries: int = Field(default=100_000, ge=1, description="Responses kept for redeliveries.")
+
+
+class RetrySection(Section):
+    attempts: int = Field(default=4, ge=1, description="Tries of a directory call that failed recoverably.")
+    initial_backoff: float = Field(default=0.2, ge=0, description="First wait between tries (seconds).")
+    max_backoff: float = Field(default=5.0, ge=0, description="Longest wait between tries (seconds).")
+    jitter: float = Field(default=0.2, ge=0, description="Random extra wait, up to this many seconds.")
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Lowest level logged.")
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json in containers; console on a terminal; auto picks by whether stderr is a TTY."
+    )
+
+
+class AgentSettings(Section):
+    agent: AgentSection = Field(default_factory=AgentSection)
+    transport: TransportSection = Field(default_factory=TransportSection)
+    directory: DirectorySection = Field(default_factory=DirectorySection)
+    scim: ScimSection = Field(default_factory=ScimSection)
+    signing: SigningSection = Field(default_factory=SigningSection)
+    dispatcher: DispatcherSection = Field(default_factory=DispatcherSection)
+    retry: RetrySection = Field(default_factory=RetrySection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+
+def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set (referenced as ${{{name}}})")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``CLOUDPROV__TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}`` (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name.removeprefix(ENV_PREFIX).split("__") if part]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return tree
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AgentSettings:
+    """Read, interpolate and validate the agent's YAML file (None: defaults plus env overrides)."""
+    env = os.environ if env is None else env
+    source = str(path) if path else "defaults"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
+    data = merge(interpolate(data, env), env_overrides(env))
+    try:
+        return AgentSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

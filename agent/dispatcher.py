@@ -1,0 +1,195 @@
+"""The dispatcher: deliveries in, verified SCIM operations through the handler, responses out.
+
+For each delivery, in this order: refuse poison (delivered more than ``max_deliveries`` times:
+dead-letter), decode the envelope (malformed: dead-letter with the reason), check the domain,
+verify signature/deadline/freshness (refused: answer the SCIM error, touch nothing), answer a
+redelivered id from the response store (never apply a write twice), then run the operation within
+the request's deadline and at most ``max_in_flight`` at once. Settlement follows one policy: ack
+after the reply is sent; give the delivery back (retry later) when the directory is unavailable and
+deliveries remain; dead-letter poison. ``drain`` waits for in-flight work at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.config import DispatcherSection
+from agent.idempotency import InFlight, ResponseStore
+from agent.scim.handler import Result, ScimHandler
+from protocol.envelope import EnvelopeError, Request, Response, decode_request
+from protocol.errors import ScimError
+from protocol.signing import SignatureError, Verifier
+from transports.base import Delivery, Transport, TransportError
+
+_log = structlog.get_logger("cloudprov.dispatcher")
+
+
+@dataclass
+class Counters:
+    """What the dispatcher did, for status reports and metrics."""
+
+    received: int = 0
+    answered: int = 0
+    replayed_from_store: int = 0
+    refused: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    errors: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        handler: ScimHandler,
+        verifier: Verifier,
+        settings: DispatcherSection,
+        *,
+        agent_id: str,
+        domains: Sequence[str],
+        max_body_bytes: int = 1_048_576,
+    ) -> None:
+        self.handler = handler
+        self.verifier = verifier
+        self.settings = settings
+        self.agent_id = agent_id
+        self.domains = {d.lower() for d in domains}
+        self.max_body_bytes = max_body_bytes
+        self.responses = ResponseStore(settings.idempotency_ttl, settings.idempotency_max_entries)
+        self.running = InFlight()
+        self.counters = Counters()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def consume(self, transport: Transport) -> None:
+        """Take deliveries until the transport stops yielding them; each runs in its own task."""
+        async for delivery in transport.deliveries():
+            await self._slots.acquire()
+            task = asyncio.create_task(self._run(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for in-flight work; cancel the rest. Returns how many were cancelled."""
+        if not self._tasks:
+            return 0
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        return len(pending)
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            await self.process(delivery)
+        except Exception:
+            self.counters.errors += 1
+            _log.exception("delivery failed")
+            if delivery.settlement is None:
+                try:
+                    await delivery.retry_later("agent error")
+                except TransportError as error:
+                    _log.warning("could not give the delivery back", error=str(error))
+        finally:
+            self._slots.release()
+            structlog.contextvars.clear_contextvars()
+
+    async def process(self, delivery: Delivery) -> None:
+        received = time.monotonic()
+        self.counters.received += 1
+        if delivery.delivery_count > self.settings.max_deliveries:
+            await self._dead_letter(delivery, f"delivered {delivery.delivery_count} times without being settled")
+            return
+        if len(delivery.payload) > self.max_body_bytes:
+            await self._dead_letter(
+                delivery, f"message of {len(delivery.payload)} bytes exceeds the {self.max_body_bytes}-byte limit"
+            )
+            return
+        try:
+            request = decode_request(delivery.payload)
+        except EnvelopeError as error:
+            await self._dead_letter(delivery, f"malformed envelope: {error}")
+            return
+        structlog.contextvars.bind_contextvars(request_id=request.id, domain=request.domain)
+        if request.domain.lower() not in self.domains:
+            misdirected = ScimError(421, f"this agent does not serve domain {request.domain!r}")
+            await self._finish(delivery, request, misdirected)
+            return
+        if not delivery.trusted:
+            try:
+                self.verifier.verify(request, redelivered=delivery.redelivered)
+            except SignatureError as error:
+                self.counters.refused += 1
+                _log.warning("request refused", reason=str(error), kind=type(error).__name__)
+                await self._finish(delivery, request, error.to_scim())
+                return
+        stored = self.responses.get(request.id)
+        if stored is not None:
+            self.counters.replayed_from_store += 1
+            await self._reply_and_ack(delivery, stored)
+            return
+        running = self.running.begin(request.id)
+        if running is not None:
+            response = await running
+            if response is None:
+                await delivery.retry_later("the first copy of this request did not finish")
+            else:
+                await self._reply_and_ack(delivery, response)
+            return
+        payload: bytes | None = None
+        try:
+            result = await self._handle(request)
+            if result.transient and delivery.delivery_count < self.settings.max_deliveries and not _late(request):
+                self.counters.retried += 1
+                await delivery.retry_later(f"directory unavailable: {result.body.get('detail', '')}")
+                return
+            timing = {"handle_ms": round((time.monotonic() - received) * 1000, 3)}
+            payload = Response(request.id, result.status, result.body, self.agent_id, timing).encode()
+            self.responses.put(request.id, payload)
+            self._count(request, result.status)
+        finally:
+            self.running.end(request.id, payload)
+        await self._reply_and_ack(delivery, payload)
+
+    async def _handle(self, request: Request) -> Result:
+        remaining = request.deadline - time.time()
+        if remaining <= 0:
+            return Result(504, ScimError(504, f"request {request.id} reached its deadline before it ran").to_body())
+        try:
+            async with asyncio.timeout(remaining):
+                return await self.handler.handle(request.operation)
+        except TimeoutError:
+            return Result(504, ScimError(504, f"request {request.id} did not finish before its deadline").to_body())
+
+    def _count(self, request: Request, status: int) -> None:
+        key = f"{request.operation.method} {status // 100}xx"
+        self.counters.by_outcome[key] = self.counters.by_outcome.get(key, 0) + 1
+        self.counters.answered += 1
+
+    async def _finish(self, delivery: Delivery, request: Request, error: ScimError) -> None:
+        payload = Response(request.id, error.status, error.to_body(), self.agent_id).encode()
+        self._count(request, error.status)
+        await self._reply_and_ack(delivery, payload)
+
+    async def _reply_and_ack(self, delivery: Delivery, payload: bytes) -> None:
+        await delivery.reply(payload)
+        await delivery.ack()
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.counters.dead_lettered += 1
+        _log.warning("dead-lettered", reason=reason, deliveries=delivery.delivery_count)
+        await delivery.dead_letter(reason)
+
+
+def _late(request: Request) -> bool:
+    return request.deadline - time.time() < 1.0

@@ -1,0 +1,65 @@
+"""Responses kept by request id, so a redelivered request is answered again without running twice.
+
+``ResponseStore`` is a bounded, expiring map from request id to the encoded response. The
+dispatcher stores every response before it replies; a redelivery of the same id is answered from
+here and never reaches the directory. ``InFlight`` lets a duplicate that arrives while the first
+copy is still running wait for that copy's response instead of running in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+
+class ResponseStore:
+    def __init__(self, ttl: float = 3600.0, max_entries: int = 100_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, request_id: str) -> bytes | None:
+        item = self._items.get(request_id)
+        if item is None:
+            return None
+        if item[0] < time.monotonic():
+            del self._items[request_id]
+            return None
+        return item[1]
+
+    def put(self, request_id: str, response: bytes) -> None:
+        self._items[request_id] = (time.monotonic() + self._ttl, response)
+        self._items.move_to_end(request_id)
+        now = time.monotonic()
+        while self._items:
+            oldest_id, (expires, _) = next(iter(self._items.items()))
+            if expires >= now and len(self._items) <= self._max:
+                break
+            del self._items[oldest_id]
+
+
+class InFlight:
+    """Request ids being handled now, each with a future for its encoded response."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Future[bytes | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def begin(self, request_id: str) -> asyncio.Future[bytes | None] | None:
+        """None if this caller runs the request; else the future of the copy already running."""
+        running = self._running.get(request_id)
+        if running is not None:
+            return running
+        self._running[request_id] = asyncio.get_running_loop().create_future()
+        return None
+
+    def end(self, request_id: str, response: bytes | None) -> None:
+        future = self._running.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(response)

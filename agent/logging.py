@@ -1,0 +1,71 @@
+"""Structured logging with structlog: JSON when not on a terminal, secrets redacted in every line.
+
+``configure`` is called once at start. Per-request context (``request_id``, ``domain``,
+``transport``) is bound with ``structlog.contextvars`` by the dispatcher, so every line a request
+causes carries it. The redaction processor masks values of keys that look like secrets and
+credentials embedded in URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|private|authorization|api[_-]?key|sig)", re.I)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@", re.I)
+_CONN_STRING_KEY = re.compile(r"(SharedAccessKey|AccountKey|Password)=([^;]+)", re.I)
+REDACTED = "***"
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials inside URLs and connection strings."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    return _CONN_STRING_KEY.sub(lambda m: f"{m[1]}={REDACTED}", text)
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if _SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    return value
+
+
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: no secret reaches a log line."""
+    for key in list(event):
+        if key != "event":
+            event[key] = _redact_value(key, event[key])
+        elif isinstance(event[key], str):
+            event[key] = redact_text(event[key])
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """Set up structlog for the process (stderr; JSON unless ``console`` or a TTY with ``auto``)."""
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info if as_json else structlog.processors.StackInfoRenderer(),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,383 @@
+"""The SCIM 2.0 service provider (RFC 7643/7644) over any ``Directory``.
+
+``ScimHandler.handle(operation)`` answers one SCIM operation with ``(status, body)`` and never
+raises for bad input: malformed bodies, unknown paths, invalid filters and PATCHes become RFC 7644
+errors. Routes: ``/Users`` and ``/Groups`` (GET by id, list with filter/paging/projection, POST,
+PUT, PATCH, DELETE, ``POST /.search``), ``/ServiceProviderConfig``, ``/ResourceTypes``,
+``/Schemas``, and the delta extension ``GET /Changes?watermark=…`` (see ``changes``).
+Recoverable directory errors are retried by the policy; if they persist the result is marked
+``transient`` so the dispatcher can give the request back to the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.config import RetrySection, ScimSection
+from agent.retry import retrying
+from agent.scim import changes as change_feed
+from agent.scim import discovery
+from agent.scim.errors import scim_error
+from agent.scim.listing import Lister
+from agent.scim.patch import PatchOperation, apply_patch, parse_operations
+from agent.scim.profile import Profile, ResourceMapping
+from agent.scim.refs import Ref, References
+from agent.scim.resources import Resource, ci_get, diff, reference_dns, to_ldap, to_resource
+from agent.scim.values import text
+from plugins import dn as dnlib
+from plugins.directory import (
+    AttrValue,
+    Directory,
+    DirectoryError,
+    Entry,
+    Modification,
+    ModOp,
+    Scope,
+    UnavailableError,
+)
+from plugins.ldapfilter import escape_value
+from protocol import scimfilter
+from protocol.envelope import ScimOperation
+from protocol.errors import ScimError, invalid_syntax, invalid_value, mutability, not_found, uniqueness
+
+SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+_log = structlog.get_logger("cloudprov.scim")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    status: int
+    body: Any
+    transient: bool = False
+
+
+class ScimHandler:
+    def __init__(
+        self,
+        directory: Directory,
+        profile: Profile,
+        settings: ScimSection | None = None,
+        retry: RetrySection | None = None,
+        base: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.profile = profile
+        self.settings = settings or ScimSection()
+        self.retry = retry or RetrySection()
+        self.base = base or directory.base_dn
+        self.refs = References(directory, profile, self.base)
+        self.lister = Lister(self)
+
+    # ----------------------------------------------------------------- entry point
+
+    async def handle(self, op: ScimOperation) -> Result:
+        try:
+            route = self._route(op)
+            async for attempt in retrying(self.retry, self.directory.recoverable_errors):
+                with attempt:
+                    status, body = await route()
+            return Result(status, body)
+        except ScimError as error:
+            return Result(error.status, error.to_body())
+        except DirectoryError as error:
+            transient = isinstance(error, UnavailableError)
+            if not transient:
+                _log.warning("directory refused", error=str(error), kind=type(error).__name__)
+            return Result(*_error_body(scim_error(error)), transient=transient)
+        except Exception:
+            _log.exception("SCIM operation failed", method=op.method, path=op.path)
+            return Result(*_error_body(ScimError(500, f"the agent failed on {op.method} {op.path}; see its log")))
+
+    def _route(self, op: ScimOperation) -> Callable[[], Awaitable[tuple[int, Any]]]:
+        parts = [p for p in op.path.split("?", 1)[0].split("/") if p]
+        if not parts:
+            raise not_found("no SCIM endpoint at '/'")
+        head = parts[0].lower()
+        method = op.method
+        if head in {"serviceproviderconfig", "resourcetypes", "schemas"}:
+            if method != "GET":
+                raise ScimError(405, f"{op.path} is read-only")
+            return lambda: self._discovery(head, parts[1:])
+        if head == "changes" and len(parts) == 1 and method == "GET":
+            return lambda: change_feed.read(self, op.query)
+        if head not in {"users", "groups"}:
+            raise not_found(f"no SCIM endpoint at {op.path!r}")
+        mapping = self.profile.resource(head)
+        if len(parts) == 1:
+            if method == "GET":
+                return lambda: self.lister.search(mapping, op.query)
+            if method == "POST":
+                return lambda: self._create(mapping, op.body)
+        elif len(parts) == 2 and parts[1].lower() == ".search" and method == "POST":
+            return lambda: self.lister.search(mapping, _search_query(op.body))
+        elif len(parts) == 2:
+            scim_id = parts[1]
+            if method == "GET":
+                return lambda: self._get(mapping, scim_id, op.query)
+            if method == "PUT":
+                return lambda: self._replace(mapping, scim_id, op.body)
+            if method == "PATCH":
+                return lambda: self._patch(mapping, scim_id, op.body)
+            if method == "DELETE":
+                return lambda: self._delete(mapping, scim_id)
+        raise ScimError(405, f"{method} is not supported on {op.path}")
+
+    # ----------------------------------------------------------------- reads
+
+    async def _discovery(self, head: str, rest: list[str]) -> tuple[int, Any]:
+        if head == "serviceproviderconfig":
+            return 200, discovery.service_provider_config(self.settings.max_page_size)
+        documents = discovery.resource_types() if head == "resourcetypes" else discovery.schemas()
+        if not rest:
+            return 200, discovery.list_response(documents)
+        wanted = "/".join(rest).lower()
+        for document in documents:
+            if str(document["id"]).lower() == wanted:
+                return 200, document
+        raise not_found(f"no {head} entry named {'/'.join(rest)!r}")
+
+    async def resources(self, mapping: ResourceMapping, entries: list[Entry]) -> list[Resource]:
+        """SCIM resources for a page of entries, references resolved in one batch."""
+        dns = reference_dns(mapping, entries)
+        refs = await self.refs.refs_for(dns) if dns else {}
+        for entry in entries:
+            self.refs.ref_of(entry, mapping)
+        return [to_resource(mapping, entry, refs) for entry in entries]
+
+    async def resource(self, mapping: ResourceMapping, entry: Entry) -> Resource:
+        return (await self.resources(mapping, [entry]))[0]
+
+    async def _find(self, mapping: ResourceMapping, scim_id: str) -> Entry:
+        entry = await self.refs.find(mapping, scim_id)
+        if entry is None:
+            raise not_found(f"{mapping.name} {scim_id!r} not found")
+        return entry
+
+    async def _get(self, mapping: ResourceMapping, scim_id: str, query: dict[str, str]) -> tuple[int, Any]:
+        entry = await self._find(mapping, scim_id)
+        return 200, self.lister.project(await self.resource(mapping, entry), query)
+
+    # ----------------------------------------------------------------- writes
+
+    async def _resolve(self, scim_id: str) -> Ref | None:
+        return await self.refs.dn_for(scim_id, self.profile.resources)
+
+    def _rdn_value(self, mapping: ResourceMapping, resource: dict[str, Any]) -> str:
+        path = mapping.find(mapping.rdn_from)
+        name, sub, _ = path.parts if path else (mapping.rdn_from, None, None)
+        value = ci_get(resource, name)
+        if sub is not None and isinstance(value, dict):
+            value = ci_get(value, sub)
+        if not isinstance(value, str) or not value.strip():
+            raise invalid_value(f"{mapping.name} needs a non-empty {mapping.rdn_from}")
+        return value
+
+    async def _check_unique(self, mapping: ResourceMapping, rdn_value: str, own_dn: str | None = None) -> None:
+        attr = mapping.find(mapping.rdn_from)
+        if attr is None:
+            return
+        query = f"(&{mapping.ldap_filter}({attr.ldap}={escape_value(rdn_value)}))"
+        async for page in self.directory.search(self.base, query, attributes=[mapping.id_attribute], page_size=2):
+            for entry in page:
+                if own_dn is None or dnlib.normalize(entry.dn) != dnlib.normalize(own_dn):
+                    raise uniqueness(f"a {mapping.name} with {mapping.rdn_from} {rdn_value!r} already exists")
+
+    def _body(self, body: Any, mapping: ResourceMapping | None = None) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise invalid_syntax("the request body must be a JSON object")
+        if mapping is not None:
+            schemas = body.get("schemas")
+            if not isinstance(schemas, list) or mapping.schema.lower() not in {str(s).lower() for s in schemas}:
+                raise invalid_syntax(f"'schemas' must list {mapping.schema}")
+        return body
+
+    async def _create(self, mapping: ResourceMapping, body: Any) -> tuple[int, Any]:
+        resource = self._body(body, mapping)
+        rdn_value = self._rdn_value(mapping, resource)
+        await self._check_unique(mapping, rdn_value)
+        values = {k: v for k, v in (await to_ldap(mapping, resource, self._resolve)).items() if v}
+        attributes: dict[str, list[AttrValue]] = {"objectClass": list(mapping.object_classes)}
+        for name, defaults in mapping.create_defaults.items():
+            attributes[name] = list(defaults)
+        attributes.update(values)
+        attributes[mapping.rdn_attribute] = [rdn_value]
+        _fill_required(mapping, attributes, rdn_value)
+        dn = dnlib.join(f"{mapping.rdn_attribute}={dnlib.escape_value(rdn_value)}", f"{mapping.container},{self.base}")
+        await self.directory.add(dn, attributes)
+        entry = await self.directory.get(dn, mapping.ldap_attributes)
+        if entry is None:
+            raise ScimError(500, f"{mapping.name} was created at {dn!r} but cannot be read back")
+        return 201, await self.resource(mapping, entry)
+
+    async def _apply(self, mapping: ResourceMapping, entry: Entry, new: dict[str, Any]) -> Entry:
+        """Write ``new`` (a full resource) over ``entry``: rename if the RDN source changed, then modify."""
+        values = await to_ldap(mapping, new, self._resolve, current=entry)
+        dn = entry.dn
+        rdn_value = self._rdn_value(mapping, new)
+        current_rdn = dnlib.parse(dn)[0].get(mapping.rdn_attribute)
+        if current_rdn is None or current_rdn != rdn_value:
+            await self._check_unique(mapping, rdn_value, own_dn=dn)
+            ref = self.refs.ref_of(entry, mapping)
+            if ref is not None:
+                self.refs.forget(ref)
+            dn = await self.directory.rename(dn, f"{mapping.rdn_attribute}={dnlib.escape_value(rdn_value)}")
+        changes = diff(mapping, entry, values)
+        if changes:
+            await self.directory.modify(dn, changes)
+        updated = await self.directory.get(dn, mapping.ldap_attributes)
+        if updated is None:
+            raise not_found(f"{mapping.name} disappeared while it was being changed")
+        return updated
+
+    async def _replace(self, mapping: ResourceMapping, scim_id: str, body: Any) -> tuple[int, Any]:
+        resource = self._body(body, mapping)
+        given_id = ci_get(resource, "id")
+        if given_id is not None and given_id != scim_id:
+            raise mutability(f"id is immutable: the body says {given_id!r}, the path {scim_id!r}")
+        entry = await self._find(mapping, scim_id)
+        updated = await self._apply(mapping, entry, resource)
+        return 200, await self.resource(mapping, updated)
+
+    async def _patch(self, mapping: ResourceMapping, scim_id: str, body: Any) -> tuple[int, Any]:
+        operations = parse_operations(self._body(body))
+        entry = await self._find(mapping, scim_id)
+        members = await self._member_changes(mapping, entry, operations)
+        if members is not None:
+            if members:
+                await self.directory.modify(entry.dn, members)
+            updated = await self.directory.get(entry.dn, mapping.ldap_attributes)
+            if updated is None:
+                raise not_found(f"{mapping.name} {scim_id!r} disappeared while it was being changed")
+            return 200, await self.resource(mapping, updated)
+        current = await self.resource(mapping, entry)
+        patched = apply_patch(current, operations).resource
+        updated = await self._apply(mapping, entry, patched)
+        return 200, await self.resource(mapping, updated)
+
+    async def _member_changes(
+        self, mapping: ResourceMapping, entry: Entry, operations: tuple[PatchOperation, ...]
+    ) -> list[Modification] | None:
+        """A PATCH that only adds or removes group members, as value-level LDAP changes.
+
+        Returns None when the PATCH does anything else (it then goes through the general path).
+        Large groups are never read or rewritten whole to add or remove one member.
+        """
+        member_attr = mapping.find("members")
+        if member_attr is None:
+            return None
+        changes: list[Modification] = []
+        for op in operations:
+            path = op.path
+            if path is None or path.attr.name.lower() != "members" or path.attr.sub_attr or path.sub_attr:
+                return None
+            if op.op == "add" and path.filter is None:
+                ids = _member_ids(op.value)
+                if ids is None:
+                    return None
+                dns = await self._member_dns(ids)
+                wanted = [dn for dn in dns if not await self._holds(entry, member_attr.ldap, dn)]
+                changes.append(Modification(ModOp.ADD, member_attr.ldap, tuple(wanted)))
+            elif op.op == "remove" and path.filter is not None:
+                ids = _eq_value_ids(path.filter)
+                if ids is None:
+                    return None
+                refs = [await self._resolve(i) for i in ids]
+                dns = [r.dn for r in refs if r is not None and await self._holds(entry, member_attr.ldap, r.dn)]
+                if dns:
+                    changes.append(Modification(ModOp.DELETE, member_attr.ldap, tuple(dns)))
+            else:
+                return None
+        return [c for c in changes if c.values]
+
+    async def _holds(self, entry: Entry, attribute: str, value: str) -> bool:
+        """Whether ``entry`` has ``value`` in ``attribute``, asked of the server (no full read of a big group)."""
+        query = f"({attribute}={escape_value(value)})"
+        async for page in self.directory.search(entry.dn, query, scope=Scope.BASE, attributes=["objectClass"]):
+            if page:
+                return True
+        return False
+
+    async def _member_dns(self, ids: list[str]) -> list[str]:
+        dns = []
+        for scim_id in ids:
+            ref = await self._resolve(scim_id)
+            if ref is None:
+                raise invalid_value(f"members: no resource has id {scim_id!r}")
+            dns.append(ref.dn)
+        return dns
+
+    async def _delete(self, mapping: ResourceMapping, scim_id: str) -> tuple[int, Any]:
+        entry = await self._find(mapping, scim_id)
+        await self.directory.delete(entry.dn)
+        ref = self.refs.ref_of(entry, mapping)
+        if ref is not None:
+            self.refs.forget(ref)
+        return 204, None
+
+
+def _error_body(error: ScimError) -> tuple[int, Any]:
+    return error.status, error.to_body()
+
+
+def _fill_required(mapping: ResourceMapping, attributes: dict[str, list[AttrValue]], rdn_value: str) -> None:
+    """Fill attributes the structural object class requires (person: cn, sn) when SCIM left them out."""
+    classes = {c.lower() for c in mapping.object_classes}
+    if "person" in classes and "user" not in classes:
+        names = [text(v[0]) for v in (attributes.get("givenName"), attributes.get("sn")) if v]
+        display = attributes.get("displayName") or ([" ".join(names)] if names else [rdn_value])
+        attributes.setdefault("cn", list(display))
+        attributes.setdefault("sn", [text(attributes["cn"][0])])
+
+
+def _member_ids(value: Any) -> list[str] | None:
+    elements = value if isinstance(value, list) else [value]
+    ids = []
+    for element in elements:
+        scim_id = element.get("value") if isinstance(element, dict) else None
+        if not isinstance(scim_id, str):
+            return None
+        ids.append(scim_id)
+    return ids
+
+
+def _eq_value_ids(node: Any) -> list[str] | None:
+    """``value eq "a" or value eq "b"`` → ["a", "b"]; None for any other filter."""
+    if isinstance(node, scimfilter.Or):
+        ids: list[str] = []
+        for operand in node.operands:
+            found = _eq_value_ids(operand)
+            if found is None:
+                return None
+            ids.extend(found)
+        return ids
+    if (
+        isinstance(node, scimfilter.Compare)
+        and node.op == "eq"
+        and node.attr.name.lower() == "value"
+        and node.attr.sub_attr is None
+        and node.attr.uri is None
+        and isinstance(node.value, str)
+    ):
+        return [node.value]
+    return None
+
+
+def _search_query(body: Any) -> dict[str, str]:
+    """A SearchRequest body (``POST /.search``) as the query parameters of a list request."""
+    if not isinstance(body, dict):
+        raise invalid_syntax("a .search body must be a SearchRequest object")
+    query: dict[str, str] = {}
+    for key in ("filter", "startIndex", "count", "cursor"):
+        if body.get(key) is not None:
+            query[key] = str(body[key])
+    for key in ("attributes", "excludedAttributes"):
+        value = body.get(key)
+        if isinstance(value, list):
+            query[key] = ",".join(str(v) for v in value)
+        elif isinstance(value, str):
+            query[key] = value
+    return query

@@ -1,0 +1,157 @@
+"""Listing resources: filter, paging (``startIndex``/``count`` or cursors) and projection.
+
+Index paging (RFC 7644 §3.4.2.4) streams the directory's pages and counts every match for
+``totalResults`` while keeping only the requested window. Cursor paging (the
+draft-ietf-scim-cursor-pagination extension: ``cursor`` empty to start, ``nextCursor`` in the
+response) keeps one directory search open per cursor, so reading a whole directory page after page
+costs one pass, not one pass per page. Open cursors are bounded (``scim.max_cursors``) and expire
+after ``scim.cursor_ttl`` seconds idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent.scim.discovery import LIST_SCHEMA
+from agent.scim.profile import ResourceMapping
+from agent.scim.projection import AttrPath, parse_paths, project
+from agent.scim.resources import Resource
+from agent.scim.translate import translate
+from protocol import scimeval, scimfilter
+from protocol.errors import ScimError, invalid_value
+
+if TYPE_CHECKING:
+    from agent.scim.handler import ScimHandler
+
+
+def _int(query: dict[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid_value(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass
+class _Cursor:
+    stream: AsyncIterator[Resource]
+    mapping: ResourceMapping
+    returned: int
+    touched: float
+    lock: asyncio.Lock
+    pending: Resource | None = None
+
+
+class Lister:
+    def __init__(self, handler: ScimHandler) -> None:
+        self.handler = handler
+        self.settings = handler.settings
+        self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+
+    def project(self, resource: Resource, query: dict[str, str]) -> Resource:
+        return project(resource, parse_paths(query.get("attributes")), parse_paths(query.get("excludedAttributes")))
+
+    async def _matches(self, mapping: ResourceMapping, query: dict[str, str]) -> AsyncIterator[Resource]:
+        """Every resource of ``mapping`` that matches the request's filter, in directory order."""
+        node = scimfilter.parse_filter(query["filter"]) if query.get("filter") else None
+        if node is not None:
+            scimeval.check(node)
+        ldap_filter, exact = await translate(node, mapping, self.handler.refs)
+        handler = self.handler
+        async for page in handler.directory.search(
+            handler.base, ldap_filter, attributes=mapping.ldap_attributes, page_size=500
+        ):
+            for resource in await handler.resources(mapping, page):
+                if exact or node is None or scimeval.matches(node, resource):
+                    yield resource
+
+    async def search(self, mapping: ResourceMapping, query: dict[str, str]) -> tuple[int, Any]:
+        attributes = parse_paths(query.get("attributes"))
+        excluded = parse_paths(query.get("excludedAttributes"))
+        count = min(max(_int(query, "count", self.settings.default_page_size), 0), self.settings.max_page_size)
+        if "cursor" in query:
+            return await self._cursor_page(mapping, query, count, attributes, excluded)
+        start = max(_int(query, "startIndex", 1), 1)
+        total = 0
+        window: list[Resource] = []
+        async for resource in self._matches(mapping, query):
+            total += 1
+            if total >= start and len(window) < count:
+                window.append(project(resource, attributes, excluded))
+        return 200, {
+            "schemas": [LIST_SCHEMA],
+            "totalResults": total,
+            "startIndex": start,
+            "itemsPerPage": len(window),
+            "Resources": window,
+        }
+
+    def _expire(self) -> None:
+        deadline = time.monotonic() - self.settings.cursor_ttl
+        for token in [t for t, c in self._cursors.items() if c.touched < deadline and not c.lock.locked()]:
+            self._close(token)
+        while len(self._cursors) > self.settings.max_cursors:
+            self._close(next(iter(self._cursors)))
+
+    def _close(self, token: str) -> None:
+        cursor = self._cursors.pop(token, None)
+        if cursor is not None:
+            closer = getattr(cursor.stream, "aclose", None)
+            if closer is not None:
+                task = asyncio.ensure_future(closer())
+                task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _cursor_page(
+        self,
+        mapping: ResourceMapping,
+        query: dict[str, str],
+        count: int,
+        attributes: list[AttrPath] | None,
+        excluded: list[AttrPath] | None,
+    ) -> tuple[int, Any]:
+        self._expire()
+        token = query["cursor"]
+        if token:
+            cursor = self._cursors.get(token)
+            if cursor is None or cursor.mapping is not mapping:
+                raise ScimError(400, f"cursor {token!r} is unknown or expired; start again", "invalidCursor")
+        else:
+            token = secrets.token_urlsafe(16)
+            cursor = _Cursor(self._matches(mapping, query), mapping, 0, time.monotonic(), asyncio.Lock())
+            self._cursors[token] = cursor
+            self._expire()
+        async with cursor.lock:
+            page: list[Resource] = []
+            try:
+                while len(page) < count:
+                    resource = cursor.pending if cursor.pending is not None else await anext(cursor.stream)
+                    cursor.pending = None
+                    page.append(project(resource, attributes, excluded))
+                cursor.pending = await anext(cursor.stream)
+                exhausted = False
+            except StopAsyncIteration:
+                exhausted = True
+            except BaseException:
+                self._close(token)
+                raise
+            cursor.returned += len(page)
+            cursor.touched = time.monotonic()
+        body: dict[str, Any] = {
+            "schemas": [LIST_SCHEMA],
+            "totalResults": cursor.returned,
+            "itemsPerPage": len(page),
+            "Resources": page,
+        }
+        if exhausted:
+            self._cursors.pop(token, None)
+        else:
+            body["nextCursor"] = token
+        return 200, body

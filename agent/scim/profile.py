@@ -1,0 +1,267 @@
+"""SCIM ↔ LDAP mapping profiles: which LDAP attribute holds each SCIM attribute, and how to convert.
+
+A ``Profile`` has one ``ResourceMapping`` per SCIM resource type (User, Group). Each ``AttrMap``
+names a SCIM attribute with a compact path and the LDAP attribute behind it:
+
+- ``userName``, ``displayName``: a simple attribute;
+- ``name.givenName``: a sub-attribute of a complex attribute;
+- ``emails[work]``: the ``value`` of the elements of a multi-valued attribute whose ``type`` is work;
+- ``enterprise:department``: an attribute of the enterprise extension
+  (``urn:ietf:params:scim:schemas:extension:enterprise:2.0:User``).
+
+Built-in profiles: ``openldap`` (inetOrgPerson / groupOfNames, ``id`` ← entryUUID) and ``ad``
+(user / group, ``id`` ← objectGUID). ``scim.profile_overrides`` in config changes mappings:
+``{"User": {"userName": "sAMAccountName", "title": null}}`` (null removes a mapping).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+
+
+class Kind(enum.Enum):
+    """How LDAP values convert to SCIM values and back."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"  # LDAP TRUE/FALSE
+    REFERENCE = "reference"  # an LDAP DN ↔ a SCIM {"value": id} of another resource
+    TIMESTAMP = "timestamp"  # generalized time ↔ ISO 8601 dateTime (read-only)
+    ACTIVE_UAC = "active_uac"  # AD userAccountControl bit 2 (ACCOUNTDISABLE) ↔ active
+
+
+@dataclass(frozen=True, slots=True)
+class AttrMap:
+    """One SCIM attribute (``path`` in the compact notation above) held in LDAP attribute ``ldap``."""
+
+    path: str
+    ldap: str
+    kind: Kind = Kind.STRING
+    read_only: bool = False
+
+    @property
+    def extension(self) -> bool:
+        return self.path.startswith("enterprise:")
+
+    @property
+    def parts(self) -> tuple[str, str | None, str | None]:
+        """(attribute, sub-attribute, type) of the path: ``emails[work]`` → ("emails", "value", "work")."""
+        path = self.path.removeprefix("enterprise:")
+        if path.endswith("]"):
+            name, _, kind = path[:-1].partition("[")
+            return name, "value", kind
+        name, _, sub = path.partition(".")
+        return name, sub or None, None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceMapping:
+    """How one SCIM resource type lives in the directory."""
+
+    name: str
+    endpoint: str
+    schema: str
+    object_classes: tuple[str, ...]
+    ldap_filter: str
+    rdn_attribute: str
+    rdn_from: str
+    container: str
+    id_attribute: str
+    id_binary: bool = False
+    attributes: tuple[AttrMap, ...] = ()
+    create_defaults: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extensions: tuple[str, ...] = ()
+
+    def find(self, path: str) -> AttrMap | None:
+        lowered = path.lower()
+        return next((a for a in self.attributes if a.path.lower() == lowered), None)
+
+    def by_attribute(self, name: str) -> list[AttrMap]:
+        """Every mapping of SCIM attribute ``name`` (all types and sub-attributes)."""
+        lowered = name.lower()
+        return [a for a in self.attributes if a.parts[0].lower() == lowered]
+
+    @property
+    def ldap_attributes(self) -> list[str]:
+        """The LDAP attributes to fetch to build a full resource."""
+        names = {self.id_attribute, "objectClass", self.rdn_attribute}
+        names.update(a.ldap for a in self.attributes)
+        return sorted(names, key=str.lower)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    users: ResourceMapping
+    groups: ResourceMapping
+
+    @property
+    def resources(self) -> tuple[ResourceMapping, ResourceMapping]:
+        return (self.users, self.groups)
+
+    def resource(self, name: str) -> ResourceMapping:
+        for mapping in self.resources:
+            if name.lower() in {mapping.name.lower(), mapping.endpoint.lower(), mapping.endpoint.lower().lstrip("/")}:
+                return mapping
+        raise KeyError(name)
+
+
+class ProfileError(ValueError):
+    """A profile name or override is invalid."""
+
+
+_COMMON_USER = (
+    AttrMap("name.givenName", "givenName"),
+    AttrMap("name.familyName", "sn"),
+    AttrMap("displayName", "displayName"),
+    AttrMap("title", "title"),
+    AttrMap("emails[work]", "mail"),
+    AttrMap("phoneNumbers[work]", "telephoneNumber"),
+    AttrMap("phoneNumbers[mobile]", "mobile"),
+    AttrMap("enterprise:employeeNumber", "employeeNumber"),
+    AttrMap("enterprise:manager", "manager", Kind.REFERENCE),
+)
+
+OPENLDAP = Profile(
+    name="openldap",
+    users=ResourceMapping(
+        name="User",
+        endpoint="/Users",
+        schema=CORE_USER,
+        extensions=(ENTERPRISE,),
+        object_classes=("top", "person", "organizationalPerson", "inetOrgPerson"),
+        ldap_filter="(objectClass=inetOrgPerson)",
+        rdn_attribute="uid",
+        rdn_from="userName",
+        container="ou=people",
+        id_attribute="entryUUID",
+        attributes=(
+            AttrMap("userName", "uid"),
+            AttrMap("name.formatted", "cn"),
+            *_COMMON_USER,
+            AttrMap("enterprise:department", "departmentNumber"),
+            AttrMap("enterprise:organization", "o"),
+            AttrMap("meta.created", "createTimestamp", Kind.TIMESTAMP, read_only=True),
+            AttrMap("meta.lastModified", "modifyTimestamp", Kind.TIMESTAMP, read_only=True),
+        ),
+    ),
+    groups=ResourceMapping(
+        name="Group",
+        endpoint="/Groups",
+        schema=CORE_GROUP,
+        object_classes=("top", "groupOfNames"),
+        ldap_filter="(objectClass=groupOfNames)",
+        rdn_attribute="cn",
+        rdn_from="displayName",
+        container="ou=groups",
+        id_attribute="entryUUID",
+        attributes=(
+            AttrMap("displayName", "cn"),
+            AttrMap("members", "member", Kind.REFERENCE),
+            AttrMap("meta.created", "createTimestamp", Kind.TIMESTAMP, read_only=True),
+            AttrMap("meta.lastModified", "modifyTimestamp", Kind.TIMESTAMP, read_only=True),
+        ),
+    ),
+)
+
+AD = Profile(
+    name="ad",
+    users=ResourceMapping(
+        name="User",
+        endpoint="/Users",
+        schema=CORE_USER,
+        extensions=(ENTERPRISE,),
+        object_classes=("top", "person", "organizationalPerson", "user"),
+        ldap_filter="(&(objectClass=user)(!(objectClass=computer)))",
+        rdn_attribute="cn",
+        rdn_from="userName",
+        container="cn=Users",
+        id_attribute="objectGUID",
+        id_binary=True,
+        attributes=(
+            AttrMap("userName", "userPrincipalName"),
+            AttrMap("name.formatted", "cn", read_only=True),
+            AttrMap("active", "userAccountControl", Kind.ACTIVE_UAC),
+            *_COMMON_USER,
+            AttrMap("enterprise:department", "department"),
+            AttrMap("enterprise:organization", "company"),
+            AttrMap("meta.created", "whenCreated", Kind.TIMESTAMP, read_only=True),
+            AttrMap("meta.lastModified", "whenChanged", Kind.TIMESTAMP, read_only=True),
+        ),
+        create_defaults={"userAccountControl": ("512",)},
+    ),
+    groups=ResourceMapping(
+        name="Group",
+        endpoint="/Groups",
+        schema=CORE_GROUP,
+        object_classes=("top", "group"),
+        ldap_filter="(objectClass=group)",
+        rdn_attribute="cn",
+        rdn_from="displayName",
+        container="cn=Users",
+        id_attribute="objectGUID",
+        id_binary=True,
+        attributes=(
+            AttrMap("displayName", "cn"),
+            AttrMap("members", "member", Kind.REFERENCE),
+            AttrMap("meta.created", "whenCreated", Kind.TIMESTAMP, read_only=True),
+            AttrMap("meta.lastModified", "whenChanged", Kind.TIMESTAMP, read_only=True),
+        ),
+    ),
+)
+
+PROFILES = {p.name: p for p in (OPENLDAP, AD)}
+
+
+def _override(mapping: ResourceMapping, changes: Mapping[str, Any]) -> ResourceMapping:
+    attributes = list(mapping.attributes)
+    for path, target in changes.items():
+        existing = mapping.find(path)
+        attributes = [a for a in attributes if a is not existing]
+        if target is None:
+            continue
+        if isinstance(target, str):
+            kind = existing.kind if existing else Kind.STRING
+            attributes.append(AttrMap(path, target, kind, existing.read_only if existing else False))
+        elif isinstance(target, Mapping):
+            try:
+                kind = Kind(target.get("kind", "string"))
+                attributes.append(AttrMap(path, str(target["ldap"]), kind, bool(target.get("read_only"))))
+            except (KeyError, ValueError) as exc:
+                raise ProfileError(f"{mapping.name}.{path}: needs 'ldap' and a known 'kind' ({exc})") from None
+        else:
+            raise ProfileError(f"{mapping.name}.{path}: expected an LDAP attribute name, a mapping or null")
+    return replace(mapping, attributes=tuple(attributes))
+
+
+def load_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profile:
+    """A built-in profile with config overrides applied (``{"User": {...}, "Group": {...}}``)."""
+    try:
+        profile = PROFILES[name]
+    except KeyError:
+        raise ProfileError(f"unknown profile {name!r}; choose one of {', '.join(sorted(PROFILES))}") from None
+    for resource, changes in (overrides or {}).items():
+        if not isinstance(changes, Mapping):
+            raise ProfileError(f"profile override {resource!r} must map SCIM attributes to LDAP attributes")
+        settings: dict[str, Any] = {k: v for k, v in changes.items() if k.startswith("_")}
+        attribute_changes = {k: v for k, v in changes.items() if not k.startswith("_")}
+        try:
+            mapping = profile.resource(resource)
+        except KeyError:
+            raise ProfileError(f"profile override names unknown resource type {resource!r} (User or Group)") from None
+        updated = _override(mapping, attribute_changes)
+        for key, value in settings.items():
+            field_name = key.removeprefix("_")
+            if field_name not in {"container", "ldap_filter", "rdn_attribute", "rdn_from"}:
+                raise ProfileError(f"profile override {resource}.{key} is not a setting that can be changed")
+            settable: dict[str, Any] = {field_name: str(value)}
+            updated = replace(updated, **settable)
+        profile = replace(profile, users=updated) if mapping is profile.users else replace(profile, groups=updated)
+    return profile

@@ -1,0 +1,149 @@
+"""Finding entries by SCIM id and turning DNs into SCIM references and back, with a small cache.
+
+``References`` answers three questions the SCIM handler asks all the time: which entry has this
+``id`` (``find``), which ``id`` and resource type does this DN have (``refs_for``, batched and
+concurrent), and which DN does this ``id`` have (``dn_for``). Answers are cached for ``ttl``
+seconds (bounded LRU); our own renames and deletes invalidate them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agent.scim.profile import Profile, ResourceMapping
+from agent.scim.values import anchor_to_id, id_to_anchor
+from plugins import dn as dnlib
+from plugins.directory import Directory, Entry, InvalidDNError
+from plugins.ldapfilter import escape_value
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    id: str
+    dn: str
+    resource: str  # "User" or "Group"
+
+
+def classify(profile: Profile, entry: Entry) -> ResourceMapping | None:
+    """The resource type of an entry, by its most specific object class."""
+    classes = {str(v).lower() for v in entry.get("objectClass")}
+    for mapping in profile.resources:
+        if mapping.object_classes[-1].lower() in classes and not ("computer" in classes and mapping.name == "User"):
+            return mapping
+    return None
+
+
+class _Lru:
+    def __init__(self, size: int, ttl: float) -> None:
+        self._data: OrderedDict[str, tuple[float, Ref]] = OrderedDict()
+        self._size, self._ttl = size, ttl
+
+    def get(self, key: str) -> Ref | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[0] < time.monotonic():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[1]
+
+    def put(self, key: str, ref: Ref) -> None:
+        self._data[key] = (time.monotonic() + self._ttl, ref)
+        self._data.move_to_end(key)
+        if len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._data.pop(key, None)
+
+
+class References:
+    def __init__(
+        self, directory: Directory, profile: Profile, base: str, *, ttl: float = 30.0, size: int = 100_000
+    ) -> None:
+        self.directory, self.profile, self.base = directory, profile, base
+        self._by_dn = _Lru(size, ttl)
+        self._by_id = _Lru(size, ttl)
+        self._lookups = asyncio.Semaphore(16)
+
+    def _remember(self, ref: Ref) -> None:
+        self._by_dn.put(dnlib.normalize(ref.dn), ref)
+        self._by_id.put(ref.id, ref)
+
+    def forget(self, ref: Ref) -> None:
+        self._by_dn.pop(dnlib.normalize(ref.dn))
+        self._by_id.pop(ref.id)
+
+    def ref_of(self, entry: Entry, mapping: ResourceMapping | None = None) -> Ref | None:
+        """The reference of an entry we already hold (and remember it)."""
+        mapping = mapping or classify(self.profile, entry)
+        anchor = entry.first(mapping.id_attribute) if mapping else None
+        if mapping is None or anchor is None:
+            return None
+        ref = Ref(anchor_to_id(anchor, mapping.id_binary), entry.dn, mapping.name)
+        self._remember(ref)
+        return ref
+
+    async def find(self, mapping: ResourceMapping, scim_id: str, attributes: list[str] | None = None) -> Entry | None:
+        """The entry of resource type ``mapping`` whose id is ``scim_id``, or None."""
+        anchor = id_to_anchor(scim_id, mapping.id_binary)
+        if anchor is None:
+            return None
+        wanted = attributes or mapping.ldap_attributes
+        cached = self._by_id.get(scim_id)
+        if cached is not None and cached.resource == mapping.name:
+            entry = await self.directory.get(cached.dn, wanted)
+            if entry is not None and self.ref_of(entry, mapping) == cached:
+                return entry
+            self.forget(cached)
+        query = f"(&{mapping.ldap_filter}({mapping.id_attribute}={escape_value(anchor)}))"
+        async for page in self.directory.search(self.base, query, attributes=wanted, page_size=2):
+            for entry in page:
+                if self.ref_of(entry, mapping) is not None:
+                    return entry
+        return None
+
+    async def dn_for(self, scim_id: str, mappings: Iterable[ResourceMapping]) -> Ref | None:
+        """The reference of the resource with ``scim_id`` among the given types, or None."""
+        cached = self._by_id.get(scim_id)
+        if cached is not None:
+            return cached
+        for mapping in mappings:
+            entry = await self.find(mapping, scim_id, [mapping.id_attribute, "objectClass"])
+            if entry is not None:
+                return self.ref_of(entry, mapping)
+        return None
+
+    async def refs_for(self, dns: Iterable[str]) -> dict[str, Ref]:
+        """Normalised DN → reference for every DN that names a User or Group (others left out)."""
+        found: dict[str, Ref] = {}
+        missing: dict[str, str] = {}
+        for dn in dns:
+            try:
+                key = dnlib.normalize(dn)
+            except InvalidDNError:
+                continue
+            ref = self._by_dn.get(key)
+            if ref is not None:
+                found[key] = ref
+            else:
+                missing[key] = dn
+        if missing:
+            attributes = sorted({m.id_attribute for m in self.profile.resources} | {"objectClass"})
+
+            async def look_up(key: str, dn: str) -> None:
+                async with self._lookups:
+                    entry = await self.directory.get(dn, attributes)
+                ref = self.ref_of(entry) if entry is not None else None
+                if ref is not None:
+                    found[key] = ref
+
+            async with asyncio.TaskGroup() as group:
+                for key, dn in missing.items():
+                    group.create_task(look_up(key, dn))
+        return found

@@ -1,0 +1,216 @@
+"""Directory entries → SCIM resources, and SCIM resources → LDAP attribute values, by profile.
+
+``to_resource`` builds the JSON a SCIM client sees from an entry and the references resolved for
+its DN-valued attributes. ``to_ldap`` goes the other way for create and replace: it returns the
+LDAP values of every writable mapped attribute (an empty list means "clear it"), resolving SCIM
+ids of referenced resources to DNs. ``diff`` turns old and new values into LDAP modifications:
+multi-valued attributes change by adding and deleting single values, never by a whole replace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from agent.scim import values as conv
+from agent.scim.profile import ENTERPRISE, AttrMap, Kind, ResourceMapping
+from agent.scim.refs import Ref
+from agent.scim.values import anchor_to_id, apply_active, text, to_scim
+from plugins import dn as dnlib
+from plugins.directory import AttrValue, Entry, InvalidDNError, Modification, ModOp
+from protocol.errors import invalid_value
+
+Resource = dict[str, Any]
+ResolveId = Callable[[str], Awaitable[Ref | None]]
+
+
+def ci_get(data: Mapping[str, Any], key: str) -> Any:
+    """``data[key]`` with SCIM's case-insensitive attribute names."""
+    if key in data:
+        return data[key]
+    lowered = key.lower()
+    return next((v for k, v in data.items() if k.lower() == lowered), None)
+
+
+def reference_value(ref: Ref, endpoint: str) -> dict[str, Any]:
+    return {"value": ref.id, "$ref": f"{endpoint}/{ref.id}", "type": ref.resource}
+
+
+def _endpoint(resource: str) -> str:
+    return "/Users" if resource == "User" else "/Groups"
+
+
+def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref]) -> Resource:
+    """The SCIM resource for ``entry``; ``refs`` maps normalised DNs to resolved references."""
+    anchor = entry.first(mapping.id_attribute)
+    scim_id = anchor_to_id(anchor, mapping.id_binary) if anchor is not None else ""
+    resource: Resource = {"schemas": [mapping.schema], "id": scim_id}
+    meta: dict[str, Any] = {"resourceType": mapping.name, "location": f"{mapping.endpoint}/{scim_id}"}
+    extension: dict[str, Any] = {}
+    for attr in mapping.attributes:
+        values = entry.get(attr.ldap)
+        if not values:
+            continue
+        name, sub, kind = attr.parts
+        target = extension if attr.extension else resource
+        if name == "meta" and sub:
+            meta[sub] = to_scim(attr.kind, values[0])
+            continue
+        if attr.kind is Kind.REFERENCE:
+            resolved = []
+            for value in values:
+                try:
+                    ref = refs.get(dnlib.normalize(text(value)))
+                except InvalidDNError:
+                    ref = None
+                if ref is not None:
+                    resolved.append(reference_value(ref, _endpoint(ref.resource)))
+            if name == "members":
+                target[name] = resolved
+            elif resolved:
+                target[name] = resolved[0]
+            continue
+        if kind is not None:
+            elements = target.setdefault(name, [])
+            for value in values:
+                elements.append({"value": to_scim(attr.kind, value), "type": kind})
+            if elements and not any(e.get("primary") for e in elements):
+                elements[0]["primary"] = True
+        elif sub is not None:
+            target.setdefault(name, {})[sub] = to_scim(attr.kind, values[0])
+        else:
+            target[name] = to_scim(attr.kind, values[0])
+    if extension:
+        resource["schemas"].append(ENTERPRISE)
+        resource[ENTERPRISE] = extension
+    resource["meta"] = meta
+    return resource
+
+
+def reference_dns(mapping: ResourceMapping, entries: list[Entry]) -> set[str]:
+    """Every DN held in a reference attribute of these entries (to resolve in one batch)."""
+    dns: set[str] = set()
+    for attr in mapping.attributes:
+        if attr.kind is Kind.REFERENCE:
+            for entry in entries:
+                dns.update(text(v) for v in entry.get(attr.ldap))
+    return dns
+
+
+def _scim_values(attr: AttrMap, resource: Mapping[str, Any]) -> list[Any] | None:
+    """The SCIM values for one mapping in ``resource`` (None: the attribute is absent)."""
+    container: Any = resource
+    if attr.extension:
+        container = ci_get(resource, ENTERPRISE)
+        if not isinstance(container, Mapping):
+            return None
+    name, sub, kind = attr.parts
+    value = ci_get(container, name)
+    if value is None:
+        return None
+    if kind is not None:
+        if not isinstance(value, list):
+            raise invalid_value(f"{name} must be a list of objects")
+        picked = []
+        for element in value:
+            if not isinstance(element, Mapping):
+                raise invalid_value(f"each element of {name} must be an object")
+            element_type = ci_get(element, "type")
+            if (element_type or "").lower() == kind.lower() or (element_type is None and _is_default_type(attr, kind)):
+                picked.append(ci_get(element, "value"))
+        return [v for v in picked if v not in (None, "")]
+    if attr.kind is Kind.REFERENCE:
+        elements = value if isinstance(value, list) else [value]
+        ids = []
+        for element in elements:
+            ref_id = ci_get(element, "value") if isinstance(element, Mapping) else element
+            if not isinstance(ref_id, str) or not ref_id:
+                raise invalid_value(f"{name} values must be objects with a string 'value' (the referenced id)")
+            ids.append(ref_id)
+        return ids
+    if sub is not None:
+        if not isinstance(value, Mapping):
+            raise invalid_value(f"{name} must be an object")
+        value = ci_get(value, sub)
+        if value is None:
+            return None
+    return [] if value == "" else [value]
+
+
+def _is_default_type(attr: AttrMap, kind: str) -> bool:
+    """Elements without a ``type`` go to the first typed mapping of their attribute (emails → work)."""
+    return kind.lower() in {"work"}
+
+
+async def to_ldap(
+    mapping: ResourceMapping, resource: Mapping[str, Any], resolve: ResolveId, current: Entry | None = None
+) -> dict[str, list[AttrValue]]:
+    """LDAP values of every writable mapped attribute present in ``resource``, keyed by LDAP name.
+
+    Absent attributes map to ``[]`` when ``current`` is given (a replace clears them). References
+    are resolved through ``resolve``; an unknown id is a 400 ``invalidValue``.
+    """
+    values: dict[str, list[AttrValue]] = {}
+    for attr in mapping.attributes:
+        if attr.read_only:
+            continue
+        try:
+            scim = _scim_values(attr, resource)
+        except ValueError as exc:
+            raise invalid_value(f"{attr.path}: {exc}") from None
+        bucket = values.setdefault(attr.ldap, [])
+        if scim is None:
+            continue
+        for value in scim:
+            if attr.kind is Kind.REFERENCE:
+                ref = await resolve(str(value))
+                if ref is None:
+                    raise invalid_value(f"{attr.path}: no resource has id {value!r}")
+                bucket.append(ref.dn)
+            elif attr.kind is Kind.ACTIVE_UAC:
+                if not isinstance(value, bool):
+                    raise invalid_value(f"active must be true or false, got {value!r}")
+                current_uac = current.first(attr.ldap) if current else None
+                bucket.append(apply_active(current_uac, value))
+            else:
+                try:
+                    bucket.append(conv.to_ldap(attr.kind, value))
+                except ValueError as exc:
+                    raise invalid_value(f"{attr.path}: {exc}") from None
+    return values
+
+
+def _same(kind: Kind, left: AttrValue, right: AttrValue) -> bool:
+    if kind is Kind.REFERENCE:
+        try:
+            return dnlib.normalize(text(left)) == dnlib.normalize(text(right))
+        except InvalidDNError:
+            return text(left).lower() == text(right).lower()
+    return text(left).lower() == text(right).lower() if kind is Kind.STRING else text(left) == text(right)
+
+
+def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValue]]) -> list[Modification]:
+    """Modifications that turn ``entry``'s mapped attributes into ``new`` (RDN attribute excluded)."""
+    kinds = {a.ldap.lower(): a.kind for a in mapping.attributes}
+    multi = {a.ldap.lower() for a in mapping.attributes if a.kind is Kind.REFERENCE or a.parts[2] is not None}
+    changes: list[Modification] = []
+    for name, wanted in new.items():
+        if name.lower() == mapping.rdn_attribute.lower():
+            continue
+        kind = kinds.get(name.lower(), Kind.STRING)
+        old = entry.get(name)
+        same_set = len(old) == len(wanted) and all(any(_same(kind, o, w) for o in old) for w in wanted)
+        if same_set and (name.lower() in multi or [text(o) for o in old] == [text(w) for w in wanted]):
+            continue
+        if name.lower() in multi and old:
+            added = tuple(w for w in wanted if not any(_same(kind, o, w) for o in old))
+            removed = tuple(o for o in old if not any(_same(kind, o, w) for w in wanted))
+            if removed:
+                changes.append(Modification(ModOp.DELETE, name, removed))
+            if added:
+                changes.append(Modification(ModOp.ADD, name, added))
+        elif wanted:
+            changes.append(Modification(ModOp.REPLACE, name, tuple(wanted)))
+        elif old:
+            changes.append(Modification(ModOp.DELETE, name, ()))
+    return changes

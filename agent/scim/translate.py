@@ -1,0 +1,264 @@
+"""SCIM filters → RFC 4515 LDAP filters, by profile; every value escaped, so no input changes structure.
+
+``translate(node, mapping, refs)`` returns ``(ldap_filter, exact)``. The LDAP filter always selects
+a superset of the resources the SCIM filter selects, scoped to the resource type; ``exact`` says it
+selects exactly them. The lister evaluates the SCIM filter on each resource anyway, so an inexact
+translation (ordering on strings that LDAP servers may not order, ``ne`` on multi-valued
+attributes, a ``not`` over an inexact part, …) is still answered correctly; it only narrows less.
+
+Values are placed with ``plugins.ldapfilter.escape_value``; attribute names come from the profile,
+never from the request. Ids of referenced resources (``members.value``, ``manager.value``) are
+resolved to DNs; an unknown id simply matches nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.scim.profile import CORE_GROUP, CORE_USER, ENTERPRISE, AttrMap, Kind, ResourceMapping
+from agent.scim.refs import References
+from agent.scim.values import id_to_anchor, iso_to_generalized
+from plugins.ldapfilter import escape_value
+from protocol import scimfilter as sf
+from protocol.scimeval import parse_datetime
+
+AD_AND_RULE = "1.2.840.113556.1.4.803"
+_Part = str | bool  # an LDAP filter, or a constant: True (everything) / False (nothing)
+
+
+@dataclass(frozen=True, slots=True)
+class _Out:
+    part: _Part
+    exact: bool
+
+
+_EVERYTHING = _Out(True, False)  # "could be anything": the post-filter decides
+
+
+def _and(parts: list[_Out]) -> _Out:
+    exact = all(p.exact for p in parts)
+    if any(p.part is False for p in parts) and all(p.exact for p in parts if p.part is False):
+        return _Out(False, True)
+    kept = [p.part for p in parts if p.part is not True]
+    if not kept:
+        return _Out(True, exact)
+    if len(kept) == 1:
+        return _Out(kept[0], exact)
+    return _Out("(&" + "".join(str(k) for k in kept) + ")", exact)
+
+
+def _or(parts: list[_Out]) -> _Out:
+    exact = all(p.exact for p in parts)
+    if any(p.part is True for p in parts):
+        return _Out(True, exact or any(p.part is True and p.exact for p in parts))
+    kept = [p.part for p in parts if p.part is not False]
+    if not kept:
+        return _Out(False, exact)
+    if len(kept) == 1:
+        return _Out(kept[0], exact)
+    return _Out("(|" + "".join(str(k) for k in kept) + ")", exact)
+
+
+def _not(inner: _Out) -> _Out:
+    if not inner.exact:
+        return _EVERYTHING
+    if isinstance(inner.part, bool):
+        return _Out(not inner.part, True)
+    return _Out(f"(!{inner.part})", True)
+
+
+def _eq(attr: str, value: str | bytes) -> str:
+    return f"({attr}={escape_value(value)})"
+
+
+class _Translator:
+    def __init__(self, mapping: ResourceMapping, refs: References) -> None:
+        self.mapping = mapping
+        self.refs = refs
+
+    # -- attribute resolution ------------------------------------------------------------
+
+    def _maps(self, path: sf.AttrPath) -> tuple[list[AttrMap], str | None] | None:
+        """Mappings for an attribute path and the sub-attribute asked for; None for id/meta specials."""
+        name = path.name.lower()
+        uri = (path.uri or "").lower()
+        extension = uri == ENTERPRISE.lower()
+        if uri and not extension and uri not in {CORE_USER.lower(), CORE_GROUP.lower()}:
+            return [], path.sub_attr
+        maps = [a for a in self.mapping.attributes if a.parts[0].lower() == name and a.extension == extension]
+        return maps, path.sub_attr.lower() if path.sub_attr else None
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    async def node(self, node: sf.Filter, element: AttrMap | None = None) -> _Out:
+        if isinstance(node, sf.And):
+            parts = [await self.node(o, element) for o in node.operands]
+            out = _and(parts)
+            non_constant = sum(1 for p in parts if not isinstance(p.part, bool))
+            if element is not None and non_constant > 1:
+                return _Out(out.part, False)  # LDAP cannot pin both to one value of a multi-valued attribute
+            return out
+        if isinstance(node, sf.Or):
+            return _or([await self.node(o, element) for o in node.operands])
+        if isinstance(node, sf.Not):
+            return _not(await self.node(node.operand, element))
+        if isinstance(node, sf.ValuePath):
+            return await self.value_path(node)
+        if isinstance(node, sf.Present):
+            return await self.compare(node.attr, "pr", None, element)
+        return await self.compare(node.attr, node.op, node.value, element)
+
+    async def value_path(self, node: sf.ValuePath) -> _Out:
+        found = self._maps(node.attr)
+        if found is None:
+            return _EVERYTHING
+        maps, _ = found
+        if not maps:
+            return _Out(False, True)
+        return _or([await self.node(node.filter, element) for element in maps])
+
+    async def compare(self, path: sf.AttrPath, op: str, value: sf.ScimValue, element: AttrMap | None) -> _Out:
+        # RFC readings shared with protocol.scimeval: "x ne v" is "not (x eq v)", "x eq null" is "not (x pr)".
+        if op == "ne":
+            return _not(await self.compare(path, "eq", value, element))
+        if op == "eq" and value is None:
+            return _not(await self.compare(path, "pr", None, element))
+        if element is not None:
+            return await self._element_compare(element, path, op, value)
+        name = path.name.lower()
+        if not path.uri and name == "id" and path.sub_attr is None:
+            return self._id(op, value)
+        if not path.uri and name == "meta" and (path.sub_attr or "").lower() == "resourcetype":
+            if op in {"eq", "ne"} and isinstance(value, str):
+                same = value.lower() == self.mapping.name.lower()
+                return _Out(same if op == "eq" else not same, True)
+            return _EVERYTHING
+        if not path.uri and name in {"schemas", "meta"} and not self._maps(path):
+            return _EVERYTHING
+        maps, sub = self._maps(path) or ([], None)
+        if not maps:
+            return _Out(False, True)
+        parts = []
+        for attr in maps:
+            attr_name, attr_sub, attr_type = attr.parts
+            if attr_type is not None:
+                if sub == "type":
+                    parts.append(self._type_compare(attr, attr_type, op, value))
+                    continue
+                if sub not in {None, "value"}:
+                    parts.append(_EVERYTHING)
+                    continue
+                parts.append(self._scalar(attr, op, value, multi=True))
+            elif attr.kind is Kind.REFERENCE:
+                if sub not in {None, "value"}:
+                    parts.append(_EVERYTHING)
+                    continue
+                parts.append(await self._reference(attr, op, value, multi=attr_name == "members"))
+            elif attr_sub is not None and sub is None:
+                parts.append(_EVERYTHING)  # comparing a complex attribute as a whole
+            elif attr_sub is not None and sub != attr_sub.lower():
+                continue
+            else:
+                parts.append(self._scalar(attr, op, value, multi=False))
+        return _or(parts) if parts else _Out(False, True)
+
+    async def _element_compare(self, element: AttrMap, path: sf.AttrPath, op: str, value: sf.ScimValue) -> _Out:
+        """A comparison inside ``attr[...]``, about one mapped element (one email type, members, …)."""
+        sub = path.name.lower()
+        _, _, element_type = element.parts
+        if sub == "type" and element_type is not None:
+            return self._type_compare(element, element_type, op, value)
+        if sub == "value":
+            if element.kind is Kind.REFERENCE:
+                return await self._reference(element, op, value, multi=True)
+            return self._scalar(element, op, value, multi=True)
+        if sub == "primary" and element_type is not None:
+            return _EVERYTHING
+        return _Out(False, True)
+
+    def _type_compare(self, attr: AttrMap, attr_type: str, op: str, value: sf.ScimValue) -> _Out:
+        present = _Out(f"({attr.ldap}=*)", True)
+        if op == "pr":
+            return present
+        if op == "eq" and isinstance(value, str):
+            return present if value.lower() == attr_type.lower() else _Out(False, True)
+        return _Out(f"({attr.ldap}=*)", False)
+
+    def _id(self, op: str, value: sf.ScimValue) -> _Out:
+        mapping = self.mapping
+        if op == "pr":
+            return _Out(True, True)
+        if op == "eq" and isinstance(value, str):
+            anchor = id_to_anchor(value, mapping.id_binary)
+            if anchor is None:
+                return _Out(False, True)
+            return _Out(_eq(mapping.id_attribute, anchor), not mapping.id_binary and value == value.lower())
+        return _EVERYTHING
+
+    async def _reference(self, attr: AttrMap, op: str, value: sf.ScimValue, multi: bool) -> _Out:
+        present = f"({attr.ldap}=*)"
+        if op == "pr":
+            return _Out(present, True)
+        if op == "eq" and isinstance(value, str):
+            ref = await self.refs.dn_for(value, self.refs.profile.resources)
+            if ref is None:
+                return _Out(False, True)
+            return _Out(_eq(attr.ldap, ref.dn), True)
+        return _Out(present, False)
+
+    def _scalar(self, attr: AttrMap, op: str, value: sf.ScimValue, *, multi: bool) -> _Out:
+        ldap = attr.ldap
+        present = f"({ldap}=*)"
+        if op == "pr":
+            return _Out(present, True)
+        if attr.kind is Kind.ACTIVE_UAC:
+            if op == "eq" and isinstance(value, bool):
+                disabled = f"({ldap}:{AD_AND_RULE}:=2)"
+                return _Out(f"(&{present}(!{disabled}))" if value else f"(&{present}{disabled})", True)
+            return _Out(present, False)
+        if attr.kind is Kind.BOOLEAN:
+            if op == "eq" and isinstance(value, bool):
+                return _Out(_eq(ldap, "TRUE" if value else "FALSE"), True)
+            return _Out(present, False)
+        if attr.kind is Kind.TIMESTAMP:
+            stamp = iso_to_generalized(value) if isinstance(value, str) else None
+            if stamp is None:
+                return _Out(present, False)
+            if op in {"gt", "ge"}:
+                return _Out(f"({ldap}>={escape_value(stamp)})", False)
+            if op in {"lt", "le"}:
+                return _Out(f"({ldap}<={escape_value(stamp)})", False)
+            return _Out(present, False)
+        if attr.kind is Kind.INTEGER and isinstance(value, int) and not isinstance(value, bool):
+            number = str(value)
+            ordered = {
+                "eq": _Out(_eq(ldap, number), True),
+                "ge": _Out(f"({ldap}>={number})", True),
+                "le": _Out(f"({ldap}<={number})", True),
+                "gt": _Out(f"(&({ldap}>={number})(!{_eq(ldap, number)}))", True),
+                "lt": _Out(f"(&({ldap}<={number})(!{_eq(ldap, number)}))", True),
+            }
+            return ordered.get(op, _Out(present, False))
+        if not isinstance(value, str):
+            return _Out(present, False)
+        if op == "eq":
+            return _Out(_eq(ldap, value), parse_datetime(value) is None)
+        if op in {"co", "sw", "ew"}:
+            if value == "":
+                return _Out(present, True)
+            escaped = escape_value(value)
+            pattern = {"co": f"*{escaped}*", "sw": f"{escaped}*", "ew": f"*{escaped}"}[op]
+            return _Out(f"({ldap}={pattern})", True)
+        return _Out(present, False)  # ordering on strings: servers may lack an ORDERING rule
+
+
+async def translate(node: sf.Filter | None, mapping: ResourceMapping, refs: References) -> tuple[str, bool]:
+    """The LDAP filter for ``node`` within resource type ``mapping``, and whether it is exact."""
+    if node is None:
+        return mapping.ldap_filter, True
+    out = await _Translator(mapping, refs).node(node)
+    if out.part is True:
+        return mapping.ldap_filter, out.exact
+    if out.part is False:
+        return f"(&{mapping.ldap_filter}(!(objectClass=*)))", out.exact
+    return f"(&{mapping.ldap_filter}{out.part})", out.exact

@@ -1,0 +1,112 @@
+"""A SCIM client that speaks to a domain's agents through any transport's ``Requester``.
+
+``ScimClient.call(method, path, query, body)`` builds a request envelope with a fresh id and a
+deadline ``timeout`` seconds away, signs it, sends it and returns the decoded ``Response``. Helpers
+cover the usual calls (``get``, ``search``, ``create``, ``patch``, ``delete``, ``changes``) and
+``read_all`` streams every resource of a type with cursor paging.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from protocol.envelope import Request, Response, ScimOperation, decode_response
+from protocol.signing import Signer
+from transports.base import Requester
+
+PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+class ScimCallError(Exception):
+    """A SCIM call came back with an error status."""
+
+    def __init__(self, response: Response) -> None:
+        body = response.body if isinstance(response.body, dict) else {}
+        super().__init__(f"SCIM {response.status}: {body.get('detail', response.body)}")
+        self.response = response
+
+
+class ScimClient:
+    def __init__(self, requester: Requester, signer: Signer, domain: str, *, timeout: float = 600.0) -> None:
+        self.requester = requester
+        self.signer = signer
+        self.domain = domain
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Request:
+        """A signed request envelope (not sent)."""
+        request = Request(
+            id=uuid.uuid4().hex,
+            domain=self.domain,
+            operation=ScimOperation(method.upper(), path, dict(query or {}), body),
+            deadline=time.time() + (timeout or self.timeout),
+        )
+        return self.signer.sign(request)
+
+    async def send(self, request: Request, *, timeout: float | None = None) -> Response:
+        raw = await self.requester.request(self.domain, request.id, request.encode(), timeout=timeout or self.timeout)
+        return decode_response(raw)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Response:
+        return await self.send(self.request(method, path, query, body, timeout=timeout), timeout=timeout)
+
+    async def ok(self, method: str, path: str, query: Mapping[str, str] | None = None, body: Any = None) -> Any:
+        """The body of a successful call; ``ScimCallError`` otherwise."""
+        response = await self.call(method, path, query, body)
+        if response.status >= 400:
+            raise ScimCallError(response)
+        return response.body
+
+    async def get(self, path: str) -> Any:
+        return await self.ok("GET", path)
+
+    async def search(self, endpoint: str, filter: str | None = None, **query: str) -> Any:
+        params = dict(query)
+        if filter is not None:
+            params["filter"] = filter
+        return await self.ok("GET", endpoint, params)
+
+    async def create(self, endpoint: str, resource: dict[str, Any]) -> Any:
+        return await self.ok("POST", endpoint, body=resource)
+
+    async def patch(self, path: str, operations: list[dict[str, Any]]) -> Any:
+        return await self.ok("PATCH", path, body={"schemas": [PATCH_SCHEMA], "Operations": operations})
+
+    async def delete(self, path: str) -> None:
+        await self.ok("DELETE", path)
+
+    async def changes(self, watermark: str | None, count: int = 1000) -> Any:
+        query = {"count": str(count)}
+        if watermark:
+            query["watermark"] = watermark
+        return await self.ok("GET", "/Changes", query)
+
+    async def read_all(self, endpoint: str, *, page_size: int = 1000, **query: str) -> AsyncIterator[list[Any]]:
+        """Every resource of ``endpoint``, page by page, with cursor paging (one directory pass)."""
+        params = {**query, "count": str(page_size), "cursor": ""}
+        while True:
+            body = await self.ok("GET", endpoint, params)
+            yield body.get("Resources", [])
+            cursor = body.get("nextCursor")
+            if not cursor:
+                return
+            params["cursor"] = cursor
