@@ -49,6 +49,7 @@ __all__ = [
     "Substring",
     "check_evaluable",
     "escape_value",
+    "is_binary",
     "normalize_value",
     "parse",
 ]
@@ -87,9 +88,15 @@ def _base_name(attribute: str) -> str:
     return attribute.split(";", 1)[0].lower()
 
 
+@lru_cache(maxsize=4096)
+def is_binary(attribute: str) -> bool:
+    """Whether ``attribute`` compares raw octets (an octet-string attribute such as objectGUID)."""
+    return _base_name(attribute) in BINARY_ATTRIBUTES
+
+
 def normalize_value(attribute: str, value: AttrValue) -> Normalized:
     """The form in which two values of ``attribute`` compare equal (also the equality-index key)."""
-    if _base_name(attribute) in BINARY_ATTRIBUTES:
+    if is_binary(attribute):
         return value if isinstance(value, bytes) else value.encode("utf-8")
     if isinstance(value, bytes):
         try:
@@ -291,7 +298,7 @@ class Substring(Filter):
         )
 
     def _piece(self, piece: AttrValue) -> Normalized:
-        if _base_name(self.attribute) in BINARY_ATTRIBUTES:
+        if is_binary(self.attribute):
             return normalize_value(self.attribute, piece)
         text = piece.decode("utf-8", "surrogateescape") if isinstance(piece, bytes) else piece
         # Keep one leading/trailing space: inside a pattern it is significant.
@@ -580,7 +587,7 @@ class _Parser:
         if any(part.lower() == "dn" for part in parts):
             raise self.fail("':dn' extensible matching (DN attributes) is not supported", pos)
         if len(parts) > 1:
-            raise self.fail(f"bad extensible match {text[pos:marker + 2]!r}", pos)
+            raise self.fail(f"bad extensible match {text[pos : marker + 2]!r}", pos)
         rule = parts[0] if parts else None
         if rule is not None and not _is_rule(rule):
             raise self.fail(f"bad matching rule {rule!r}", pos + 1)

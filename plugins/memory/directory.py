@@ -1,0 +1,207 @@
+"""``MemoryDirectory``: the async LDAP mock behind the ``Directory`` interface.
+
+Settings: ``MemorySettings`` (base DN, flavor, seed data, latency, faults, page size limit, change log
+size); ``sleep`` and ``clock`` are injectable for tests. The data lives as long as the instance:
+``close`` then ``open`` keeps it; seeding happens at the first ``open``.
+
+Guarantees: LDAP semantics as in ``plugins.memory.store``; each call is one simulated round trip (a
+paged search, one per page) subject to latency and injected faults; everything handed out is a copy;
+``changes`` reports adds, modifies, renames (one per moved entry) and deletions in order.
+
+Attribute selection: ``None`` → every user attribute plus the flavor's anchor (entryUUID/objectGUID);
+a list → those attributes (case-insensitive), where ``*`` means every user attribute, ``+`` every
+operational one, ``1.1`` none, and an empty list the same as ``["*"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from plugins import ldapfilter
+from plugins.directory import (
+    Attributes,
+    AttrValue,
+    ChangeKind,
+    ChangeSet,
+    Directory,
+    Entry,
+    Modification,
+    Scope,
+    UnavailableError,
+)
+from plugins.memory import ldif, seed
+from plugins.memory.changelog import ChangeLog
+from plugins.memory.chaos import Chaos, ChaosStats, Sleep
+from plugins.memory.errors import DirectoryClosedError
+from plugins.memory.operational import ActiveDirectoryOperational, Clock, OpenLdapOperational, Operational
+from plugins.memory.settings import MemorySettings
+from plugins.memory.store import Store
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryDirectory(Directory):
+    """An in-process LDAP directory with real LDAP semantics, injectable latency and faults."""
+
+    recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = (UnavailableError,)
+
+    def __init__(
+        self, settings: MemorySettings | None = None, *, sleep: Sleep = asyncio.sleep, clock: Clock = _utcnow
+    ) -> None:
+        self.settings = settings or MemorySettings()
+        ids = random.Random(f"{self.settings.seed}:ids")
+        self._operational: Operational = (
+            ActiveDirectoryOperational(ids, clock, self.settings.domain_sid)
+            if self.settings.flavor == "ad"
+            else OpenLdapOperational(ids, clock)
+        )
+        self._store = Store(self.settings.base_dn, self._operational)
+        self._log = ChangeLog(uuid.uuid4().hex[:12], self.settings.changelog_limit)
+        self._chaos = Chaos(self.settings, sleep)
+        self._open = False
+        self._seeded = False
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        if not self._seeded:
+            self._seed()
+            self._seeded = True
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    @property
+    def base_dn(self) -> str:
+        return self._store.base.dn
+
+    @property
+    def anchor_attribute(self) -> str:
+        """The attribute that identifies an entry for life (entryUUID or objectGUID)."""
+        return self._operational.anchor
+
+    @property
+    def stats(self) -> ChaosStats:
+        """Round trips, injected failures and reconnects so far."""
+        return self._chaos.stats
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def _seed(self) -> None:
+        # Seeding allocates millions of long-lived objects: the cyclic GC would rescan them all, again
+        # and again, for nothing. Pause it while seeding and move the result out of its way.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_seed()
+        finally:
+            if paused:
+                gc.enable()
+            gc.freeze()
+
+    def _load_seed(self) -> None:
+        if self.settings.seed_ldif is not None:
+            for dn, attributes in ldif.read_ldif(self.settings.seed_ldif):
+                if self._store.find(dn) is None:  # an export usually repeats the base entry
+                    self._store.add(dn, attributes, system=True)
+        for dn, attributes in seed.generate(self.settings):
+            if self._store.find(dn) is None:
+                self._store.add(dn, attributes, system=True)
+
+    async def _round_trip(self, operation: str) -> None:
+        if not self._open:
+            raise DirectoryClosedError(f"{operation} on a memory directory that is not open")
+        await self._chaos.round_trip(operation)
+
+    # ---------------------------------------------------------------------------------- reads
+
+    async def search(
+        self,
+        base: str,
+        ldap_filter: str = "(objectClass=*)",
+        *,
+        scope: Scope = Scope.SUBTREE,
+        attributes: Sequence[str] | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[list[Entry]]:
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, not {page_size}")
+        await self._round_trip("search")
+        node = ldapfilter.parse(ldap_filter)
+        ldapfilter.check_evaluable(node)
+        found = self._store.search(base, node, Scope(scope))
+        if not found:
+            yield []
+            return
+        size = min(page_size, self.settings.page_size_limit)
+        for start in range(0, len(found), size):
+            if start:
+                await self._round_trip("search (next page)")
+            yield [Entry(dn, self._project(attrs, attributes)) for dn, attrs in found[start : start + size]]
+
+    async def get(self, dn: str, attributes: Sequence[str] | None = None) -> Entry | None:
+        await self._round_trip("get")
+        record = self._store.find(dn)
+        return None if record is None else Entry(record.dn, self._project(record.attributes, attributes))
+
+    def _project(self, attrs: Attributes, selection: Sequence[str] | None) -> Attributes:
+        hidden = self._operational.hidden
+        if selection is None:
+            anchor = self._operational.anchor.lower()
+            return Attributes(
+                (name, list(values))
+                for name, values in attrs.items()
+                if name.lower() not in hidden or name.lower() == anchor
+            )
+        wanted = {name.lower() for name in selection} or {"*"}
+        every_user, every_operational = "*" in wanted, "+" in wanted
+        chosen = Attributes()
+        for name, values in attrs.items():
+            key = name.lower()
+            if key in wanted or (every_operational if key in hidden else every_user):
+                chosen.set(name, list(values))
+        return chosen
+
+    # ---------------------------------------------------------------------------------- writes
+
+    async def add(self, dn: str, attributes: Mapping[str, Sequence[AttrValue]]) -> None:
+        await self._round_trip("add")
+        record = self._store.add(dn, attributes)
+        self._log.record(ChangeKind.ADD, record.dn, record.attributes)
+
+    async def modify(self, dn: str, changes: Sequence[Modification]) -> None:
+        await self._round_trip("modify")
+        if not changes:
+            self._store.require(dn)
+            return
+        record = self._store.modify(dn, changes)
+        self._log.record(ChangeKind.MODIFY, record.dn, record.attributes)
+
+    async def delete(self, dn: str) -> None:
+        await self._round_trip("delete")
+        record = self._store.delete(dn)
+        self._log.record(ChangeKind.DELETE, record.dn, record.attributes)
+
+    async def rename(self, dn: str, new_rdn: str, *, new_superior: str | None = None) -> str:
+        await self._round_trip("rename")
+        moved = self._store.rename(dn, new_rdn, new_superior)
+        for record, old_dn in moved:
+            self._log.record(ChangeKind.RENAME, record.dn, record.attributes, old_dn)
+        return moved[0][0].dn
+
+    async def changes(self, watermark: str | None, *, limit: int = 1000) -> ChangeSet:
+        await self._round_trip("changes")
+        return self._log.since(watermark, limit)
+
+    async def ping(self) -> None:
+        await self._round_trip("ping")
