@@ -110,6 +110,10 @@ class Signer:
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
 
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        return self._key
+
     def sign(self, request: Request) -> Request:
         unsigned = request.with_signature(self.key_id, "")
         signature = self._key.sign(unsigned.signed_part())

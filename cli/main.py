@@ -1,0 +1,153 @@
+"""The ``cloudprov`` command: agent, config, keys, demo, version.
+
+Each sub-command is a small function taking the parsed arguments and returning an exit code;
+errors a user can fix (a bad config file, a missing key) print one clear message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from agent.config import ConfigError, load_settings
+from agent.logging import configure
+
+EXAMPLES = """
+examples:
+  cloudprov demo --users 200                 run agent + requester in one process on embedded defaults
+  cloudprov agent run -c agent.yaml          serve SCIM requests from the configured transport
+  cloudprov config check agent.yaml          validate a configuration file and print the result
+  cloudprov keys generate                    make a request-signing key pair
+"""
+
+
+def _version() -> str:
+    try:
+        return version("cloudprov")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    print(f"cloudprov {_version()}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    from plugins.directory import DirectoryError
+    from plugins.registry import create_directory
+
+    try:
+        create_directory(settings.directory.plugin, settings.directory.plugin_settings())
+    except DirectoryError as error:
+        print(f"{args.file}: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.file}: OK (transport {settings.transport.url.split('://', 1)[0]}, "
+        f"directory {settings.directory.plugin}, profile {settings.scim.profile}, "
+        f"{len(settings.signing.public_keys)} signing key(s))"
+    )
+    return 0
+
+
+def cmd_agent_run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    configure(settings.logging.level, settings.logging.format)
+    from agent.runtime import Agent
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(settings).run(stop)
+
+    asyncio.run(serve())
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from protocol.signing import Signer, private_key_text, public_key_text
+
+    signer = Signer.generate(args.key_id)
+    print(f"key id:      {signer.key_id}")
+    print(f"public key:  {public_key_text(signer.public_key)}   (agent: signing.public_keys.{signer.key_id})")
+    print(f"private key: {private_key_text(signer.private_key)}   (requester only; keep it secret)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+
+    configure("error", "console" if sys.stderr.isatty() else "json")
+    return asyncio.run(run_demo(users=args.users, groups=args.groups))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloudprov",
+        description="Self-hostable cloud provisioning: SCIM 2.0 over a durable queue to an agent beside LDAP.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run an agent and a requester in one process on embedded defaults",
+        description="Seed a memory directory, serve it over the local transport and send "
+        "it a scripted series of signed SCIM requests.",
+        epilog="example: cloudprov demo --users 1000 --groups 20",
+    )
+    demo.add_argument("--users", type=int, default=100, help="sample users to seed (default 100)")
+    demo.add_argument("--groups", type=int, default=5, help="sample groups to seed (default 5)")
+    demo.set_defaults(func=cmd_demo)
+
+    agent = commands.add_parser("agent", help="run the agent").add_subparsers(dest="action", required=True)
+    run = agent.add_parser(
+        "run",
+        help="serve SCIM requests from the configured transport",
+        epilog="example: cloudprov agent run -c /etc/cloudprov/agent.yaml",
+    )
+    run.add_argument("-c", "--config", help="YAML configuration file (default: built-in defaults)")
+    run.set_defaults(func=cmd_agent_run)
+
+    config = commands.add_parser("config", help="work with configuration files").add_subparsers(
+        dest="action", required=True
+    )
+    check = config.add_parser(
+        "check", help="validate a configuration file", epilog="example: cloudprov config check agent.yaml"
+    )
+    check.add_argument("file", help="the YAML file to check")
+    check.set_defaults(func=cmd_config_check)
+
+    keys = commands.add_parser("keys", help="request-signing keys").add_subparsers(dest="action", required=True)
+    generate = keys.add_parser("generate", help="make an Ed25519 key pair", epilog="example: cloudprov keys generate")
+    generate.add_argument("--key-id", default="k1", help="the key id to announce (default k1)")
+    generate.set_defaults(func=cmd_keys_generate)
+
+    commands.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
