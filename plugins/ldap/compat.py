@@ -1,0 +1,26 @@
+"""Work-arounds for bonsai 1.5 behaviour that breaks on valid data; applied once on import.
+
+Settings: none. Guarantees:
+- bonsai validates every DN (including each DN a server returns) with a regular expression that
+  rejects what RFC 4514 allows unescaped inside a value: ``#`` after the first character and ``=``.
+  slapd returns such DNs (``cn=a\\2Cb#c``), and bonsai then fails the whole search, or reports a
+  rename that the server has already applied as an error. ``install`` swaps in an RFC 4514 pattern
+  that accepts them; bonsai's own escaping and comparison code is left as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bonsai.ldapdn import LDAPDN
+
+_TYPE = r"\s*(?:[A-Za-z][\w-]*|\d+(?:\.\d+)*)\s*"
+_PAIR = r'\\(?:[,=+<>#;\\" ]|[\dA-Fa-f]{2})'
+_VALUE = rf'#(?:[\dA-Fa-f]{{2}})+|(?:[^,+<>;\\"]|{_PAIR})*|"(?:[^\\"]|{_PAIR})*"'
+_RDN = rf"{_TYPE}=(?:{_VALUE})(?:\+{_TYPE}=(?:{_VALUE}))*"
+RFC4514_DN = re.compile(rf"(?:{_RDN})(?:[,;](?:{_RDN}))*\Z")
+
+
+def install() -> None:
+    """Make bonsai accept every RFC 4514 DN (idempotent)."""
+    LDAPDN._dnregex = RFC4514_DN

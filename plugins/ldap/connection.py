@@ -1,0 +1,81 @@
+"""bonsai clients and the asyncio connection class that waits without spinning.
+
+Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
+- ``ReadableOnlyConnection`` replaces bonsai's stock asyncio polling, which registers the socket for
+  *writability* too: a connected socket is always writable, so the event loop spun a core while a
+  reply was pending. Once the connection is open, we wait for readability only (plus one immediate
+  check, because libldap may already hold the reply in its buffers). Opening (connect, TLS, bind)
+  keeps bonsai's own code path.
+- One outstanding operation per connection, as in bonsai; the pool enforces it.
+- ``make_client`` sets manual paging (bonsai's automatic paging breaks on Samba when the last page is
+  exactly full), raw binary attributes, certificate checking (``demand`` unless disabled) and the CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import bonsai
+from bonsai._bonsai import ldapconnection as c_connection
+from bonsai.asyncio import AIOLDAPConnection
+
+from plugins.ldap.settings import LdapSettings
+
+#: Binary whatever the settings say: the delta code depends on them.
+REQUIRED_BINARY = ("objectGUID", "invocationId")
+
+
+class ReadableOnlyConnection(AIOLDAPConnection):
+    """An ``AIOLDAPConnection`` that sleeps until the socket is readable instead of polling."""
+
+    _opened = False
+
+    async def _poll(self, msg_id: int, timeout: float | None = None) -> Any:
+        if not self._opened:
+            result = await super()._poll(msg_id, timeout)  # type: ignore[no-untyped-call]
+            self._opened = True
+            return result
+        result = c_connection.get_result(self, msg_id)
+        if result is not None:
+            return result
+        loop = asyncio.get_running_loop()
+        fd = self.fileno()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def on_readable() -> None:
+            if done.done():
+                return
+            try:
+                answer = c_connection.get_result(self, msg_id)
+            except BaseException as exc:  # handed to the awaiting operation
+                done.set_exception(exc)
+                return
+            if answer is not None:
+                done.set_result(answer)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            return await asyncio.wait_for(done, timeout)
+        finally:
+            loop.remove_reader(fd)
+
+
+def make_client(settings: LdapSettings, url: str) -> bonsai.LDAPClient:
+    """A bonsai client for one URL, configured from the settings."""
+    client = bonsai.LDAPClient(url, tls=settings.starttls and url.lower().startswith("ldap://"))
+    if settings.auth == "simple":
+        if settings.bind_dn is None or settings.password is None:
+            raise ValueError("auth: simple needs bind_dn and password")
+        client.set_credentials("SIMPLE", user=settings.bind_dn, password=settings.password.get_secret_value())
+    elif settings.auth == "external":
+        client.set_credentials("EXTERNAL")
+    client.set_auto_page_acquire(False)
+    client.set_raw_attributes(sorted({*settings.binary_attributes, *REQUIRED_BINARY}, key=str.lower))
+    client.set_async_connection_class(ReadableOnlyConnection)
+    client.set_ignore_referrals(True)
+    if url.lower().startswith("ldaps://") or settings.starttls:
+        client.set_cert_policy("demand" if settings.tls_verify else "never")
+        if settings.ca_file is not None:
+            client.set_ca_cert(str(settings.ca_file))
+    return client

@@ -1,0 +1,365 @@
+"""``LdapDirectory``: the ``Directory`` interface over LDAP with bonsai (OpenLDAP, Active Directory).
+
+Settings: ``LdapSettings`` (``plugins/ldap/settings.py``). Guarantees:
+- one pooled connection per concurrent operation, waiting without spinning (``connection.py``,
+  ``pool.py``); each operation (each page) is bounded by ``operation_timeout``;
+- reads (``search``, ``get``, and the first page of a paged search) retry recoverable errors; writes
+  retry only when no server received the request (connecting failed) — a write that failed in flight
+  raises ``UnavailableError`` and is never replayed blindly;
+- paged searches stream page by page with manual paging; a missing base raises ``NoSuchObjectError``;
+  ranged attributes (``member;range=0-1499``) come back complete under their plain name; the
+  ``binary_attributes`` are ``bytes``;
+- ``modify`` sends one LDAP modify (atomic); ``rename`` is one modrdn that removes the old RDN value;
+  ``unicodePwd`` is written only over an encrypted connection, as AD's quoted UTF-16-LE;
+- ``changes`` uses the accesslog on OpenLDAP and uSNChanged plus an anchor scan on AD
+  (``delta_accesslog.py``, ``delta_usn.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, ClassVar, Literal, TypeVar
+
+import bonsai
+
+from plugins import dn as dnlib
+from plugins.directory import (
+    AttrValue,
+    ChangeSet,
+    Directory,
+    DirectoryError,
+    Entry,
+    Modification,
+    ModOp,
+    NoSuchObjectError,
+    NotAllowedError,
+    Scope,
+    UnavailableError,
+)
+from plugins.ldap import compat
+from plugins.ldap.connection import make_client
+from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, translate
+from plugins.ldap.pool import ConnectionPool
+from plugins.ldap.retry import retrying
+from plugins.ldap.settings import LdapSettings
+from plugins.ldap.values import Range, encode_unicode_pwd, fold_modifications, is_unicode_pwd, parse_range, to_entry
+
+compat.install()
+
+T = TypeVar("T")
+Flavor = Literal["ad", "openldap"]
+_AD_CAPABILITY = "1.2.840.113556.1.4.800"
+_OP: dict[ModOp, int] = {
+    ModOp.ADD: bonsai.LDAPModOp.ADD,
+    ModOp.DELETE: bonsai.LDAPModOp.DELETE,
+    ModOp.REPLACE: bonsai.LDAPModOp.REPLACE,
+}
+_FAILURES = (bonsai.LDAPError, OSError, TimeoutError)
+
+
+class _NotOpen:
+    """Placeholder pool: fails loudly when the directory is used before ``open``."""
+
+    def connection(self) -> Any:
+        raise DirectoryClosedError("LdapDirectory is not open: use `async with LdapDirectory(settings)`")
+
+
+class _InFlightError(Exception):
+    """Internal marker: a write failed after a server may have received it."""
+
+    def __init__(self, error: DirectoryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class LdapDirectory(Directory):
+    """A directory reached over LDAP; ``flavor`` says whether it is Active Directory or OpenLDAP."""
+
+    Settings: ClassVar[type[LdapSettings]] = LdapSettings
+    recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = RECOVERABLE
+
+    def __init__(self, settings: LdapSettings) -> None:
+        self.settings = settings
+        self._pool: ConnectionPool | _NotOpen = _NotOpen()
+        self._flavor: Flavor | None = settings.flavor if settings.flavor != "auto" else None
+        self._base_dn: str | None = settings.base_dns[0] if settings.base_dns else None
+        self.root_dse: Entry | None = None
+        self._tracker: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        clients = [(url, make_client(self.settings, url)) for url in self.settings.urls]
+        self._pool = ConnectionPool(
+            clients,
+            size=self.settings.pool_size,
+            connect_timeout=self.settings.connect_timeout,
+            max_idle=self.settings.max_idle,
+            failover_hold=self.settings.failover_hold,
+        )
+        try:
+            self.root_dse = await self.read_root_dse()
+        except BaseException:
+            await self.close()
+            raise
+        if self._flavor is None:
+            capabilities = {str(v) for v in self.root_dse.get("supportedCapabilities")}
+            self._flavor = "ad" if _AD_CAPABILITY in capabilities else "openldap"
+        if self._base_dn is None:
+            self._base_dn = self._default_naming_context(self.root_dse)
+        if self._flavor == "ad":
+            from plugins.ldap.delta_usn import UsnTracker
+
+            self._tracker = UsnTracker(self)
+        else:
+            from plugins.ldap.delta_accesslog import AccessLogTracker
+
+            self._tracker = AccessLogTracker(self)
+
+    async def close(self) -> None:
+        if self._tracker is not None and hasattr(self._tracker, "close"):
+            self._tracker.close()
+        if isinstance(self._pool, ConnectionPool):
+            await self._pool.close()
+        self._pool = _NotOpen()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if not isinstance(self._pool, ConnectionPool):
+            self._pool.connection()  # raises
+        assert isinstance(self._pool, ConnectionPool)
+        return self._pool
+
+    @property
+    def flavor(self) -> Flavor:
+        if self._flavor is None:
+            raise UnavailableError("the server flavor is known once the directory is open")
+        return self._flavor
+
+    @property
+    def base_dn(self) -> str:
+        if self._base_dn is None:
+            raise UnavailableError("the base DN is known once the directory is open")
+        return self._base_dn
+
+    @property
+    def scope_bases(self) -> tuple[str, ...]:
+        return self.settings.base_dns or (self.base_dn,)
+
+    async def read_root_dse(self) -> Entry:
+        attrs = [
+            "*",
+            "+",
+            "supportedCapabilities",
+            "namingContexts",
+            "defaultNamingContext",
+            "dsServiceName",
+            "highestCommittedUSN",
+        ]
+        entry = await self.call("read the rootDSE", lambda c: self._base_entry(c, "", attrs))
+        if entry is None:
+            raise UnavailableError("the server returned no rootDSE")
+        return entry
+
+    @staticmethod
+    def _default_naming_context(root: Entry) -> str:
+        default = root.text("defaultNamingContext")
+        if default:
+            return default
+        contexts = [str(v) for v in root.get("namingContexts")]
+        usable = [c for c in contexts if c.lower() not in {"cn=accesslog", "cn=config", "cn=monitor"}]
+        if not usable:
+            raise UnavailableError("the server names no naming context; set base_dns")
+        return usable[0]
+
+    # ------------------------------------------------------------------ calling with pool + retry
+    async def call(self, what: str, op: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+        """Run ``op(conn)`` on a pooled connection, translating errors and retrying what is safe to retry."""
+        try:
+            async for attempt in retrying(self.settings.retry):
+                with attempt:
+                    return await self._once(what, op, write=write)
+        except _InFlightError as marker:
+            raise marker.error from marker.error.__cause__
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _once(self, what: str, op: Callable[[Any], Awaitable[T]], *, write: bool) -> T:
+        async with self.pool.connection() as conn:
+            try:
+                return await op(conn)
+            except _FAILURES as exc:
+                error = translate(exc, context=what)
+                if write and isinstance(error, UnavailableError):
+                    raise _InFlightError(error) from exc
+                raise error from exc
+
+    # ------------------------------------------------------------------ reads
+    def default_attributes(self) -> list[str]:
+        if self.flavor == "openldap":
+            return ["*", "entryUUID", "createTimestamp", "modifyTimestamp"]
+        return ["*"]
+
+    async def search(
+        self,
+        base: str,
+        ldap_filter: str = "(objectClass=*)",
+        *,
+        scope: Scope = Scope.SUBTREE,
+        attributes: Sequence[str] | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[list[Entry]]:
+        attrs = list(attributes) if attributes is not None else self.default_attributes()
+        size = max(1, min(page_size, self.settings.page_size))
+        timeout = self.settings.operation_timeout
+        what = f"search {base!r} {ldap_filter}"
+
+        async def first_page(conn: Any) -> Any:
+            return await conn.paged_search(base, int(scope), ldap_filter, attrs, timeout=timeout, page_size=size)
+
+        async with AsyncExitStack() as stack:
+            conn, page = await self._open_paged(stack, what, first_page)
+            yielded = False
+            try:
+                while True:
+                    entries = [to_entry(found) for found in page]
+                    for entry in entries:
+                        await self._complete_ranges(conn, entry)
+                    if entries:
+                        yielded = True
+                        yield entries
+                    msg_id = page.acquire_next_page()
+                    if msg_id is None:
+                        break
+                    page = await conn.get_result(msg_id, timeout)
+            except _FAILURES as exc:
+                raise translate(exc, context=what) from exc
+        if not yielded:
+            yield []
+
+    async def _open_paged(
+        self, outer: AsyncExitStack, what: str, first_page: Callable[[Any], Awaitable[Any]]
+    ) -> tuple[Any, Any]:
+        """A pooled connection (kept open in ``outer``) and the first page; retried as a read."""
+        async for attempt in retrying(self.settings.retry):
+            with attempt:
+                stack = AsyncExitStack()
+                conn = await stack.enter_async_context(self.pool.connection())
+                try:
+                    try:
+                        page = await first_page(conn)
+                    except _FAILURES as exc:
+                        raise translate(exc, context=what) from exc
+                except BaseException as exc:
+                    await stack.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
+                outer.push_async_exit(stack)
+                return conn, page
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def get(self, dn: str, attributes: Sequence[str] | None = None) -> Entry | None:
+        attrs = list(attributes) if attributes is not None else self.default_attributes()
+        try:
+            return await self.call(f"read {dn!r}", lambda conn: self._base_entry(conn, dn, attrs))
+        except NoSuchObjectError:
+            return None
+
+    async def _base_entry(self, conn: Any, dn: str, attrs: list[str]) -> Entry | None:
+        found = await conn.search(
+            dn, bonsai.LDAPSearchScope.BASE, "(objectClass=*)", attrs, timeout=self.settings.operation_timeout
+        )
+        if not found:
+            return None
+        entry = to_entry(found[0])
+        await self._complete_ranges(conn, entry)
+        return entry
+
+    async def _complete_ranges(self, conn: Any, entry: Entry) -> None:
+        """Fetch the rest of every ranged attribute (AD returns ``member;range=0-1499`` for big groups)."""
+        for name in [n for n in entry.attributes if ";range=" in n.lower()]:
+            first = parse_range(name)
+            if first is None:
+                continue
+            values = list(entry.attributes[name])
+            entry.attributes.remove(name)
+            chunk: Range | None = first
+            while chunk is not None and chunk.high is not None and len(values) < self.settings.range_retrieval_limit:
+                chunk = await self._next_range(conn, entry.dn, first.attribute, chunk.high + 1, values)
+            entry.attributes.set(first.attribute, values)
+
+    async def _next_range(self, conn: Any, dn: str, attribute: str, low: int, values: list[AttrValue]) -> Range | None:
+        found = await conn.search(
+            dn,
+            bonsai.LDAPSearchScope.BASE,
+            "(objectClass=*)",
+            [f"{attribute};range={low}-*"],
+            timeout=self.settings.operation_timeout,
+        )
+        if not found:
+            return None
+        part = to_entry(found[0]).attributes
+        for got in part:
+            parsed = parse_range(got)
+            if parsed is not None and parsed.attribute.lower() == attribute.lower():
+                values.extend(part[got])
+                return parsed
+        return None
+
+    # ------------------------------------------------------------------ writes
+    def _check_password_channel(self, names: Sequence[str]) -> None:
+        if any(is_unicode_pwd(n) for n in names) and not self.settings.encrypted:
+            raise NotAllowedError(
+                "unicodePwd can only be written over an encrypted connection: use ldaps:// or starttls: true"
+            )
+
+    async def add(self, dn: str, attributes: Mapping[str, Sequence[AttrValue]]) -> None:
+        self._check_password_channel(list(attributes))
+
+        async def op(conn: Any) -> None:
+            entry = bonsai.LDAPEntry(dn)
+            for name, values in attributes.items():
+                entry[name] = [encode_unicode_pwd(v) for v in values] if is_unicode_pwd(name) else list(values)
+            await conn.add(entry, timeout=self.settings.operation_timeout)
+
+        await self.call(f"add {dn!r}", op, write=True)
+
+    async def modify(self, dn: str, changes: Sequence[Modification]) -> None:
+        folded = fold_modifications(changes)
+        if not folded:
+            return
+        self._check_password_channel([c.attribute for c in folded])
+
+        async def op(conn: Any) -> None:
+            entry = bonsai.LDAPEntry(dn, conn)
+            for change in folded:
+                values = (
+                    [encode_unicode_pwd(v) for v in change.values]
+                    if is_unicode_pwd(change.attribute)
+                    else list(change.values)
+                )
+                entry.change_attribute(change.attribute, _OP[change.op], *values)
+            await entry.modify(timeout=self.settings.operation_timeout)
+
+        await self.call(f"modify {dn!r}", op, write=True)
+
+    async def delete(self, dn: str) -> None:
+        async def op(conn: Any) -> None:
+            await conn.delete(dn, timeout=self.settings.operation_timeout)
+
+        await self.call(f"delete {dn!r}", op, write=True)
+
+    async def rename(self, dn: str, new_rdn: str, *, new_superior: str | None = None) -> str:
+        new_dn = dnlib.join(new_rdn, new_superior if new_superior is not None else dnlib.parent(dn))
+
+        async def op(conn: Any) -> None:
+            entry = bonsai.LDAPEntry(dn, conn)
+            await entry.rename(new_dn, timeout=self.settings.operation_timeout, delete_old_rdn=True)
+
+        await self.call(f"rename {dn!r} to {new_dn!r}", op, write=True)
+        return new_dn
+
+    # ------------------------------------------------------------------ delta
+    async def changes(self, watermark: str | None, *, limit: int = 1000) -> ChangeSet:
+        if self._tracker is None:
+            self.pool  # noqa: B018 - raises the "not open" error
+        result: ChangeSet = await self._tracker.changes(watermark, limit=limit)
+        return result

@@ -1,0 +1,139 @@
+"""A small pool of bonsai connections: one connection per concurrent operation.
+
+Settings: ``pool_size``, ``connect_timeout``, ``max_idle``, ``failover_hold`` and the URL list of
+``LdapSettings``. Guarantees:
+- at most ``pool_size`` connections exist; a caller waits (without spinning) for a free one;
+- a connection goes back to the pool only after an operation that ended with an LDAP result (even an
+  error result); a lost connection, a timeout or a cancellation closes it, and every idle connection
+  opened before that failure is dropped too (a restarted server broke them all);
+- before reuse, an idle connection whose socket is readable (the server closed it or sent a notice of
+  disconnection) or that idled longer than ``max_idle`` is closed;
+- URLs are tried in order; one that failed to connect is skipped for ``failover_hold`` seconds unless
+  all have failed. Errors leave as ``plugins.directory`` errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import bonsai
+
+from plugins.directory import UnavailableError
+from plugins.ldap.errors import connection_is_reusable, translate
+
+
+@dataclass(slots=True)
+class _Idle:
+    conn: Any
+    generation: int
+    since: float
+    url: str
+
+
+class ConnectionPool:
+    """Connections to the first reachable URL; use ``async with pool.connection() as conn``."""
+
+    def __init__(
+        self,
+        clients: list[tuple[str, bonsai.LDAPClient]],
+        *,
+        size: int,
+        connect_timeout: float,
+        max_idle: float,
+        failover_hold: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clients = clients
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[_Idle] = []
+        self._busy: set[Any] = set()
+        self._generation = 0
+        self._failed_at: dict[str, float] = {}
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._failover_hold = failover_hold
+        self._clock = clock
+        self._closed = False
+        self.opened = 0  #: connections opened so far (for tests and metrics)
+        self.last_url: str | None = None
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection for one operation at a time; broken ones never return to the pool."""
+        if self._closed:
+            raise UnavailableError("the LDAP connection pool is closed")
+        async with self._slots:
+            conn, generation, url = await self._take()
+            self._busy.add(conn)
+            reusable = False
+            try:
+                yield conn
+                reusable = True
+            except BaseException as exc:
+                reusable = connection_is_reusable(exc)
+                if not reusable:
+                    self._generation += 1  # the server may have restarted: distrust the idle ones
+                raise
+            finally:
+                self._busy.discard(conn)
+                if reusable and not self._closed and not conn.closed and generation == self._generation:
+                    self._idle.append(_Idle(conn, generation, self._clock(), url))
+                else:
+                    conn.close()
+
+    async def _take(self) -> tuple[Any, int, str]:
+        now = self._clock()
+        while self._idle:
+            item = self._idle.pop()
+            if item.generation == self._generation and now - item.since < self._max_idle and _healthy(item.conn):
+                return item.conn, item.generation, item.url
+            item.conn.close()
+        generation = self._generation
+        conn, url = await self._connect()
+        return conn, generation, url
+
+    async def _connect(self) -> tuple[Any, str]:
+        now = self._clock()
+        fresh = [(u, c) for u, c in self._clients if now - self._failed_at.get(u, -1e18) >= self._failover_hold]
+        candidates = fresh or self._clients
+        errors: list[str] = []
+        for url, client in candidates:
+            try:
+                conn = await client.connect(is_async=True, timeout=self._connect_timeout)
+            except (bonsai.ConnectionError, bonsai.TimeoutError, TimeoutError, OSError) as exc:
+                self._failed_at[url] = self._clock()
+                errors.append(f"{url}: {translate(exc)}")
+                continue
+            except bonsai.LDAPError as exc:  # a bind refused is not a reason to fail over
+                raise translate(exc, context=f"bind to {url}") from exc
+            self._failed_at.pop(url, None)
+            self.opened += 1
+            self.last_url = url
+            return conn, url
+        raise UnavailableError("no LDAP server reachable: " + "; ".join(errors))
+
+    async def close(self) -> None:
+        """Close every idle connection; busy ones close when their operation ends."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().conn.close()
+
+
+def _healthy(conn: Any) -> bool:
+    """An idle LDAP connection has nothing to read; a readable socket means EOF or a disconnect notice."""
+    fd = conn.fileno()
+    if conn.closed or fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)

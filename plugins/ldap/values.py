@@ -1,0 +1,108 @@
+"""Value conversions between bonsai and ``plugins.directory`` entries.
+
+Settings: none. Guarantees:
+- bonsai turns ``TRUE``/``FALSE`` and decimal strings into ``bool``/``int``; ``to_entry`` turns them
+  back into the exact text (bonsai converts only when the round trip is exact); raw (binary)
+  attributes stay ``bytes``;
+- ranged attributes (``member;range=0-1499``) are recognised by ``parse_range`` so the directory can
+  fetch the rest and merge them under the plain name;
+- ``fold_modifications`` turns a sequence of per-attribute changes into at most one change per
+  attribute (bonsai holds one value list per attribute in a modify), keeping LDAP's sequential meaning;
+- ``encode_unicode_pwd`` gives AD's quoted UTF-16-LE password form.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugins.directory import Attributes, AttrValue, Entry, Modification, ModOp
+
+_RANGE = re.compile(r"^(?P<name>[^;]+(?:;(?!range=)[^;]+)*);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
+
+
+def to_value(value: Any) -> AttrValue:
+    if isinstance(value, bytes | str):
+        return value
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    return str(value)
+
+
+def to_entry(found: Any) -> Entry:
+    """A ``plugins.directory.Entry`` from a bonsai ``LDAPEntry``."""
+    attributes = Attributes()
+    for name, values in found.items(exclude_dn=True):
+        attributes.set(name, [to_value(value) for value in values])
+    return Entry(str(found.dn), attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    attribute: str
+    low: int
+    high: int | None  # None: this was the last chunk
+
+
+def parse_range(name: str) -> Range | None:
+    """``member;range=0-1499`` → Range("member", 0, 1499); ``…;range=1500-*`` → high None."""
+    match = _RANGE.match(name)
+    if match is None:
+        return None
+    high = match["high"]
+    return Range(match["name"], int(match["low"]), None if high == "*" else int(high))
+
+
+def ranged_names(attributes: Attributes) -> list[str]:
+    return [name for name in attributes if ";range=" in name.lower()]
+
+
+@dataclass(slots=True)
+class _Fold:
+    replace: list[AttrValue] | None = None
+    add: list[AttrValue] = field(default_factory=list)
+    delete: list[AttrValue] = field(default_factory=list)
+
+
+def fold_modifications(changes: Sequence[Modification]) -> list[Modification]:
+    """At most one REPLACE, or one ADD and/or one DELETE of values, per attribute, same outcome."""
+    folded: dict[str, tuple[str, _Fold]] = {}
+    for change in changes:
+        name, state = folded.setdefault(change.attribute.lower(), (change.attribute, _Fold()))
+        values = list(change.values)
+        if change.op is ModOp.REPLACE or (change.op is ModOp.DELETE and not values):
+            state.replace, state.add, state.delete = values, [], []
+        elif state.replace is not None:
+            if change.op is ModOp.ADD:
+                state.replace.extend(v for v in values if v not in state.replace)
+            else:
+                state.replace = [v for v in state.replace if v not in values]
+        elif change.op is ModOp.ADD:
+            state.delete = [v for v in state.delete if v not in values]
+            state.add.extend(values)
+        else:  # a value added and deleted again in the same modify: neither
+            state.delete.extend(v for v in values if v not in state.add)
+            state.add = [v for v in state.add if v not in values]
+    result: list[Modification] = []
+    for name, state in folded.values():
+        if state.replace is not None:
+            result.append(Modification(ModOp.REPLACE, name, tuple(state.replace)))
+            continue
+        if state.delete:
+            result.append(Modification(ModOp.DELETE, name, tuple(state.delete)))
+        if state.add:
+            result.append(Modification(ModOp.ADD, name, tuple(state.add)))
+    return result
+
+
+def encode_unicode_pwd(value: AttrValue) -> bytes:
+    """AD's unicodePwd value: the password in double quotes, UTF-16-LE (bytes pass through)."""
+    if isinstance(value, bytes):
+        return value
+    return f'"{value}"'.encode("utf-16-le")
+
+
+def is_unicode_pwd(name: str) -> bool:
+    return name.lower() == "unicodepwd"
