@@ -1,0 +1,141 @@
+"""Agent load: signed SCIM requests through the local transport against the memory directory.
+
+Runs, in one process and one event loop (one core):
+  1. filtered GETs with directory latency L and concurrency C: requests/s, p50/p99, and the ratio to
+     the ideal C/L (every GET is one directory round trip; target >= 0.8 at C=64, L=5 ms);
+  2. the same with L=0: the agent's own cost (target >= 2,000 filtered GETs/s);
+  3. a mix of filtered GETs and PATCHes (``--patch-share``) with latency L: requests/s and the ratio
+     to C / (L x measured round trips per request).
+
+    .venv/bin/python -m bench.agent_load --requests 5000 --concurrency 64 --latency-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.config import AgentSettings
+from agent.runtime import Agent
+from bench.common import result, summary_ms
+from plugins.memory import MemoryDirectory, MemorySettings
+from protocol.signing import Signer, public_key_text
+from service.client import ScimClient
+from transports.local import LocalRequester
+
+
+class CountingSleep:
+    """The memory directory's sleep, counting simulated round trips."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls += 1
+        await asyncio.sleep(seconds)
+
+
+async def run_phase(
+    name: str, *, users: int, requests: int, concurrency: int, latency: float, patch_share: float
+) -> dict[str, float]:
+    signer = Signer.generate("bench")
+    broker = f"bench-{name}"
+    settings = AgentSettings.model_validate(
+        {
+            "agent": {"id": "bench", "domains": ["example.com"]},
+            "transport": {"url": f"local://{broker}"},
+            "signing": {"public_keys": {"bench": public_key_text(signer.public_key)}},
+            "dispatcher": {"max_in_flight": max(concurrency, 1)},
+            "logging": {"level": "error"},
+        }
+    )
+    sleep = CountingSleep()
+    directory = MemoryDirectory(
+        MemorySettings(seed_users=users, seed_groups=0, latency={"kind": "fixed", "seconds": latency}), sleep=sleep
+    )
+    agent = Agent(settings, directory=directory)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    await agent.started.wait()
+    rng = random.Random(7)
+    latencies: list[float] = []
+    failures = 0
+    async with LocalRequester.from_url(f"local://{broker}") as requester:
+        client = ScimClient(requester, signer, "example.com", timeout=120)
+        ids: list[str] = []
+        if patch_share > 0:
+            async for page in client.read_all("/Users", page_size=1000, attributes="id"):
+                ids.extend(r["id"] for r in page)
+        sleep.calls = 0
+
+        def next_call() -> Callable[[], Awaitable[int]]:
+            if ids and rng.random() < patch_share:
+                target = rng.choice(ids)
+                operations = [{"op": "replace", "path": "title", "value": f"t{rng.randrange(1000)}"}]
+
+                async def patch() -> int:
+                    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations}
+                    return (await client.call("PATCH", f"/Users/{target}", body=body)).status
+
+                return patch
+            number = rng.randrange(1, users + 1)
+
+            async def get() -> int:
+                query = {"filter": f'userName eq "user{number:05d}"'}
+                return (await client.call("GET", "/Users", query)).status
+
+            return get
+
+        calls = [next_call() for _ in range(requests)]
+        queue = iter(calls)
+
+        async def worker() -> None:
+            nonlocal failures
+            for call in queue:
+                started = time.perf_counter()
+                status = await call()
+                latencies.append(time.perf_counter() - started)
+                failures += status >= 400
+
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+        elapsed = time.perf_counter() - started
+    stop.set()
+    await runner
+    round_trips = sleep.calls / requests
+    rate = requests / elapsed
+    figures: dict[str, float] = {"requests": requests, "rps": round(rate, 1), "failures": failures}
+    figures.update(summary_ms(latencies))
+    figures["round_trips_per_request"] = round(round_trips, 2)
+    if latency > 0:
+        ideal = concurrency / (latency * max(round_trips, 1.0))
+        figures["ideal_rps"] = round(ideal, 1)
+        figures["ratio_to_ideal"] = round(rate / ideal, 3)
+    return figures
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency-ms", type=float, default=5.0)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--patch-share", type=float, default=0.2)
+    args = parser.parse_args()
+    latency = args.latency_ms / 1000
+    common = {"users": args.users, "requests": args.requests, "concurrency": args.concurrency}
+    figures = await run_phase("gets-latency", latency=latency, patch_share=0.0, **common)
+    result(f"agent_load.filtered_gets C={args.concurrency} L={args.latency_ms}ms", **figures, target_ratio=0.8)
+    figures = await run_phase("gets-zero", latency=0.0, patch_share=0.0, **common)
+    result(f"agent_load.filtered_gets C={args.concurrency} L=0", **figures, target_rps=2000)
+    figures = await run_phase("mix", latency=latency, patch_share=args.patch_share, **common)
+    result(f"agent_load.mix patch_share={args.patch_share} C={args.concurrency} L={args.latency_ms}ms", **figures)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
