@@ -97,6 +97,11 @@ class MemoryDirectory(Directory):
     def __len__(self) -> int:
         return len(self._store)
 
+    def explain(self, ldap_filter: str) -> int | None:
+        """How many candidate entries the equality index yields for a filter; None means a full scan."""
+        candidates = self._store.plan(ldapfilter.parse(ldap_filter))
+        return None if candidates is None else len(candidates)
+
     def _seed(self) -> None:
         # Seeding allocates millions of long-lived objects: the cyclic GC would rescan them all, again
         # and again, for nothing. Pause it while seeding and move the result out of its way.

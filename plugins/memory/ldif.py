@@ -52,7 +52,9 @@ def _records(text: str) -> Iterator[tuple[int, list[tuple[int, str]]]]:
     """Unfold lines, drop comments, and group lines into records separated by blank lines."""
     record: list[tuple[int, str]] = []
     in_comment = False
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only LF (or CRLF) ends a line (RFC 2849 SEP): str.splitlines would also split at form feeds.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if line.startswith(" ") and (record or in_comment):
             if not in_comment:
                 record[-1] = (record[-1][0], record[-1][1] + line[1:])

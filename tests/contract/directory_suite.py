@@ -73,7 +73,7 @@ class Shapes(Protocol):
 
     def organizational_unit(self, name: str, parent: str) -> Shape: ...
 
-    def person(self, name: str, parent: str, **extra: list[AttrValue]) -> Shape: ...
+    def person(self, name: str, parent: str, **extra: Sequence[AttrValue]) -> Shape: ...
 
     def group(self, name: str, parent: str, members: Sequence[str]) -> Shape: ...
 
@@ -96,14 +96,14 @@ class OpenLdapShapes:
             "ou": [name],
         }
 
-    def person(self, name: str, parent: str, **extra: list[AttrValue]) -> Shape:
+    def person(self, name: str, parent: str, **extra: Sequence[AttrValue]) -> Shape:
         attributes: dict[str, list[AttrValue]] = {
             "objectClass": ["top", "person", "organizationalPerson", "inetOrgPerson"],
             "uid": [name],
             "cn": [name],
             "sn": ["Tester"],
         }
-        attributes.update(extra)
+        attributes.update((name, list(values)) for name, values in extra.items())
         return dnlib.join(f"uid={dnlib.escape_value(name)}", parent), attributes
 
     def group(self, name: str, parent: str, members: Sequence[str]) -> Shape:
@@ -128,7 +128,7 @@ class ActiveDirectoryShapes:
             "ou": [name],
         }
 
-    def person(self, name: str, parent: str, **extra: list[AttrValue]) -> Shape:
+    def person(self, name: str, parent: str, **extra: Sequence[AttrValue]) -> Shape:
         account = "u" + _short_id(name, parent)
         attributes: dict[str, list[AttrValue]] = {
             "objectClass": ["top", "person", "organizationalPerson", "user"],
@@ -137,7 +137,7 @@ class ActiveDirectoryShapes:
             "sAMAccountName": [account],
             "userAccountControl": ["514"],  # a disabled account needs no password
         }
-        attributes.update(extra)
+        attributes.update((name, list(values)) for name, values in extra.items())
         return dnlib.join(f"CN={dnlib.escape_value(name)}", parent), attributes
 
     def group(self, name: str, parent: str, members: Sequence[str]) -> Shape:
@@ -202,7 +202,7 @@ class DirectoryBehaviour:
                     await directory.delete(entry.dn)
 
     async def add_person(
-        self, directory: Directory, shapes: Shapes, name: str, parent: str, **extra: list[AttrValue]
+        self, directory: Directory, shapes: Shapes, name: str, parent: str, **extra: Sequence[AttrValue]
     ) -> str:
         dn, attributes = shapes.person(name, parent, **extra)
         await directory.add(dn, attributes)
@@ -343,7 +343,8 @@ class DirectoryBehaviour:
         values = ["x*y", "x(y)", "x\\y", "*", "xAy", "x", "y)", "(y"]
         by_value = {}
         for index, value in enumerate(values):
-            by_value[value] = await self.add_person(directory, shapes, f"h{index}", container, **{attribute: [value]})
+            extra: dict[str, list[AttrValue]] = {attribute: [value]}
+            by_value[value] = await self.add_person(directory, shapes, f"h{index}", container, **extra)
         for value in values:
             found = await collect(directory, container, f"({attribute}={escape_value(value)})")
             assert normalized(found) == normalized([by_value[value]]), value
@@ -412,7 +413,8 @@ class DirectoryBehaviour:
     async def test_modify_is_atomic(self, directory: Directory, shapes: Shapes, container: str) -> None:
         """When one change of a modify fails, none of its changes are applied."""
         multi, text = shapes.multi_valued_attribute, shapes.text_attribute
-        dn = await self.add_person(directory, shapes, "judy", container, **{multi: ["+1 555 0004"], text: ["Before"]})
+        extra: dict[str, list[AttrValue]] = {multi: ["+1 555 0004"], text: ["Before"]}
+        dn = await self.add_person(directory, shapes, "judy", container, **extra)
         with pytest.raises(ConstraintError):
             await directory.modify(
                 dn,
