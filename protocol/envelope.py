@@ -123,7 +123,7 @@ def _load_object(raw: bytes | str, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EnvelopeError(f"{what} must be a JSON object, not {type(data).__name__}")
     version = data.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # JSON true and 1.0 are not version 1
         raise EnvelopeError(f"{what} has unsupported version {version!r} (this side speaks {VERSION})")
     return data
 
