@@ -1,0 +1,212 @@
+"""The request/response envelope: round trips, and every malformed input refused with a reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from protocol.envelope import (
+    EnvelopeError,
+    Request,
+    Response,
+    ScimOperation,
+    canonical,
+    decode_request,
+    decode_response,
+)
+
+
+def _request(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "v": 1,
+        "id": "req-1",
+        "domain": "example.com",
+        "op": {"method": "PATCH", "path": "/Users/42", "query": {"attributes": "userName"}, "body": {"a": [1, 2]}},
+        "deadline": 1_700_000_000.5,
+        "reply_to": "reply.x",
+        "key_id": "k1",
+        "sig": "c2ln",
+    }
+    data.update(changes)
+    return data
+
+
+def _op(**changes: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"method": "GET", "path": "/Users", "query": {}, "body": None}
+    op.update(changes)
+    return op
+
+
+def _decode(data: Any) -> Request:
+    return decode_request(json.dumps(data))
+
+
+def test_request_round_trip() -> None:
+    """A request decodes to exactly what was encoded, field by field."""
+    request = Request(
+        id="r1",
+        domain="example.com",
+        operation=ScimOperation("POST", "/Users", {"a": "b"}, {"userName": "ada", "n": [1, 2.5, None, "é"]}),
+        deadline=1_700_000_123.25,
+        key_id="k1",
+        signature="AAAA",
+        reply_to="inbox",
+    )
+    assert decode_request(request.encode()) == request
+
+
+def test_response_round_trip() -> None:
+    """A response decodes to exactly what was encoded, timings included."""
+    response = Response("r1", 201, {"id": "x", "meta": {"version": 'W/"1"'}}, "agent-1", {"handle_ms": 1.5})
+    assert decode_response(response.encode()) == response
+
+
+def test_decoded_request_keeps_optional_fields_empty() -> None:
+    """An unsigned request without reply_to decodes with those fields as None, not empty strings."""
+    request = _decode(_request(key_id=None, sig=None, reply_to=None))
+    assert (request.key_id, request.signature, request.reply_to) == (None, None, None)
+
+
+def test_canonical_encoding_is_stable() -> None:
+    """The canonical form sorts keys and drops whitespace, so equal data gives equal bytes."""
+    assert canonical({"b": 1, "a": [1, {"d": 2, "c": "é"}]}) == canonical({"a": [1, {"c": "é", "d": 2}], "b": 1})
+    assert canonical({"b": 1, "a": 2}) == b'{"a":2,"b":1}'
+
+
+def test_signed_part_leaves_out_only_the_signature() -> None:
+    """The signed bytes change with every field but the signature."""
+    request = _decode(_request())
+    assert request.signed_part() == request.with_signature("k1", "other").signed_part()
+    assert b'"sig"' not in request.signed_part()
+    assert b'"key_id":"k1"' in request.signed_part()
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object, not list"),
+        (b'"text"', "must be a JSON object, not str"),
+        (b"null", "must be a JSON object, not NoneType"),
+    ],
+)
+def test_request_that_is_not_a_json_object_is_refused(raw: bytes, problem: str) -> None:
+    """Bytes that are not a JSON object are refused with the reason."""
+    with pytest.raises(EnvelopeError, match=problem):
+        decode_request(raw)
+
+
+@pytest.mark.parametrize("version", [None, 0, 2, "1", 1.5, 1.0, True])
+def test_wrong_version_is_refused(version: Any) -> None:
+    """Any version but the integer 1 is refused, naming the version received."""
+    data = _request(v=version)
+    if version is None:
+        del data["v"]
+    with pytest.raises(EnvelopeError, match="unsupported version"):
+        _decode(data)
+
+
+@pytest.mark.parametrize("name", ["id", "domain", "op", "deadline"])
+def test_missing_required_field_is_named(name: str) -> None:
+    """A request without a required field is refused, naming the field."""
+    data = _request()
+    del data[name]
+    with pytest.raises(EnvelopeError, match=f"'{name}' must be"):
+        _decode(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("id", 5),
+        ("domain", ["example.com"]),
+        ("op", "GET /Users"),
+        ("deadline", "soon"),
+        ("deadline", True),
+        ("key_id", 1),
+        ("sig", {"x": 1}),
+        ("reply_to", 3.5),
+    ],
+)
+def test_wrong_typed_field_is_named(name: str, value: Any) -> None:
+    """A field of the wrong JSON type is refused, naming the field and the type received."""
+    with pytest.raises(EnvelopeError, match=f"'{name}' must be .*got {type(value).__name__}"):
+        _decode(_request(**{name: value}))
+
+
+@pytest.mark.parametrize(
+    ("op", "problem"),
+    [
+        (_op(method="TRACE"), "method 'TRACE' is not one of"),
+        (_op(method=""), "method '' is not one of"),
+        (_op(method=1), "'method' must be str"),
+        ({"path": "/Users"}, "'method' must be str"),
+        (_op(path="Users"), "path 'Users' must start with '/'"),
+        (_op(path=""), "path '' must start with '/'"),
+        (_op(path=None), "'path' must be str"),
+        (_op(query=["a"]), "query must be an object of string values"),
+        (_op(query={"count": 5}), "query must be an object of string values"),
+        (_op(query="filter=x"), "query must be an object of string values"),
+    ],
+)
+def test_malformed_operation_is_refused(op: dict[str, Any], problem: str) -> None:
+    """A bad SCIM operation (method, path, query) is refused with a message naming the problem."""
+    with pytest.raises(EnvelopeError, match=problem):
+        _decode(_request(op=op))
+
+
+def test_lower_case_method_is_accepted() -> None:
+    """The method is case-insensitive on the wire and normalised to upper case."""
+    assert _decode(_request(op=_op(method="delete"))).operation.method == "DELETE"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_deadline_is_refused(literal: str) -> None:
+    """NaN and infinite deadlines (which Python's JSON parser accepts) are refused."""
+    raw = json.dumps(_request(deadline=0)).replace('"deadline": 0', f'"deadline": {literal}')
+    with pytest.raises(EnvelopeError, match="'deadline' must be a finite number"):
+        decode_request(raw)
+
+
+@pytest.mark.parametrize("request_id", ["", "x" * 201])
+def test_request_id_length_is_bounded(request_id: str) -> None:
+    """An empty or over-long request id is refused."""
+    with pytest.raises(EnvelopeError, match="'id' must be 1 to 200 characters"):
+        _decode(_request(id=request_id))
+
+
+def test_deep_nesting_is_refused_not_crashed() -> None:
+    """A body nested deeper than the parser can go is an EnvelopeError, not a RecursionError."""
+    depth = 100_000
+    raw = '{"v":1,"id":"x","domain":"d","deadline":1,"op":{"method":"POST","path":"/Users","body":'
+    raw += "[" * depth + "]" * depth + "}}"
+    with pytest.raises(EnvelopeError, match="nests too deeply"):
+        decode_request(raw)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"v": 1, "status": 200}, "'request_id' must be str"),
+        ({"v": 1, "request_id": "r", "status": "200"}, "'status' must be int"),
+        ({"v": 1, "request_id": "r", "status": True}, "'status' must be int"),
+        ({"v": 1, "request_id": "r", "status": 200, "timing": [1]}, "'timing' must be an object"),
+        ({"v": 2, "request_id": "r", "status": 200}, "unsupported version 2"),
+        ([], "must be a JSON object"),
+    ],
+)
+def test_malformed_response_is_refused(data: Any, problem: str) -> None:
+    """A malformed response envelope is refused with a message naming the problem."""
+    with pytest.raises(EnvelopeError, match=problem):
+        decode_response(json.dumps(data))
+
+
+def test_encoding_refuses_non_finite_numbers() -> None:
+    """A request whose body holds NaN cannot be encoded, so it never reaches the wire."""
+    request = Request("r", "d", ScimOperation("POST", "/Users", {}, {"x": float("nan")}), 1.0)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        request.encode()
