@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from tenacity import stop_after_attempt
 
 from agent.config import RetrySection, ScimSection
 from agent.retry import retrying
@@ -77,9 +78,14 @@ class ScimHandler:
     async def handle(self, op: ScimOperation) -> Result:
         try:
             route = self._route(op)
-            async for attempt in retrying(self.retry, self.directory.recoverable_errors):
-                with attempt:
-                    status, body = await route()
+            try:
+                status, body = await route()
+            except self.directory.recoverable_errors as first:
+                _log.info("directory call failed, retrying", error=str(first))
+                retries = stop_after_attempt(max(self.retry.attempts - 1, 1))
+                async for attempt in retrying(self.retry, self.directory.recoverable_errors, stop=retries):
+                    with attempt:
+                        status, body = await route()
             return Result(status, body)
         except ScimError as error:
             return Result(error.status, error.to_body())

@@ -45,20 +45,20 @@ class AttrMap:
     ldap: str
     kind: Kind = Kind.STRING
     read_only: bool = False
+    #: (attribute, sub-attribute, type) of the path: ``emails[work]`` → ("emails", "value", "work").
+    parts: tuple[str, str | None, str | None] = field(init=False, repr=False, compare=False)
+    extension: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def extension(self) -> bool:
-        return self.path.startswith("enterprise:")
-
-    @property
-    def parts(self) -> tuple[str, str | None, str | None]:
-        """(attribute, sub-attribute, type) of the path: ``emails[work]`` → ("emails", "value", "work")."""
+    def __post_init__(self) -> None:
         path = self.path.removeprefix("enterprise:")
         if path.endswith("]"):
             name, _, kind = path[:-1].partition("[")
-            return name, "value", kind
-        name, _, sub = path.partition(".")
-        return name, sub or None, None
+            parts: tuple[str, str | None, str | None] = (name, "value", kind)
+        else:
+            name, _, sub = path.partition(".")
+            parts = (name, sub or None, None)
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "extension", self.path.startswith("enterprise:"))
 
 
 @dataclass(frozen=True, slots=True)
