@@ -60,7 +60,7 @@ class Request:
             "id": self.id,
             "domain": self.domain,
             "op": self.operation.to_dict(),
-            "deadline": self.deadline,
+            "deadline": float(self.deadline),  # the decoder yields a float: sign what arrives
             "reply_to": self.reply_to,
             "key_id": self.key_id,
             "sig": self.signature,
