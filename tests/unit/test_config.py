@@ -1,0 +1,214 @@
+"""Agent configuration: defaults, interpolation, secrets, env overrides, and messages that name the key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentSettings, ConfigError, load_settings
+from cli.main import main
+
+
+def _write(tmp_path: Path, text: str, name: str = "agent.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_defaults_validate_and_work() -> None:
+    """With no file and no environment, the settings are the embedded defaults: local transport, memory directory."""
+    settings = load_settings(None, env={})
+    assert settings == AgentSettings()
+    assert settings.transport.url == "local://"
+    assert settings.directory.plugin == "memory"
+    assert settings.dispatcher.max_in_flight >= 1
+    assert settings.agent.domains == ["example.com"]
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    """An empty YAML file is the defaults, not an error."""
+    assert load_settings(_write(tmp_path, ""), env={}).transport.url == "local://"
+
+
+def test_env_references_are_interpolated(tmp_path: Path) -> None:
+    """``${NAME}`` takes the variable's value and ``${NAME:-default}`` falls back to the default."""
+    path = _write(
+        tmp_path,
+        """
+        agent:
+          id: agent-${SITE}
+          domains: ["${DOMAIN:-example.org}", "${OTHER:-}x.com"]
+        transport:
+          url: amqp://${USER}:${PASS}@mq/
+        """,
+    )
+    settings = load_settings(path, env={"SITE": "paris", "USER": "u", "PASS": "p"})
+    assert settings.agent.id == "agent-paris"
+    assert settings.agent.domains == ["example.org", "x.com"]
+    assert settings.transport.url == "amqp://u:p@mq/"
+
+
+def test_set_variable_wins_over_default(tmp_path: Path) -> None:
+    """A variable that is set is used even when the reference has a default."""
+    path = _write(tmp_path, "transport:\n  url: ${URL:-local://}\n")
+    assert load_settings(path, env={"URL": "http://127.0.0.1:1/"}).transport.url == "http://127.0.0.1:1/"
+
+
+def test_missing_env_variable_is_named_with_its_key(tmp_path: Path) -> None:
+    """A reference to an unset variable fails naming the variable and the key that used it."""
+    path = _write(tmp_path, "transport:\n  url: amqp://${MQ_HOST}/\n")
+    with pytest.raises(ConfigError, match=r"transport\.url: environment variable MQ_HOST is not set"):
+        load_settings(path, env={})
+
+
+def test_file_secret_is_read_without_trailing_newline(tmp_path: Path) -> None:
+    """``file:/path`` loads a signing key from a mounted file, trailing newline stripped."""
+    key_file = tmp_path / "k1.pub"
+    key_file.write_text("AAAAC3NzaC1lZDI1NTE5AAAAI\n")
+    path = _write(tmp_path, f"signing:\n  public_keys:\n    k1: file:{key_file}\n")
+    assert load_settings(path, env={}).signing.public_keys == {"k1": "AAAAC3NzaC1lZDI1NTE5AAAAI"}
+
+
+def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    """A ``file:`` reference to a missing file fails naming the key and the file."""
+    missing = tmp_path / "nope.pub"
+    path = _write(tmp_path, f"signing:\n  public_keys:\n    k1: file:{missing}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    message = str(caught.value)
+    assert "signing.public_keys.k1" in message
+    assert str(missing) in message
+    assert "cannot read secret file" in message
+
+
+def test_env_override_replaces_file_value(tmp_path: Path) -> None:
+    """``CLOUDPROV__TRANSPORT__URL`` overrides the file; other keys of the section stay."""
+    path = _write(tmp_path, "transport:\n  url: local://a\n  options: {retry_delay: 1}\n")
+    settings = load_settings(path, env={"CLOUDPROV__TRANSPORT__URL": "amqp://mq/", "UNRELATED": "x"})
+    assert settings.transport.url == "amqp://mq/"
+    assert settings.transport.options == {"retry_delay": 1}
+
+
+def test_env_overrides_parse_numbers_and_lists() -> None:
+    """Override values are YAML scalars: numbers become numbers, flow lists become lists."""
+    settings = load_settings(
+        None,
+        env={"CLOUDPROV__DISPATCHER__MAX_IN_FLIGHT": "8", "CLOUDPROV__AGENT__DOMAINS": "[a.com, b.com]"},
+    )
+    assert settings.dispatcher.max_in_flight == 8
+    assert settings.agent.domains == ["a.com", "b.com"]
+
+
+def test_env_override_quoted_as_yaml_stays_text() -> None:
+    """A YAML-quoted override keeps a number-like text setting (an agent id of 0042) as that text."""
+    assert load_settings(None, env={"CLOUDPROV__AGENT__ID": '"0042"'}).agent.id == "0042"
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    """A misspelt key is reported with its dotted path as unknown."""
+    path = _write(tmp_path, "dispatcher:\n  max_inflight: 3\n")
+    with pytest.raises(ConfigError, match=r"dispatcher\.max_inflight: unknown key"):
+        load_settings(path, env={})
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    """A misspelt section is reported as an unknown key."""
+    with pytest.raises(ConfigError, match="transprot: unknown key"):
+        load_settings(_write(tmp_path, "transprot:\n  url: local://\n"), env={})
+
+
+def test_every_faulty_key_is_listed(tmp_path: Path) -> None:
+    """All problems are reported at once, each with its dotted key and the file name."""
+    path = _write(
+        tmp_path,
+        """
+        dispatcher:
+          max_in_flight: many
+          grace_period: -1
+        logging:
+          level: loud
+        transport:
+          url: no-scheme
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid configuration")
+    assert "dispatcher.max_in_flight: Input should be a valid integer" in message
+    assert "dispatcher.grace_period: Input should be greater than or equal to 0" in message
+    assert "logging.level: Input should be 'debug', 'info', 'warning' or 'error'" in message
+    assert "transport.url: Value error, 'no-scheme' is not a URL" in message
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    """A file that is not YAML fails with a message saying so and naming the file."""
+    path = _write(tmp_path, "agent: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("just text\n", "str"), ("42\n", "int")])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    """A file whose top level is not a mapping of sections is refused, naming what it is."""
+    with pytest.raises(ConfigError, match=f"top level must be a mapping of sections, not {kind}"):
+        load_settings(_write(tmp_path, text), env={})
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    """A file that does not exist fails with a readable message, not a traceback."""
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load_settings(tmp_path / "absent.yaml", env={})
+
+
+def test_plugin_settings_are_passed_through(tmp_path: Path) -> None:
+    """The directory section's keys other than ``plugin`` go to the plugin unvalidated by the agent."""
+    settings = load_settings(_write(tmp_path, "directory:\n  plugin: memory\n  seed_users: 3\n"), env={})
+    assert settings.directory.plugin_settings() == {"seed_users": 3}
+
+
+# ------------------------------------------------------------------------------------- the CLI
+
+
+def test_config_check_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cloudprov config check`` exits 0 and summarises a valid file."""
+    path = _write(tmp_path, "transport:\n  url: local://x\ndirectory:\n  plugin: memory\n  seed_users: 5\n")
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: OK" in out
+    assert "transport local" in out
+    assert "directory memory" in out
+
+
+def test_config_check_rejects_an_invalid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cloudprov config check`` exits 2 and prints the faulty key on stderr."""
+    path = _write(tmp_path, "scim:\n  max_page_size: 0\n")
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "scim.max_page_size: Input should be greater than or equal to 1" in captured.err
+    assert captured.out == ""
+
+
+def test_config_check_rejects_invalid_plugin_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad setting of the directory plugin is caught by ``config check``, naming the key."""
+    path = _write(tmp_path, "directory:\n  plugin: memory\n  seed_users: -1\n  colour: blue\n")
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "directory.seed_users" in err
+    assert "directory.colour" in err
+
+
+def test_config_check_rejects_unknown_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt plugin name is refused with a suggestion."""
+    path = _write(tmp_path, "directory:\n  plugin: memroy\n")
+    assert main(["config", "check", str(path)]) == 2
+    assert "did you mean 'memory'" in capsys.readouterr().err
+
+
+def test_config_check_rejects_bad_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``config check`` on a non-YAML file exits 2 with a message, not a traceback."""
+    path = _write(tmp_path, "a: b: c\n")
+    assert main(["config", "check", str(path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
