@@ -25,7 +25,7 @@ from agent.scim import discovery
 from agent.scim.errors import scim_error
 from agent.scim.listing import Lister
 from agent.scim.patch import PatchOperation, apply_patch, parse_operations
-from agent.scim.profile import Profile, ResourceMapping
+from agent.scim.profile import Kind, Profile, ResourceMapping
 from agent.scim.refs import Ref, References
 from agent.scim.resources import Resource, ci_get, diff, reference_dns, to_ldap, to_resource
 from agent.scim.values import text
@@ -231,6 +231,7 @@ class ScimHandler:
             if ref is not None:
                 self.refs.forget(ref)
             dn = await self.directory.rename(dn, f"{mapping.rdn_attribute}={dnlib.escape_value(rdn_value)}")
+            await self._repoint(entry.dn, dn)
         changes = diff(mapping, entry, values)
         if changes:
             await self.directory.modify(dn, changes)
@@ -238,6 +239,22 @@ class ScimHandler:
         if updated is None:
             raise not_found(f"{mapping.name} disappeared while it was being changed")
         return updated
+
+    async def _repoint(self, old_dn: str, new_dn: str) -> None:
+        """Point reference attributes (member, manager) that still hold ``old_dn`` at ``new_dn``.
+
+        Active Directory does this itself (nothing is left to find); OpenLDAP without the refint
+        overlay does not, and a renamed user would silently drop out of its groups.
+        """
+        reference_attributes = {a.ldap for m in self.profile.resources for a in m.attributes if a.kind is Kind.REFERENCE}
+        for attribute in sorted(reference_attributes, key=str.lower):
+            query = f"({attribute}={escape_value(old_dn)})"
+            holders = [e.dn async for page in self.directory.search(self.base, query, attributes=["1.1"]) for e in page]
+            for holder in holders:
+                await self.directory.modify(
+                    holder,
+                    [Modification(ModOp.DELETE, attribute, (old_dn,)), Modification(ModOp.ADD, attribute, (new_dn,))],
+                )
 
     async def _replace(self, mapping: ResourceMapping, scim_id: str, body: Any) -> tuple[int, Any]:
         resource = self._body(body, mapping)
