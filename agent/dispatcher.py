@@ -65,6 +65,7 @@ class Dispatcher:
         self.counters = Counters()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_transport: dict[int, set[asyncio.Task[None]]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -72,17 +73,23 @@ class Dispatcher:
 
     async def consume(self, transport: Transport) -> None:
         """Take deliveries until the transport stops yielding them; each runs in its own task."""
+        mine = self._by_transport.setdefault(id(transport), set())
         async for delivery in transport.deliveries():
             await self._slots.acquire()
             task = asyncio.create_task(self._run(delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for tasks in (self._tasks, mine):
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
-    async def drain(self, grace: float) -> int:
-        """Wait up to ``grace`` seconds for in-flight work; cancel the rest. Returns how many were cancelled."""
-        if not self._tasks:
+    async def drain(self, grace: float, transport: Transport | None = None) -> int:
+        """Wait up to ``grace`` seconds for in-flight work (of one transport, or all); cancel the rest.
+
+        Returns how many were cancelled: their deliveries stay unsettled and go back to the queue.
+        """
+        tasks = self._tasks if transport is None else self._by_transport.pop(id(transport), set())
+        if not tasks:
             return 0
-        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        _done, pending = await asyncio.wait(set(tasks), timeout=grace)
         for task in pending:
             task.cancel()
         if pending:

@@ -1,9 +1,14 @@
 """The agent's lifecycle: one TaskGroup, started and stopped in a fixed order.
 
-Start: open the directory, build the SCIM handler and dispatcher, connect the transport, then
-consume. Stop (SIGTERM, or ``stop`` set): take no new work, let in-flight requests finish within
-``dispatcher.grace_period`` (the rest are cancelled and, unsettled, go back to the queue), close the
-transport, close the directory. ``Agent.status()`` reports what a health check or heartbeat needs.
+Start: open the directory, build the SCIM handler and dispatcher, connect the transport, consume,
+then start the background services (health, bootstrap, heartbeat, … each an ``async`` callable
+taking the agent). Stop (SIGTERM, or ``stop`` set): take no new work, let in-flight requests finish
+within ``dispatcher.grace_period`` (the rest are cancelled and, unsettled, go back to the queue),
+stop the services, close the transports, close the directory.
+
+``replace_transport`` switches endpoints without losing work: the new transport connects and starts
+consuming first, then the old one stops taking work, finishes and settles what it holds, and closes.
+``Agent.status()`` and ``Agent.readiness()`` report what health checks and heartbeats need.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -26,6 +32,11 @@ from transports.base import Transport
 from transports.registry import create_transport
 
 _log = structlog.get_logger("cloudprov.agent")
+
+#: A background service: runs while the agent serves, cancelled at shutdown.
+Service = Callable[["Agent"], Coroutine[Any, Any, None]]
+#: A readiness check: returns None when fine, else the reason the agent is not ready.
+ReadinessCheck = Callable[["Agent"], str | None]
 
 
 class AgentNotStartedError(RuntimeError):
@@ -45,6 +56,7 @@ class Agent:
         directory: Directory | None = None,
         transport: Transport | None = None,
         verifier: Verifier | None = None,
+        services: list[Service] | None = None,
     ) -> None:
         self.settings = settings
         self.directory = directory or create_directory(settings.directory.plugin, settings.directory.plugin_settings())
@@ -53,9 +65,14 @@ class Agent:
         )
         self.verifier = verifier or build_verifier(settings)
         self.profile = load_profile(settings.scim.profile, settings.scim.profile_overrides)
+        self.services: list[Service] = list(services or [])
+        self.readiness_checks: list[ReadinessCheck] = []
         self.started_at = time.time()
         self.started = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._consumers: dict[int, asyncio.Task[None]] = {}
+        self._switching = asyncio.Lock()
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -63,22 +80,35 @@ class Agent:
             raise AgentNotStartedError("the dispatcher exists once the agent runs")
         return self._dispatcher
 
+    def not_ready_reasons(self) -> list[str]:
+        """Why the agent cannot take work now (empty: ready)."""
+        reasons = []
+        if not self.started.is_set():
+            reasons.append("agent is not running")
+        elif not self.transport.connected:
+            reasons.append("transport is not connected")
+        for check in self.readiness_checks:
+            reason = check(self)
+            if reason:
+                reasons.append(reason)
+        return reasons
+
     def status(self) -> dict[str, Any]:
         dispatcher = self._dispatcher
         return {
             "agent_id": self.settings.agent.id,
             "domains": list(self.settings.agent.domains),
             "uptime_s": round(time.time() - self.started_at, 1),
-            "ready": self.started.is_set() and self.transport.connected,
+            "ready": not self.not_ready_reasons(),
             "in_flight": dispatcher.in_flight if dispatcher else 0,
-            "counters": vars(dispatcher.counters) if dispatcher else {},
+            "counters": dict(vars(dispatcher.counters)) if dispatcher else {},
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or the transport ends), then shut down in order."""
         stop = stop or asyncio.Event()
         settings = self.settings
-        log = _log.bind(agent_id=settings.agent.id, transport=settings.transport.url.split("://", 1)[0])
+        log = _log.bind(agent_id=settings.agent.id)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.directory)
             handler = ScimHandler(self.directory, self.profile, settings.scim, settings.retry)
@@ -90,19 +120,46 @@ class Agent:
                 domains=settings.agent.domains,
                 max_body_bytes=settings.scim.max_body_bytes,
             )
-            await stack.enter_async_context(self.transport)
-            log.info("agent started", domains=list(settings.agent.domains), directory=settings.directory.plugin)
-            self.started.set()
-            async with asyncio.TaskGroup() as group:
-                consumer = group.create_task(self._dispatcher.consume(self.transport))
-                stopper = group.create_task(stop.wait())
-                await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                log.info("agent stopping", in_flight=self._dispatcher.in_flight)
-                await asyncio.shield(self._shutdown(log))
-                stopper.cancel()
-                consumer.cancel()
-            self.started.clear()
+            await self.transport.connect()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    self._group = group
+                    self._consume(self.transport)
+                    services = [group.create_task(service(self)) for service in self.services]
+                    log.info("agent started", domains=list(settings.agent.domains), directory=settings.directory.plugin)
+                    self.started.set()
+                    stopper = group.create_task(stop.wait())
+                    await asyncio.wait({stopper, *self._consumers.values()}, return_when=asyncio.FIRST_COMPLETED)
+                    self.started.clear()
+                    log.info("agent stopping", in_flight=self._dispatcher.in_flight)
+                    await asyncio.shield(self._shutdown(log))
+                    for task in (stopper, *services, *self._consumers.values()):
+                        task.cancel()
+            finally:
+                self._group = None
+                await self.transport.close()
         log.info("agent stopped", **{k: v for k, v in vars(self._dispatcher.counters).items() if v})
+
+    def _consume(self, transport: Transport) -> None:
+        if self._group is None or self._dispatcher is None:
+            raise AgentNotStartedError("transports are consumed only while the agent runs")
+        self._consumers[id(transport)] = self._group.create_task(self._dispatcher.consume(transport))
+
+    async def replace_transport(self, new: Transport) -> None:
+        """Move to new endpoints without losing work: start the new transport, then retire the old."""
+        async with self._switching:
+            old = self.transport
+            await new.connect()
+            self.transport = new
+            self._consume(new)
+            _log.info("consuming on new transport endpoints; retiring the old ones")
+            await old.stop_consuming()
+            cancelled = await self.dispatcher.drain(self.settings.dispatcher.grace_period, old)
+            consumer = self._consumers.pop(id(old), None)
+            if consumer is not None:
+                consumer.cancel()
+            await old.close()
+            _log.info("old transport endpoints closed", unfinished_returned_to_queue=cancelled)
 
     async def _shutdown(self, log: Any) -> None:
         await self.transport.stop_consuming()
