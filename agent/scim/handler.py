@@ -108,7 +108,9 @@ class ScimHandler:
             if method != "GET":
                 raise ScimError(405, f"{op.path} is read-only")
             return lambda: self._discovery(head, parts[1:])
-        if head == "changes" and len(parts) == 1 and method == "GET":
+        if head == "changes" and len(parts) == 1:
+            if method != "GET":
+                raise ScimError(405, f"{op.path} is read-only")
             return lambda: change_feed.read(self, op.query)
         if head not in {"users", "groups"}:
             raise not_found(f"no SCIM endpoint at {op.path!r}")
