@@ -226,6 +226,7 @@ class ScimHandler:
         values = await to_ldap(mapping, new, self._resolve, current=entry)
         dn = entry.dn
         rdn_value = self._rdn_value(mapping, new)
+        _fill_required(mapping, values, rdn_value)  # a replace must not clear what the object class requires
         current_rdn = dnlib.parse(dn)[0].get(mapping.rdn_attribute)
         if current_rdn is None or current_rdn != rdn_value:
             await self._check_unique(mapping, rdn_value, own_dn=dn)
@@ -354,8 +355,10 @@ def _fill_required(mapping: ResourceMapping, attributes: dict[str, list[AttrValu
     if "person" in classes and "user" not in classes:
         names = [text(v[0]) for v in (attributes.get("givenName"), attributes.get("sn")) if v]
         display = attributes.get("displayName") or ([" ".join(names)] if names else [rdn_value])
-        attributes.setdefault("cn", list(display))
-        attributes.setdefault("sn", [text(attributes["cn"][0])])
+        if not attributes.get("cn"):
+            attributes["cn"] = list(display)
+        if not attributes.get("sn"):
+            attributes["sn"] = [text(attributes["cn"][0])]
 
 
 def _member_ids(value: Any) -> list[str] | None:
