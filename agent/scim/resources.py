@@ -158,6 +158,8 @@ async def to_ldap(
             scim = _scim_values(attr, resource)
         except ValueError as exc:
             raise invalid_value(f"{attr.path}: {exc}") from None
+        if scim is None and attr.kind is Kind.ACTIVE_UAC:
+            continue  # userAccountControl holds more than 'active': an absent 'active' must not clear it
         bucket = values.setdefault(attr.ldap, [])
         if scim is None:
             continue
