@@ -249,8 +249,8 @@ class ScimHandler:
         Active Directory does this itself (nothing is left to find); OpenLDAP without the refint
         overlay does not, and a renamed user would silently drop out of its groups.
         """
-        reference_attributes = {a.ldap for m in self.profile.resources for a in m.attributes if a.kind is Kind.REFERENCE}
-        for attribute in sorted(reference_attributes, key=str.lower):
+        references = {a.ldap for m in self.profile.resources for a in m.attributes if a.kind is Kind.REFERENCE}
+        for attribute in sorted(references, key=str.lower):
             query = f"({attribute}={escape_value(old_dn)})"
             holders = [e.dn async for page in self.directory.search(self.base, query, attributes=["1.1"]) for e in page]
             for holder in holders:
