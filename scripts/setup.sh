@@ -26,6 +26,12 @@ if [ "${1:-}" = dev ]; then
   extras="dev"
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
+log=$(mktemp)
+pip_install() {
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 \
+    || { grep -v '^WARNING: Location' "$log" | tail -30 >&2; echo "setup: pip install $* failed" >&2; exit 1; }
+}
+pip_install --upgrade pip
+pip_install -e ".[$extras]"
+rm -f "$log"
 .venv/bin/cloudprov version >/dev/null || { echo "setup: the install did not produce .venv/bin/cloudprov" >&2; exit 1; }
