@@ -6,11 +6,16 @@ Settings: none. Guarantees:
   slapd returns such DNs (``cn=a\\2Cb#c``), and bonsai then fails the whole search, or reports a
   rename that the server has already applied as an error. ``install`` swaps in an RFC 4514 pattern
   that accepts them; bonsai's own escaping and comparison code is left as it is.
+- bonsai's rename splits the new DN itself: it cuts the new parent at the *old* DN's depth (a move to
+  a deeper parent loses its last RDNs) and splits on every comma preceded by no backslash (wrong for
+  a value ending in an escaped backslash). ``RenameTarget`` hands bonsai the RDN and parent we
+  computed with ``plugins.dn``.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from bonsai.ldapdn import LDAPDN
 
@@ -24,3 +29,19 @@ RFC4514_DN = re.compile(rf"(?:{_RDN})(?:[,;](?:{_RDN}))*\Z")
 def install() -> None:
     """Make bonsai accept every RFC 4514 DN (idempotent)."""
     LDAPDN._dnregex = RFC4514_DN
+
+
+class RenameTarget(LDAPDN):
+    """The new DN of a rename, whose RDN (index 0) and parent (any slice) are fixed, not re-split."""
+
+    def __init__(self, new_dn: str, rdn: str, parent: str) -> None:
+        super().__init__(new_dn)
+        self._rdn = rdn
+        self._parent = parent
+
+    def __getitem__(self, index: Any) -> str:
+        if isinstance(index, slice):
+            return self._parent
+        if index == 0:
+            return self._rdn
+        return str(super().__getitem__(index))

@@ -6,7 +6,9 @@ delete carries the entry's last attributes (entryUUID among them), and the bound
 the accesslog database.
 Guarantees:
 - the watermark is ``accesslog:<reqStart>`` of the last record handed out (``accesslog:0``: from the
-  beginning); records come oldest first, at most ``limit`` per call, ``more`` when others wait;
+  beginning); the server is asked for whole seconds and the exact cut is made on the reqStart text
+  (fixed width, so text order is time order); records come oldest first, at most ``limit`` per call,
+  ``more`` when others wait;
   slapd's accesslog is written in commit order (delta-syncrepl relies on the same property);
 - a record outside ``base_dns`` advances the watermark but yields no change (a rename into or out of
   the scope is kept: one of its DNs is inside);
@@ -52,9 +54,12 @@ class AccessLogTracker:
         since = watermark.removeprefix(PREFIX)
         if since != "0":
             await self._check_still_logged(since)
+        # The server compares whole seconds only (its generalizedTime ordering of fractions is unreliable:
+        # a record equal to the watermark came back as newer); the exact cut is made here on the
+        # fixed-width text, which orders correctly.
         ldap_filter = (
             "(&(objectClass=auditWriteObject)(reqResult=0)(|(reqType=add)(reqType=modify)(reqType=modrdn)"
-            f"(reqType=delete)){'' if since == '0' else f'(!(reqStart<={since}))'})"
+            f"(reqType=delete)){'' if since == '0' else f'(reqStart>={since[:14]}Z)'})"
         )
         records: list[Entry] = []
         pages = cast(
@@ -63,7 +68,7 @@ class AccessLogTracker:
         )
         async with aclosing(pages):
             async for page in pages:
-                records.extend(page)
+                records.extend(r for r in page if since == "0" or (r.text("reqStart") or "") > since)
                 if len(records) > limit:
                     break
         records.sort(key=lambda r: r.text("reqStart") or "")
@@ -101,7 +106,7 @@ class AccessLogTracker:
 
     async def _newest(self) -> str:
         """The newest reqStart: look at the last minutes first, scan the whole log only if they are empty."""
-        recent = (datetime.now(UTC) - _RECENT).strftime("%Y%m%d%H%M%S.000000Z")
+        recent = (datetime.now(UTC) - _RECENT).strftime("%Y%m%d%H%M%SZ")
         for ldap_filter in (f"(reqStart>={recent})", "(objectClass=*)"):
             newest = ""
             async for page in self._dir.search(self._base, ldap_filter, scope=Scope.ONELEVEL, attributes=["1.1"]):

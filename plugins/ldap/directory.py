@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack
 from typing import Any, ClassVar, Literal, TypeVar
 
 import bonsai
+from bonsai._bonsai import ldapentry as c_entry
 
 from plugins import dn as dnlib
 from plugins.directory import (
@@ -348,11 +349,15 @@ class LdapDirectory(Directory):
         await self.call(f"delete {dn!r}", op, write=True)
 
     async def rename(self, dn: str, new_rdn: str, *, new_superior: str | None = None) -> str:
-        new_dn = dnlib.join(new_rdn, new_superior if new_superior is not None else dnlib.parent(dn))
+        parent = new_superior if new_superior is not None else dnlib.parent(dn)
+        new_dn = dnlib.join(new_rdn, parent)
+        target = compat.RenameTarget(new_dn, dnlib.rdn(new_dn), dnlib.to_string(dnlib.parse(parent)))
 
         async def op(conn: Any) -> None:
             entry = bonsai.LDAPEntry(dn, conn)
-            await entry.rename(new_dn, timeout=self.settings.operation_timeout, delete_old_rdn=True)
+            # bonsai's Python rename turns the target back into a string and splits it wrongly
+            msg_id = c_entry.rename(entry, target, True)
+            await conn.get_result(msg_id, self.settings.operation_timeout)
 
         await self.call(f"rename {dn!r} to {new_dn!r}", op, write=True)
         return new_dn

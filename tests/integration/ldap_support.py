@@ -1,0 +1,114 @@
+"""Helpers for the real-server LDAP tests: settings from ``scripts/servers.sh``, throwaway OUs, slapd control."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from plugins.directory import Entry, NoSuchObjectError, Scope
+from plugins.ldap import LdapDirectory, LdapSettings
+from tests.conftest import server_missing
+from tests.servers.env import server_env, servers_script
+
+
+def slapd_settings(tmp_path: Path, **overrides: Any) -> LdapSettings:
+    env = server_env()
+    if "CLOUDPROV_SLAPD_URL" not in env:
+        server_missing("slapd (CLOUDPROV_SLAPD_URL)")
+    values: dict[str, Any] = {
+        "urls": (env["CLOUDPROV_SLAPD_URL"],),
+        "bind_dn": env["CLOUDPROV_SLAPD_BIND_DN"],
+        "password": env["CLOUDPROV_SLAPD_PASSWORD"],
+        "base_dns": (env["CLOUDPROV_SLAPD_BASE"],),
+        "ca_file": env.get("CLOUDPROV_SLAPD_CA_FILE"),
+        "state_dir": tmp_path,
+        "retry": {"attempts": 3, "initial_backoff": 0.05, "max_backoff": 0.5, "jitter": 0.05},
+    }
+    values.update(overrides)
+    return LdapSettings.model_validate(values)
+
+
+def samba_settings(tmp_path: Path, **overrides: Any) -> LdapSettings:
+    env = server_env()
+    if "CLOUDPROV_SAMBA_URL" not in env:
+        server_missing("Samba AD DC (CLOUDPROV_SAMBA_URL)")
+    values: dict[str, Any] = {
+        "urls": (env["CLOUDPROV_SAMBA_URL"],),
+        "bind_dn": env["CLOUDPROV_SAMBA_BIND_DN"],
+        "password": env["CLOUDPROV_SAMBA_PASSWORD"],
+        "ca_file": env["CLOUDPROV_SAMBA_CA_FILE"],
+        "state_dir": tmp_path,
+        "retry": {"attempts": 3, "initial_backoff": 0.05, "max_backoff": 0.5, "jitter": 0.05},
+    }
+    values.update(overrides)
+    return LdapSettings.model_validate(values)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def make_ou(directory: LdapDirectory, parent: str) -> str:
+    dn = f"ou={unique('test')},{parent}"
+    await directory.add(dn, {"objectClass": ["organizationalUnit"]})
+    return dn
+
+
+async def delete_tree(directory: LdapDirectory, dn: str) -> None:
+    """Remove ``dn`` and everything below it, deepest first."""
+    entries: list[Entry] = []
+    try:
+        async for page in directory.search(dn, scope=Scope.SUBTREE, attributes=["1.1"]):
+            entries.extend(page)
+    except NoSuchObjectError:
+        return
+    for entry in sorted(entries, key=lambda e: -len(e.dn)):
+        with contextlib.suppress(NoSuchObjectError):
+            await directory.delete(entry.dn)
+
+
+async def collect(pages: AsyncIterator[list[Entry]]) -> list[Entry]:
+    found: list[Entry] = []
+    async for page in pages:
+        found.extend(page)
+    return found
+
+
+def slapd_pid() -> int:
+    return int(Path(server_env()["CLOUDPROV_SLAPD_PID_FILE"]).read_text().strip())
+
+
+def restart_slapd(*, hard: bool = False) -> None:
+    """Stop slapd (``hard``: SIGKILL, a crash) and start it again on the same data."""
+    if hard:
+        pid = slapd_pid()
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        subprocess.run([str(servers_script()), "start", "slapd"], check=True, capture_output=True, timeout=30)
+        return
+    subprocess.run([str(servers_script()), "restart", "slapd"], check=True, capture_output=True, timeout=30)
+
+
+class Paused:
+    """``with Paused(pid):`` — the process is stopped (SIGSTOP) inside the block."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def __exit__(self, *exc: object) -> None:
+        os.kill(self.pid, signal.SIGCONT)
