@@ -162,7 +162,7 @@ def is_chunk(headers: Mapping[str, Any]) -> bool:
     return GROUP in headers
 
 
-def cp_headers(headers: Mapping[str, Any] | None) -> dict[str, HeaderValue]:
+def cp_headers(headers: Mapping[Any, Any] | None) -> dict[str, HeaderValue]:
     """The ``cp-*`` entries of a transport's header mapping (bytes keys and values decoded)."""
     out: dict[str, HeaderValue] = {}
     for key, value in (headers or {}).items():
@@ -264,7 +264,7 @@ class Reassembler:
     def pending_groups(self) -> int:
         return len(self._groups)
 
-    def add(self, body: bytes, headers: Mapping[str, Any] | None) -> bytes | None:
+    def add(self, body: bytes, headers: Mapping[Any, Any] | None) -> bytes | None:
         """The payload once complete (at once for a frame that is not a chunk), else None."""
         found = cp_headers(headers)
         if not is_chunk(found):
