@@ -18,7 +18,7 @@ import structlog
 
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|private|authorization|api[_-]?key|sig)", re.I)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
-_CONN_STRING_KEY = re.compile(r"(SharedAccessKey|AccountKey|Password)=([^;]+)", re.I)
+_CONN_STRING_KEY = re.compile(r"(SharedAccessKey|SharedAccessSignature|AccountKey|Password)=([^;]+)", re.I)
 REDACTED = "***"
 
 
