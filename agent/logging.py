@@ -35,6 +35,9 @@ def _redact_value(key: str, value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, dict):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        redacted = [_redact_value(key, v) for v in value]
+        return redacted if isinstance(value, list) else tuple(redacted)
     return value
 
 
