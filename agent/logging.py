@@ -60,8 +60,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info if as_json else structlog.processors.StackInfoRenderer(),
+            redact_secrets,  # after the traceback is rendered to text, so exception messages are masked too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
