@@ -67,6 +67,14 @@ def _not(inner: _Out) -> _Out:
     return _Out(f"(!{inner.part})", True)
 
 
+def _not_within(inner: _Out, element: AttrMap | None) -> _Out:
+    """``not`` of a condition; inside ``attr[...]`` it is about one value, which LDAP cannot negate alone
+    (``(!(mail=x))`` also drops an entry whose other mail value matches), so only constants stay exact."""
+    if element is None or isinstance(inner.part, bool):
+        return _not(inner)
+    return _Out(f"({element.ldap}=*)", False)
+
+
 def _eq(attr: str, value: str | bytes) -> str:
     return f"({attr}={escape_value(value)})"
 
@@ -101,7 +109,7 @@ class _Translator:
         if isinstance(node, sf.Or):
             return _or([await self.node(o, element) for o in node.operands])
         if isinstance(node, sf.Not):
-            return _not(await self.node(node.operand, element))
+            return _not_within(await self.node(node.operand, element), element)
         if isinstance(node, sf.ValuePath):
             return await self.value_path(node)
         if isinstance(node, sf.Present):
@@ -115,14 +123,15 @@ class _Translator:
         maps, _ = found
         if not maps:
             return _Out(False, True)
-        return _or([await self.node(node.filter, element) for element in maps])
+        # An element must exist for attr[...] to hold, whatever the filter inside says.
+        return _or([_and([_Out(f"({e.ldap}=*)", True), await self.node(node.filter, e)]) for e in maps])
 
     async def compare(self, path: sf.AttrPath, op: str, value: sf.ScimValue, element: AttrMap | None) -> _Out:
         # RFC readings shared with protocol.scimeval: "x ne v" is "not (x eq v)", "x eq null" is "not (x pr)".
         if op == "ne":
-            return _not(await self.compare(path, "eq", value, element))
+            return _not_within(await self.compare(path, "eq", value, element), element)
         if op == "eq" and value is None:
-            return _not(await self.compare(path, "pr", None, element))
+            return _not_within(await self.compare(path, "pr", None, element), element)
         if element is not None:
             return await self._element_compare(element, path, op, value)
         name = path.name.lower()
