@@ -1,0 +1,231 @@
+"""SCIM filter → LDAP filter translation: agrees with direct evaluation, and values never change structure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.scim.handler import ScimHandler
+from agent.scim.profile import CORE_USER, ENTERPRISE, load_profile
+from agent.scim.refs import References
+from agent.scim.translate import translate
+from plugins import ldapfilter
+from plugins.memory import MemoryDirectory, MemorySettings
+from protocol import scimeval
+from protocol import scimfilter as sf
+from protocol.envelope import ScimOperation
+
+PROFILE = load_profile("openldap")
+USERS = PROFILE.users
+
+# Characters that stress escaping (LDAP metacharacters, NUL, backslash), case and unicode folding.
+# Spaces are left out: LDAP's insignificant-space rule differs from SCIM's (see the xfail test below).
+AWKWARD = st.text(alphabet=st.sampled_from([*"aAbB*()\\\x00éÉß", "\u017f"]), min_size=0, max_size=5)
+
+ATTRIBUTES = [
+    sf.AttrPath("userName"),
+    sf.AttrPath("title"),
+    sf.AttrPath("displayName"),
+    sf.AttrPath("name", "givenName"),
+    sf.AttrPath("emails"),
+    sf.AttrPath("emails", "value"),
+    sf.AttrPath("department", uri=ENTERPRISE),
+    sf.AttrPath("nickName"),  # not mapped
+]
+OPS = ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"]
+
+
+def compares(attrs: list[sf.AttrPath]) -> st.SearchStrategy[sf.Filter]:
+    compare = st.builds(sf.Compare, st.sampled_from(attrs), st.sampled_from(OPS), AWKWARD)
+    present = st.builds(sf.Present, st.sampled_from(attrs))
+    return st.one_of(compare, compare, present)
+
+
+value_filters = st.recursive(
+    compares([sf.AttrPath("type"), sf.AttrPath("value")]),
+    lambda inner: st.one_of(
+        st.builds(sf.Not, inner),
+        st.builds(lambda a, b: sf.And((a, b)), inner, inner),
+        st.builds(lambda a, b: sf.Or((a, b)), inner, inner),
+    ),
+    max_leaves=3,
+)
+
+filters = st.recursive(
+    st.one_of(compares(ATTRIBUTES), st.builds(sf.ValuePath, st.just(sf.AttrPath("emails")), value_filters)),
+    lambda inner: st.one_of(
+        st.builds(sf.Not, inner),
+        st.builds(lambda a, b: sf.And((a, b)), inner, inner),
+        st.builds(lambda a, b: sf.Or((a, b)), inner, inner),
+    ),
+    max_leaves=5,
+)
+
+people = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "title": AWKWARD,
+            "displayName": AWKWARD,
+            "givenName": AWKWARD,
+            "email": AWKWARD,
+            "department": AWKWARD,
+        },
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def _user(index: int, person: dict[str, str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"schemas": [CORE_USER, ENTERPRISE], "userName": f"u{index}{person.get('title', '')}x"}
+    if "title" in person:
+        body["title"] = person["title"]
+    if "displayName" in person:
+        body["displayName"] = person["displayName"]
+    if "givenName" in person:
+        body["name"] = {"givenName": person["givenName"]}
+    if "email" in person:
+        body["emails"] = [{"type": "work", "value": person["email"]}]
+    if "department" in person:
+        body[ENTERPRISE] = {"department": person["department"]}
+    return body
+
+
+async def _seeded(persons: list[dict[str, str]]) -> tuple[MemoryDirectory, ScimHandler, list[dict[str, Any]]]:
+    directory = MemoryDirectory(MemorySettings(seed_users=1))  # seeding creates ou=people and ou=groups
+    await directory.open()
+    handler = ScimHandler(directory, PROFILE)
+    resources = []
+    for index, person in enumerate(persons):
+        result = await handler.handle(ScimOperation("POST", "/Users", {}, _user(index, person)))
+        assert result.status == 201, result.body
+        resources.append(result.body)
+    listed = await handler.handle(ScimOperation("GET", "/Users", {"count": "1000"}))
+    return directory, handler, listed.body["Resources"]
+
+
+async def _check(persons: list[dict[str, str]], nodes: list[sf.Filter]) -> None:
+    directory, handler, resources = await _seeded(persons)
+    refs = References(directory, PROFILE, directory.base_dn)
+    for node in nodes:
+        try:
+            scimeval.check(node)
+        except Exception:
+            continue  # refused before any search; covered by the suite
+        expected = {r["id"] for r in resources if scimeval.matches(node, r)}
+        ldap, exact = await translate(node, USERS, refs)
+        selected = set()
+        async for page in directory.search(directory.base_dn, ldap, attributes=[USERS.id_attribute]):
+            selected.update(str(e.first(USERS.id_attribute)) for e in page)
+        assert selected >= expected, (node.to_string(), ldap)
+        if exact:
+            assert selected == expected, (node.to_string(), ldap)
+        result = await handler.handle(ScimOperation("GET", "/Users", {"filter": node.to_string(), "count": "1000"}))
+        assert result.status == 200, result.body
+        assert {r["id"] for r in result.body["Resources"]} == expected, (node.to_string(), ldap)
+        assert result.body["totalResults"] == len(expected)
+    await directory.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(persons=people, nodes=st.lists(filters, min_size=1, max_size=6))
+def test_translation_agrees_with_direct_evaluation(persons: list[dict[str, str]], nodes: list[sf.Filter]) -> None:
+    """The LDAP filter selects a superset of what the SCIM filter matches (equal when exact), and lists equal it."""
+    asyncio.run(_check(persons, nodes))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: LDAP caseIgnore matching drops insignificant spaces, SCIM comparison does not, yet translate "
+    "reports string eq/co/sw/ew as exact, so the lister skips its post-filter",
+)
+@pytest.mark.parametrize(("stored", "query"), [(" ab", 'title eq "ab"'), ("a  b", 'title co "a b"')])
+def test_insignificant_spaces_follow_scim_rules(stored: str, query: str) -> None:
+    """A stored value differing only in spaces is not selected by an exact-looking string comparison."""
+    asyncio.run(_check([{"title": stored}], [sf.parse_filter(query)]))
+
+
+# ---- structure: values are data, never filter syntax ----------------------------------------------
+
+
+def _shape(node: ldapfilter.Filter) -> Any:
+    """The filter's structure with every assertion value blanked out."""
+    if isinstance(node, ldapfilter.And | ldapfilter.Or):
+        return (type(node).__name__, tuple(_shape(c) for c in node.children))
+    if isinstance(node, ldapfilter.Not):
+        return ("Not", _shape(node.child))
+    if isinstance(node, ldapfilter.Substring):
+        return ("Substring", node.attribute.lower(), node.initial is None, len(node.any), node.final is None)
+    if isinstance(node, ldapfilter.Present):
+        return ("Present", node.attribute.lower())
+    return (type(node).__name__, getattr(node, "attribute", "").lower())
+
+
+def _values(node: ldapfilter.Filter) -> list[Any]:
+    out: list[Any] = []
+    for item in node.walk():
+        if isinstance(item, ldapfilter.Substring):
+            out.append((item.initial, item.any, item.final))
+        elif hasattr(item, "value"):
+            out.append(item.value)
+    return out
+
+
+async def _ldap(text: str) -> str:
+    directory = MemoryDirectory()
+    refs = References(directory, PROFILE, directory.base_dn)
+    ldap, _ = await translate(sf.parse_filter(text), USERS, refs)
+    return ldap
+
+
+SHAPES = [
+    'userName eq "{v}"',
+    'title co "{v}"',
+    'title sw "{v}"',
+    'displayName ew "{v}"',
+    'emails[type eq "work" and value co "{v}"]',
+    'not (title eq "{v}") and userName ne "{v}"',
+    f'{ENTERPRISE}:department eq "{{v}}" or name.givenName sw "{{v}}"',
+]
+
+
+def _json_escape(value: str) -> str:
+    return json.dumps(value)[1:-1]
+
+
+@pytest.mark.parametrize("template", SHAPES)
+@settings(max_examples=40, deadline=None)
+@given(value=st.text(min_size=1, max_size=12).filter(lambda v: v.strip() != ""))
+def test_values_never_change_structure(template: str, value: str) -> None:
+    """Whatever the value, the LDAP filter has the structure of a plain value, and carries the value verbatim."""
+    reference = asyncio.run(_ldap(template.replace("{v}", "plain")))
+    actual = asyncio.run(_ldap(template.replace("{v}", _json_escape(value))))
+    assert _shape(ldapfilter.parse(actual)) == _shape(ldapfilter.parse(reference))
+    for found in _values(ldapfilter.parse(actual)):
+        if isinstance(found, str):
+            assert found in {value, "plain", "inetOrgPerson"}, found
+        elif isinstance(found, tuple):
+            pieces = [p for p in (found[0], *found[1], found[2]) if p is not None]
+            assert pieces == [value] or pieces == ["plain"], pieces
+
+
+@pytest.mark.parametrize(
+    "value", ["*)(uid=*", "*", ")(|(objectClass=*)", "\\", "\\2a", "\x00", "a\x00*)(!(cn=*", "é(ß)*"]
+)
+async def test_injection_values_are_single_assertions(value: str) -> None:
+    """An injection attempt in ``userName eq`` is one equality item on uid holding exactly that value."""
+    ldap = await _ldap(f'userName eq "{_json_escape(value)}"')
+    node = ldapfilter.parse(ldap)
+    assert isinstance(node, ldapfilter.And)
+    assert node.children[0] == ldapfilter.parse(USERS.ldap_filter)
+    item = node.children[1]
+    assert isinstance(item, ldapfilter.Equality)
+    assert item.attribute == "uid"
+    assert item.value == value
+    assert len(node.children) == 2
