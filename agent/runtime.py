@@ -132,6 +132,8 @@ class Agent:
                     await asyncio.wait({stopper, *self._consumers.values()}, return_when=asyncio.FIRST_COMPLETED)
                     self.started.clear()
                     log.info("agent stopping", in_flight=self._dispatcher.in_flight)
+                    for consumer in self._consumers.values():
+                        consumer.cancel()  # before the drain: a delivery still waiting for a slot must not start
                     await asyncio.shield(self._shutdown(log))
                     for task in (stopper, *services, *self._consumers.values()):
                         task.cancel()
@@ -154,10 +156,10 @@ class Agent:
             self._consume(new)
             _log.info("consuming on new transport endpoints; retiring the old ones")
             await old.stop_consuming()
-            cancelled = await self.dispatcher.drain(self.settings.dispatcher.grace_period, old)
             consumer = self._consumers.pop(id(old), None)
             if consumer is not None:
-                consumer.cancel()
+                consumer.cancel()  # before the drain: a delivery still waiting for a slot must not start
+            cancelled = await self.dispatcher.drain(self.settings.dispatcher.grace_period, old)
             await old.close()
             _log.info("old transport endpoints closed", unfinished_returned_to_queue=cancelled)
 
