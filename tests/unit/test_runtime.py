@@ -1,0 +1,286 @@
+"""The agent's lifecycle: start and stop order, draining within the grace period, SIGTERM in a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.config import AgentSettings
+from agent.runtime import Agent, AgentNotStartedError
+from agent.scim.handler import Result, ScimHandler
+from plugins.memory import MemoryDirectory, MemorySettings
+from protocol.envelope import Response, ScimOperation
+from protocol.signing import Signer
+from service.client import ScimClient
+from tests.agent_support import DOMAIN, agent_settings, wait_until
+from transports.local import LocalBroker, LocalRequester, LocalSettings, LocalTransport
+
+
+@pytest.fixture
+def broker_name() -> Iterator[str]:
+    name = f"runtime-{uuid.uuid4().hex}"
+    yield name
+    LocalBroker.discard(name)
+
+
+@pytest.fixture
+def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of every operation that reached the SCIM handler, in order."""
+    calls: list[str] = []
+    handle = ScimHandler.handle
+
+    async def recorded(self: ScimHandler, op: ScimOperation) -> Result:
+        calls.append(op.path)
+        return await handle(self, op)
+
+    monkeypatch.setattr(ScimHandler, "handle", recorded)
+    return calls
+
+
+class Running:
+    def __init__(self, agent: Agent, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+        self.agent, self.stop, self.task = agent, stop, task
+
+
+@asynccontextmanager
+async def started(agent: Agent) -> AsyncIterator[Running]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    async with asyncio.timeout(5):
+        await agent.started.wait()
+    try:
+        yield Running(agent, stop, task)
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+
+
+@asynccontextmanager
+async def client_for(broker_name: str, signer: Signer) -> AsyncIterator[ScimClient]:
+    async with LocalRequester.from_url(f"local://{broker_name}") as requester:
+        yield ScimClient(requester, signer, DOMAIN, timeout=10)
+
+
+def _settings(broker_name: str, signer: Signer, **kw: Any) -> AgentSettings:
+    return agent_settings(broker_name, signer, **kw)
+
+
+async def test_start_and_stop_follow_a_fixed_order(broker_name: str) -> None:
+    """The directory opens before the transport connects; on stop the transport closes before the directory."""
+    events: list[str] = []
+
+    class Directory(MemoryDirectory):
+        async def open(self) -> None:
+            events.append("directory open")
+            await super().open()
+
+        async def close(self) -> None:
+            events.append("directory close")
+            await super().close()
+
+    class Transport(LocalTransport):
+        async def connect(self) -> None:
+            events.append("transport connect")
+            await super().connect()
+
+        async def stop_consuming(self) -> None:
+            if "transport stop_consuming" not in events:  # close() repeats it
+                events.append("transport stop_consuming")
+            await super().stop_consuming()
+
+        async def close(self) -> None:
+            if not self.closed:
+                events.append("transport close")
+            await super().close()
+
+    signer = Signer.generate("k")
+    agent = Agent(
+        _settings(broker_name, signer),
+        directory=Directory(MemorySettings()),
+        transport=Transport([DOMAIN], LocalSettings(broker=broker_name)),
+    )
+    with pytest.raises(AgentNotStartedError):
+        _ = agent.dispatcher
+    async with started(agent):
+        assert events == ["directory open", "transport connect"]
+        assert agent.status()["ready"] is True
+    assert events == [
+        "directory open",
+        "transport connect",
+        "transport stop_consuming",
+        "transport close",
+        "directory close",
+    ]
+    assert agent.status()["ready"] is False
+
+
+async def test_status_reports_counters(broker_name: str) -> None:
+    """``status()`` reports readiness, the agent id and what the dispatcher did."""
+    signer = Signer.generate("k")
+    agent = Agent(_settings(broker_name, signer))
+    async with started(agent), client_for(broker_name, signer) as client:
+        await client.get("/ServiceProviderConfig")
+        status = agent.status()
+    assert status["agent_id"] == "test-agent"
+    assert status["domains"] == [DOMAIN]
+    assert status["counters"]["answered"] == 1
+
+
+async def test_stop_finishes_in_flight_requests_and_takes_no_new_ones(broker_name: str, handled: list[str]) -> None:
+    """Requests in flight when stop is set are answered; a request sent after stop stays in the queue."""
+    signer = Signer.generate("k")
+    agent = Agent(_settings(broker_name, signer, memory={"latency": 0.2}, dispatcher={"grace_period": 10}))
+    async with started(agent) as running, client_for(broker_name, signer) as client:
+        calls = [asyncio.create_task(client.call("GET", f"/Users/{i}")) for i in range(5)]
+        await wait_until(lambda: agent.dispatcher.in_flight == 5)
+        running.stop.set()
+        await wait_until(lambda: not agent.transport.connected)
+        late = asyncio.create_task(client.call("GET", "/Users/late"))
+        responses: list[Response] = await asyncio.gather(*calls)
+        assert [r.status for r in responses] == [404] * 5
+        await running.task
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+        late.cancel()
+    assert "/Users/late" not in handled
+
+
+async def test_delivery_waiting_for_a_slot_is_not_started_after_stop(broker_name: str, handled: list[str]) -> None:
+    """A delivery taken but still waiting for a free slot when stop comes is given back, not run after the drain."""
+    signer = Signer.generate("k")
+    settings = _settings(
+        broker_name, signer, memory={"latency": 0.2}, dispatcher={"max_in_flight": 1, "grace_period": 10}
+    )
+    agent = Agent(settings)
+    async with started(agent) as running, client_for(broker_name, signer) as client:
+        first = asyncio.create_task(client.call("GET", "/Users/first"))
+        second = asyncio.create_task(client.call("GET", "/Users/second"))
+        await wait_until(lambda: handled == ["/Users/first"] and LocalBroker.named(broker_name).depth(DOMAIN) == 0)
+        running.stop.set()
+        assert (await first).status == 404
+        await running.task
+        assert handled == ["/Users/first"]
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+        second.cancel()
+
+
+async def test_requests_beyond_the_grace_period_go_to_the_next_agent(broker_name: str) -> None:
+    """Requests unfinished when the grace period ends are returned to the queue and answered by a new agent."""
+    signer = Signer.generate("k")
+    slow = Agent(_settings(broker_name, signer, memory={"latency": 30}, dispatcher={"grace_period": 0.1}))
+    async with client_for(broker_name, signer) as client:
+        async with started(slow) as running:
+            calls = [
+                asyncio.create_task(client.call("POST", "/Users", body=_user(f"late{i}"), timeout=20)) for i in range(3)
+            ]
+            await wait_until(lambda: slow.dispatcher.in_flight == 3)
+            running.stop.set()
+            await running.task
+        assert not any(call.done() for call in calls)
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 3
+        fresh = Agent(_settings(broker_name, signer))
+        async with started(fresh):
+            responses: list[Response] = await asyncio.gather(*calls)
+        assert [r.status for r in responses] == [201] * 3
+        assert {r.agent_id for r in responses} == {"test-agent"}
+        assert fresh.dispatcher.counters.refused == 0
+
+
+def _user(name: str) -> dict[str, Any]:
+    return {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "name": {"familyName": name}}
+
+
+# ------------------------------------------------------------------------------------- SIGTERM
+
+
+def _cloudprov() -> list[str]:
+    script = Path(sys.executable).with_name("cloudprov")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+
+
+async def _listening_url(proc: asyncio.subprocess.Process) -> str:
+    """Read the agent's JSON log until the HTTP transport says where it listens."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(20):
+        while line := await proc.stderr.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "http.listening":
+                return str(event["url"])
+    rest = await proc.stderr.read()
+    raise AssertionError(f"the agent exited before it listened: {rest.decode()[-2000:]}")
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    """SIGTERM while 50 slow requests are in flight: all 50 are answered 2xx and the process exits 0 in the grace."""
+    token = uuid.uuid4().hex
+    grace = 10
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""
+agent: {{id: sigterm-agent, domains: [{DOMAIN}]}}
+transport:
+  url: http://127.0.0.1:0/scim/v2
+  options: {{token: "${{AGENT_TOKEN}}"}}
+directory: {{plugin: memory, seed_users: 50, latency: 0.4}}
+dispatcher: {{max_in_flight: 64, grace_period: {grace}}}
+logging: {{level: info, format: json}}
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *_cloudprov(),
+        "agent",
+        "run",
+        "-c",
+        str(config),
+        env={**os.environ, "AGENT_TOKEN": token},
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = await _listening_url(proc)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            started_requests = 0
+
+            async def one(i: int) -> int:
+                nonlocal started_requests
+                async with session.get(f"{url}/Users", params={"filter": f'userName eq "user{i:05d}"'}) as answer:
+                    started_requests += 1
+                    await answer.read()
+                    return answer.status
+
+            # Make sure the server is up and the session's connections work before the burst.
+            async with session.get(f"{url}/ServiceProviderConfig") as probe:
+                assert probe.status == 200
+            calls = [asyncio.create_task(one(i)) for i in range(1, 51)]
+            await asyncio.sleep(0.2)  # let all 50 reach the agent; each takes at least 0.4 s there
+            assert started_requests == 0, "requests finished before SIGTERM: raise the memory latency"
+            proc.send_signal(signal.SIGTERM)
+            statuses = await asyncio.gather(*calls)
+        assert statuses == [200] * 50
+        async with asyncio.timeout(grace):
+            code = await proc.wait()
+        assert code == 0
+        assert proc.stderr is not None
+        rest = (await proc.stderr.read()).decode()
+        assert "agent stopped" in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
