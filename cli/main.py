@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--groups", type=int, default=5, help="sample groups to seed (default 5)")
     demo.set_defaults(func=cmd_demo)
 
-    agent = commands.add_parser("agent", help="run the agent").add_subparsers(dest="action", required=True)
+    agent = commands.add_parser(
+        "agent", help="run the agent", epilog="example: cloudprov agent run -c agent.yaml"
+    ).add_subparsers(dest="action", required=True)
     run = agent.add_parser(
         "run",
         help="serve SCIM requests from the configured transport",
@@ -125,21 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help="YAML configuration file (default: built-in defaults)")
     run.set_defaults(func=cmd_agent_run)
 
-    config = commands.add_parser("config", help="work with configuration files").add_subparsers(
-        dest="action", required=True
-    )
+    config = commands.add_parser(
+        "config", help="work with configuration files", epilog="example: cloudprov config check agent.yaml"
+    ).add_subparsers(dest="action", required=True)
     check = config.add_parser(
         "check", help="validate a configuration file", epilog="example: cloudprov config check agent.yaml"
     )
     check.add_argument("file", help="the YAML file to check")
     check.set_defaults(func=cmd_config_check)
 
-    keys = commands.add_parser("keys", help="request-signing keys").add_subparsers(dest="action", required=True)
+    keys = commands.add_parser(
+        "keys", help="request-signing keys", epilog="example: cloudprov keys generate --key-id svc1"
+    ).add_subparsers(dest="action", required=True)
     generate = keys.add_parser("generate", help="make an Ed25519 key pair", epilog="example: cloudprov keys generate")
     generate.add_argument("--key-id", default="k1", help="the key id to announce (default k1)")
     generate.set_defaults(func=cmd_keys_generate)
 
-    commands.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    commands.add_parser("version", help="print the version", epilog="example: cloudprov version").set_defaults(
+        func=cmd_version
+    )
     return parser
 
 

@@ -94,6 +94,7 @@ class AmqpTransport(Transport):
         self._consuming = True
         self._closed = False
         self._inbox: asyncio.Queue[AmqpDelivery | None] = asyncio.Queue()
+        self._in_hand: set[AmqpDelivery] = set()
         self._log = log.bind(transport="amqp", url=safe_url(url))
 
     @classmethod
@@ -182,6 +183,7 @@ class AmqpTransport(Transport):
         if self._reconnector is not None:
             await self._reconnector.aclose()
         link, self._link = self._link, None
+        self._in_hand.clear()
         if link is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await link.connection.close()  # unsettled deliveries return to their queues
@@ -207,6 +209,7 @@ class AmqpTransport(Transport):
                 return
             if delivery.generation != self._generation:
                 continue  # its connection is gone and the broker has requeued it
+            self._in_hand.add(delivery)
             yield delivery
 
     # ---- replies and settlement ---------------------------------------------------------------
@@ -262,7 +265,18 @@ class AmqpTransport(Transport):
         if len(frames) > 1:
             rlog.info("reply split into chunks", chunks=len(frames), size=len(payload))
 
+    @property
+    def in_hand(self) -> int:
+        """Deliveries handed out on the live connection and not settled yet."""
+        return sum(1 for d in self._in_hand if d.generation == self._generation) if not self._closed else 0
+
     async def _settle(self, delivery: AmqpDelivery, outcome: Settlement, reason: str) -> None:
+        try:
+            await self._settle_now(delivery, outcome, reason)
+        finally:
+            self._in_hand.discard(delivery)
+
+    async def _settle_now(self, delivery: AmqpDelivery, outcome: Settlement, reason: str) -> None:
         slog = self._log.bind(request_id=delivery.request_id, queue=delivery.queue, outcome=outcome.value)
         link = self._link
         if link is None or delivery.generation != link.generation or link.channel.is_closed:

@@ -244,6 +244,11 @@ class ServiceBusTransport(Transport):
                 return
             yield delivery
 
+    @property
+    def in_hand(self) -> int:
+        """Deliveries received and not settled yet (handed out or waiting to be)."""
+        return len(self._unsettled) if not self._closed else 0
+
     # ---- replies and settlement ---------------------------------------------------------------
     def _pool(self) -> SenderPool:
         if self._senders is None or self._closed:

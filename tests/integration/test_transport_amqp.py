@@ -1,0 +1,298 @@
+"""The amqp transport against the RabbitMQ on 127.0.0.1:5672: the behaviour suite and broker faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+import pytest
+from structlog.testing import capture_logs
+
+from protocol.envelope import Request, ScimOperation, decode_response
+from protocol.signing import Signer, Verifier
+from tests.conftest import server_missing
+from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
+from tests.integration.transport_support import ConsumerProcess, SettlingRequester, policy_handler
+from transports.amqp import AmqpRequester, AmqpSettings, AmqpTransport
+from transports.base import Requester, Transport, TransportBrokenError
+from transports.registry import create_requester, create_transport
+
+pytestmark = pytest.mark.rabbitmq
+
+VHOST = os.environ.get("CLOUDPROV_RABBITMQ_VHOST", "cloudprov-test")
+URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+DOMAIN = "amqp.example.test"
+LIMIT = 64 * 1024
+
+
+def _reachable() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def rabbit() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A channel on the test vhost (skips locally, fails in CI, when RabbitMQ is not there)."""
+    if not _reachable():
+        server_missing("RabbitMQ on 127.0.0.1:5672")
+    try:
+        connection = await aio_pika.connect(URL, timeout=5)
+    except (aiormq.exceptions.AMQPConnectionError, OSError) as exc:
+        server_missing(f"RabbitMQ vhost {VHOST!r} ({exc}; scripts/rabbitmq.sh creates it)")
+    async with connection:
+        yield await connection.channel()
+
+
+@pytest.fixture
+async def options(rabbit: aio_pika.abc.AbstractChannel) -> AsyncIterator[dict[str, Any]]:
+    """Settings with queue names of their own; the queues are deleted afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    opts: dict[str, Any] = {
+        "request_queue": prefix + ".requests.{domain}",
+        "reply_prefix": prefix + ".replies.",
+        "max_message_size": LIMIT,
+        "reply_queue_expires": 120,
+        "backoff_initial": 0.2,
+        "backoff_max": 2,
+    }
+    yield opts
+    settings = AmqpSettings(**{k: v for k, v in opts.items() if k in AmqpSettings.__dataclass_fields__})
+    for name in (settings.queue_name(DOMAIN), settings.dead_letter_queue(DOMAIN)):
+        try:
+            await rabbit.queue_delete(name)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            break  # the channel closed: leave the rest (reply queues expire by themselves)
+
+
+async def dead_letters(channel: aio_pika.abc.AbstractChannel, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    dlq = await channel.declare_queue(queue, durable=True, passive=True)
+    found = []
+    while (message := await dlq.get(no_ack=True, fail=False)) is not None:
+        found.append(message)
+    return found
+
+
+class TestAmqpTransport(TransportSuite):
+    domains = (DOMAIN,)
+
+    @pytest.fixture(autouse=True)
+    def _backend(self, options: dict[str, Any], rabbit: aio_pika.abc.AbstractChannel) -> None:
+        self.options = options
+        self.channel = rabbit
+        self.created: list[Transport] = []
+
+    def new_transport(self) -> Transport:
+        transport = create_transport(URL, domains=self.domains, options=self.options)
+        self.created.append(transport)
+        return transport
+
+    def new_requester(self, transport: Transport) -> Requester:
+        return SettlingRequester(create_requester(URL, options=self.options), self.created)
+
+    async def dead_lettered(self, domain: str) -> list[bytes] | None:
+        queue = AmqpSettings.from_url(URL, self.options).dead_letter_queue(domain)
+        return [m.body for m in await dead_letters(self.channel, queue)]
+
+
+# ---- what only a real broker shows ------------------------------------------------------------
+
+
+async def test_first_connect_fails_fast() -> None:
+    """A refused first connection raises TransportBrokenError at once instead of retrying forever."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    transport = AmqpTransport(f"amqp://guest:guest@127.0.0.1:{port}/", [DOMAIN], AmqpSettings(connect_timeout=2))
+    with pytest.raises(TransportBrokenError, match="cannot connect"):
+        async with asyncio.timeout(10):
+            await transport.connect()
+
+
+def test_settings_come_from_url_and_options() -> None:
+    """Query-string settings are read, and the options mapping wins over them."""
+    transport = AmqpTransport.from_url(f"{URL}?prefetch=7&delivery_limit=4", domains=[DOMAIN], options={"prefetch": 9})
+    assert (transport.settings.prefetch, transport.settings.delivery_limit) == (9, 4)
+    assert transport.settings.queue_name("d") == "cloudprov.requests.d"
+
+
+async def test_killed_consumer_process_requests_are_answered_once(options: dict[str, Any]) -> None:
+    """Requests held by a consumer process killed with SIGKILL are redelivered and answered exactly once."""
+    consumer = ConsumerProcess(URL, DOMAIN, options)
+    try:
+        async with create_requester(URL, options=options) as requester:
+            ids_payloads = [make_envelope(DOMAIN, f"/Users/{i}") for i in range(5)]
+            pending = [
+                asyncio.create_task(requester.request(DOMAIN, rid, payload, timeout=60))
+                for rid, payload in ids_payloads
+            ]
+            await consumer.read_until(5)
+            consumer.kill()
+            async with (
+                create_transport(URL, domains=[DOMAIN], options=options) as successor,
+                Responder(successor, echo) as responder,
+            ):
+                responses = [decode_response(raw) for raw in await asyncio.gather(*pending)]
+                await asyncio.sleep(0.3)
+        assert sorted(consumer.taken) == sorted(rid for rid, _ in ids_payloads)
+        assert [r.request_id for r in responses] == [rid for rid, _ in ids_payloads]
+        assert all(r.body["redelivered"] for r in responses)
+        assert responder.replied == 5
+        assert isinstance(requester, AmqpRequester)
+        assert requester.late_replies == 0
+    finally:
+        consumer.kill()
+
+
+async def test_poison_is_dead_lettered_after_n_attempts(options: dict[str, Any], rabbit: Any) -> None:
+    """A request that fails every time is dead-lettered at its 3rd delivery with the reason; others flow."""
+    async with (
+        create_transport(URL, domains=[DOMAIN], options=options) as transport,
+        create_requester(URL, options=options) as requester,
+        Responder(transport, policy_handler(max_deliveries=3)) as responder,
+    ):
+        poison_id, poison = make_envelope(DOMAIN, "/poison")
+        stuck = asyncio.create_task(requester.request(DOMAIN, poison_id, poison, timeout=60))
+        others = [make_envelope(DOMAIN, f"/Users/{i}") for i in range(20)]
+        answers = await asyncio.gather(*(requester.request(DOMAIN, rid, p, timeout=30) for rid, p in others))
+        await responder.until(lambda: any(d.delivery_count == 3 for d in responder.seen), "the third delivery")
+        stuck.cancel()
+    assert [decode_response(a).status for a in answers] == [200] * 20
+    parked = await dead_letters(rabbit, AmqpSettings(**_known(options)).dead_letter_queue(DOMAIN))
+    assert [m.body for m in parked] == [poison]
+    assert parked[0].headers["x-cloudprov-dead-letter-reason"] == "failed 3 times"
+    assert parked[0].headers["x-cloudprov-dead-letter-delivery-count"] == 3
+
+
+async def test_broker_dead_letters_when_no_consumer_settles(options: dict[str, Any], rabbit: Any) -> None:
+    """The queue's delivery limit parks a message that every consumer gives back, even without our reason."""
+    options = {**options, "delivery_limit": 2}
+    async with (
+        create_transport(URL, domains=[DOMAIN], options=options) as transport,
+        create_requester(URL, options=options) as requester,
+    ):
+
+        async def always_retry(responder: Responder, delivery: Any) -> None:
+            await delivery.retry_later("crashing handler")
+
+        rid, payload = make_envelope(DOMAIN, "/crashes")
+        stuck = asyncio.create_task(requester.request(DOMAIN, rid, payload, timeout=60))
+        async with Responder(transport, always_retry) as responder:
+            await responder.until(lambda: len(responder.seen) >= 3, "three deliveries")
+            await asyncio.sleep(0.3)
+        stuck.cancel()
+    parked = await dead_letters(rabbit, AmqpSettings(**_known(options)).dead_letter_queue(DOMAIN))
+    assert [m.body for m in parked] == [payload]
+    assert [d.delivery_count for d in responder.seen] == [1, 2, 3]
+
+
+async def test_oversized_reply_is_split_and_reassembled(options: dict[str, Any]) -> None:
+    """An incompressible reply of 4x the limit travels as chunks and arrives whole."""
+    blob = os.urandom(4 * LIMIT)
+
+    async def big(responder: Responder, delivery: Any) -> None:
+        await delivery.reply(blob)
+        await delivery.ack()
+
+    with capture_logs() as logs:
+        async with (
+            create_transport(URL, domains=[DOMAIN], options=options) as transport,
+            create_requester(URL, options=options) as requester,
+            Responder(transport, big),
+        ):
+            rid, payload = make_envelope(DOMAIN, "/Users")
+            assert await requester.request(DOMAIN, rid, payload, timeout=30) == blob
+    [split] = [e for e in logs if e["event"] == "reply split into chunks"]
+    assert split["chunks"] == 5
+
+
+async def test_malformed_and_unsigned_never_crash_the_consumer(options: dict[str, Any], rabbit: Any) -> None:
+    """Garbage, broken compression, bogus headers and unsigned requests are settled; the consumer keeps going."""
+    signer = Signer.generate()
+    verifier = Verifier({signer.key_id: signer.public_key})
+    settings = AmqpSettings(**_known(options))
+    async with (
+        create_transport(URL, domains=[DOMAIN], options=options) as transport,
+        create_requester(URL, options=options) as requester,
+        Responder(transport, policy_handler(3, verifier)) as responder,
+    ):
+        queue = settings.queue_name(DOMAIN)
+        for body, headers in [
+            (b"\x00\xff not json", {}),
+            (b"not zlib at all", {"cp-encoding": "deflate"}),
+            (b"{}", {"cp-chunk-group": "g", "cp-chunk-index": "x"}),
+            (b"[]", {"x-delivery-count": "many"}),
+        ]:
+            await rabbit.default_exchange.publish(aio_pika.Message(body, headers=headers), queue)
+        unsigned_id, unsigned = make_envelope(DOMAIN, "/Users")
+        refused = decode_response(await requester.request(DOMAIN, unsigned_id, unsigned, timeout=30))
+        request = signer.sign(Request(uuid.uuid4().hex, DOMAIN, ScimOperation("GET", "/Users"), _deadline()))
+        accepted = decode_response(await requester.request(DOMAIN, request.id, request.encode(), timeout=30))
+        await responder.until(lambda: all(d.settlement for d in responder.seen), "every delivery settled")
+    assert refused.status == 401
+    assert accepted.status == 200
+    assert len(responder.seen) == 6
+    parked = await dead_letters(rabbit, settings.dead_letter_queue(DOMAIN))
+    assert len(parked) == 4
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
+async def test_broker_restart_mid_stream_loses_nothing(options: dict[str, Any]) -> None:
+    """With RabbitMQ stopped and started mid-stream, both sides reconnect and every request is answered."""
+    with capture_logs() as logs:
+        async with (
+            create_transport(URL, domains=[DOMAIN], options=options) as transport,
+            create_requester(URL, options=options) as requester,
+            Responder(transport, echo, jitter=0.01),
+        ):
+
+            async def one(i: int) -> str:
+                await asyncio.sleep(i * 0.02)
+                rid, payload = make_envelope(DOMAIN, f"/Users/{i}")
+                return decode_response(await requester.request(DOMAIN, rid, payload, timeout=90)).body["path"]
+
+            stream = asyncio.gather(*(one(i) for i in range(150)))
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(_rabbitmqctl, "stop_app")
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(_rabbitmqctl, "start_app")
+            paths = await stream
+            assert transport.connected
+    assert sorted(paths) == sorted(f"/Users/{i}" for i in range(150))
+    events = [e["event"] for e in logs]
+    assert "connection lost" in events
+    assert events.count("reconnected") >= 2  # the agent's and the requester's connections
+
+
+def _rabbitmqctl(command: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", command], check=True, timeout=120, capture_output=True)
+    if command == "start_app":
+        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def _restart_guard() -> Iterator[None]:
+    """Whatever happens in a test, leave the broker running for the next one."""
+    yield
+    if shutil.which("rabbitmqctl") and not _reachable():
+        _rabbitmqctl("start_app")
+
+
+def _known(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in AmqpSettings.__dataclass_fields__}
+
+
+def _deadline() -> float:
+    import time
+
+    return time.time() + 300
