@@ -6,6 +6,9 @@ selects exactly them. The lister evaluates the SCIM filter on each resource anyw
 translation (ordering on strings that LDAP servers may not order, ``ne`` on multi-valued
 attributes, a ``not`` over an inexact part, …) is still answered correctly; it only narrows less.
 
+String comparisons are never exact: LDAP ignores insignificant spaces where SCIM does not, so a
+``ne`` or ``not`` over a string comparison cannot be narrowed in LDAP and is decided by evaluation.
+
 Values are placed with ``plugins.ldapfilter.escape_value``; attribute names come from the profile,
 never from the request. Ids of referenced resources (``members.value``, ``manager.value``) are
 resolved to DNs; an unknown id simply matches nothing.
@@ -20,7 +23,6 @@ from agent.scim.refs import References
 from agent.scim.values import id_to_anchor, iso_to_generalized
 from plugins.ldapfilter import escape_value
 from protocol import scimfilter as sf
-from protocol.scimeval import parse_datetime
 
 AD_AND_RULE = "1.2.840.113556.1.4.803"
 _Part = str | bool  # an LDAP filter, or a constant: True (everything) / False (nothing)
@@ -250,14 +252,16 @@ class _Translator:
             return ordered.get(op, _Out(present, False))
         if not isinstance(value, str):
             return _Out(present, False)
+        # LDAP string matching ignores insignificant spaces (" ab" equals "ab"), SCIM's does not: the LDAP
+        # side is a superset and the lister's evaluation of the SCIM filter decides.
         if op == "eq":
-            return _Out(_eq(ldap, value), parse_datetime(value) is None)
+            return _Out(_eq(ldap, value), False)
         if op in {"co", "sw", "ew"}:
             if value == "":
                 return _Out(present, True)
             escaped = escape_value(value)
             pattern = {"co": f"*{escaped}*", "sw": f"{escaped}*", "ew": f"*{escaped}"}[op]
-            return _Out(f"({ldap}={pattern})", True)
+            return _Out(f"({ldap}={pattern})", False)
         return _Out(present, False)  # ordering on strings: servers may lack an ORDERING rule
 
 
