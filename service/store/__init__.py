@@ -1,0 +1,45 @@
+"""The control-plane store, chosen by URL: ``sqlite:///path`` (embedded default) or ``postgresql://…``.
+
+``open_store(url)`` returns an unopened ``Store`` (``async with`` opens it and applies migrations);
+the PostgreSQL driver is imported only when a ``postgresql://`` URL asks for it, so asyncpg is
+needed only there (``pip install 'cloudprov[postgres]'``).
+"""
+
+from __future__ import annotations
+
+from service.store.base import (
+    AgentRecord,
+    AgentRevokedError,
+    SigningKeyRecord,
+    Store,
+    StoreError,
+    TokenRefusedError,
+    UnknownAgentError,
+)
+
+
+def open_store(url: str) -> Store:
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        from service.store.sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if scheme in {"postgresql", "postgres"}:
+        try:
+            from service.store.postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            raise StoreError(f"a postgresql:// store needs asyncpg: pip install 'cloudprov[postgres]' ({exc})") from exc
+        return PostgresStore(url)
+    raise StoreError(f"{url!r}: the store URL must start with sqlite:/// or postgresql://")
+
+
+__all__ = [
+    "AgentRecord",
+    "AgentRevokedError",
+    "SigningKeyRecord",
+    "Store",
+    "StoreError",
+    "TokenRefusedError",
+    "UnknownAgentError",
+    "open_store",
+]

@@ -1,0 +1,187 @@
+"""The control-plane store: one behaviour suite run against SQLite and the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.store import (
+    AgentRevokedError,
+    SigningKeyRecord,
+    Store,
+    TokenRefusedError,
+    UnknownAgentError,
+    open_store,
+)
+from service.store.migrations import MIGRATIONS
+from tests.conftest import server_missing
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+NOW = 1_000_000.0
+
+
+async def _pg_database() -> AsyncIterator[str]:
+    asyncpg = pytest.importorskip("asyncpg")
+    name = f"cloudprov_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        server_missing(f"PostgreSQL on 127.0.0.1:5432 ({exc})")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/control.db"
+        return
+    async for url in _pg_database():
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with open_store(store_url) as opened:
+        yield opened
+
+
+def _key(key_id: str, now: float = NOW) -> SigningKeyRecord:
+    return SigningKeyRecord(key_id, f"pub-{key_id}", f"priv-{key_id}", "active", now)
+
+
+async def test_migrations_are_applied_once_and_recorded(store_url: str) -> None:
+    """Opening a store applies every migration and records it; opening it again changes nothing."""
+    async with open_store(store_url) as first:
+        assert await first.schema_version() == MIGRATIONS[-1][0]
+    async with open_store(store_url) as second:
+        assert await second.schema_version() == MIGRATIONS[-1][0]
+
+
+async def test_replicas_starting_together_migrate_once(store_url: str) -> None:
+    """Several replicas opening one fresh database at once all end up on the latest schema without errors."""
+    stores = [open_store(store_url) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        versions = await asyncio.gather(*(s.schema_version() for s in stores))
+        assert set(versions) == {MIGRATIONS[-1][0]}
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_registration_consumes_the_token_once(store: Store) -> None:
+    """A token registers one agent, is assigned its domain, and is refused as 'used' afterwards."""
+    await store.create_token("h1", "example.com", NOW, NOW + 60)
+    assert await store.register_agent("h1", "agent-1", "aa", NOW + 3600, NOW) == "example.com"
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert (agent.cert_serial, agent.domains) == ("aa", ("example.com",))
+    with pytest.raises(TokenRefusedError) as refused:
+        await store.register_agent("h1", "agent-2", "bb", NOW + 3600, NOW + 1)
+    assert refused.value.reason == "used"
+    assert await store.get_agent("agent-2") is None
+
+
+async def test_expired_and_unknown_tokens_are_refused_without_change(store: Store) -> None:
+    """An expired or unknown token registers nothing and says which it was."""
+    await store.create_token("old", "example.com", NOW, NOW + 60)
+    for token, reason in (("old", "expired"), ("nope", "unknown")):
+        with pytest.raises(TokenRefusedError) as refused:
+            await store.register_agent(token, "agent-x", "cc", NOW + 3600, NOW + 61)
+        assert refused.value.reason == reason
+    assert await store.list_agents() == []
+
+
+async def test_racing_replicas_consume_a_token_exactly_once(store_url: str) -> None:
+    """Two replicas registering with the same token at the same time: exactly one succeeds."""
+    async with open_store(store_url) as a, open_store(store_url) as b:
+        await a.create_token("race", "example.com", NOW, NOW + 60)
+        results = await asyncio.gather(
+            *(s.register_agent("race", f"agent-{i}", f"{i}", NOW + 3600, NOW) for i, s in enumerate((a, b) * 3)),
+            return_exceptions=True,
+        )
+    assert sum(1 for r in results if r == "example.com") == 1
+    assert all(isinstance(r, TokenRefusedError) for r in results if r != "example.com")
+
+
+async def test_a_revoked_agent_cannot_register_again_and_keeps_the_token(store: Store) -> None:
+    """Re-registering a revoked id is refused and the token stays unused."""
+    await store.create_token("t1", "example.com", NOW, NOW + 60)
+    await store.register_agent("t1", "agent-1", "aa", NOW + 3600, NOW)
+    assert await store.revoke_agent("agent-1", "stolen laptop", NOW)
+    await store.create_token("t2", "example.com", NOW, NOW + 60)
+    with pytest.raises(AgentRevokedError):
+        await store.register_agent("t2", "agent-1", "bb", NOW + 3600, NOW)
+    assert await store.register_agent("t2", "agent-2", "cc", NOW + 3600, NOW) == "example.com"
+
+
+async def test_assignments_bootstrap_and_heartbeat_are_recorded(store: Store) -> None:
+    """Assign/unassign change the agent's domains; bootstrap and heartbeat set its times, version and status."""
+    await store.create_token("t", "a.example", NOW, NOW + 60)
+    await store.register_agent("t", "agent-1", "aa", NOW + 3600, NOW)
+    assert await store.assign("agent-1", "b.example", NOW)
+    assert not await store.assign("agent-1", "b.example", NOW)
+    assert await store.unassign("agent-1", "a.example")
+    with pytest.raises(UnknownAgentError):
+        await store.assign("ghost", "b.example", NOW)
+    await store.record_bootstrap("agent-1", "1.2.3", "10.0.0.1", NOW + 5)
+    await store.record_heartbeat("agent-1", {"in_flight": 3}, None, "10.0.0.2", NOW + 10)
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert agent.domains == ("b.example",)
+    assert (agent.version, agent.last_bootstrap_at, agent.last_status) == ("1.2.3", NOW + 5, {"in_flight": 3})
+    assert agent.status(NOW + 20, active_window=60) == "active"
+    assert agent.status(NOW + 100, active_window=60) == "inactive"
+
+
+async def test_certificate_replacement_is_compare_and_set(store: Store) -> None:
+    """A renewal swaps the serial only from the current one, never for a revoked agent."""
+    await store.create_token("t", "a.example", NOW, NOW + 60)
+    await store.register_agent("t", "agent-1", "aa", NOW + 3600, NOW)
+    assert await store.replace_certificate("agent-1", "aa", "bb", NOW + 7200)
+    assert not await store.replace_certificate("agent-1", "aa", "cc", NOW + 7200)
+    await store.revoke_agent("agent-1", "gone", NOW)
+    assert not await store.replace_certificate("agent-1", "bb", "dd", NOW + 7200)
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert (agent.cert_serial, agent.revoked, agent.revoked_reason) == ("bb", True, "gone")
+
+
+async def test_signing_keys_rotate_with_a_grace_period(store: Store) -> None:
+    """After a rotation the old and new keys are both valid until the grace ends; then only the new one."""
+    first = await store.ensure_signing_key(lambda: _key("k1"))
+    assert (await store.ensure_signing_key(lambda: _key("never"))).id == first.id == "k1"
+    await store.rotate_signing_key(_key("k2", NOW + 10), grace=100, now=NOW + 10)
+    assert [k.id for k in await store.signing_keys(NOW + 50)] == ["k1", "k2"]
+    assert [k.id for k in await store.signing_keys(NOW + 111)] == ["k2"]
+    assert await store.prune_signing_keys(NOW + 111) == ["k1"]
+
+
+async def test_concurrent_key_creation_makes_one_active_key(store_url: str) -> None:
+    """Replicas that all find no key at start agree on a single active key."""
+    stores = [open_store(store_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        made = await asyncio.gather(*(s.ensure_signing_key(lambda i=i: _key(f"k{i}")) for i, s in enumerate(stores)))
+        assert len({k.id for k in made}) == 1
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_settings_and_endpoints_are_versioned_and_kept(store: Store) -> None:
+    """Each settings write raises the version (removals too); endpoints come back per domain, in order."""
+    assert await store.settings() == ({}, 0)
+    assert await store.update_settings({"log_level": "debug", "page": 50}) == 1
+    assert await store.update_settings({"page": None}) == 2
+    assert await store.settings() == ({"log_level": "debug"}, 2)
+    endpoints = [{"url": "amqp://b/"}, {"url": "amqp://a/"}]
+    await store.set_endpoints("a.example", endpoints, NOW)
+    assert await store.endpoints(["a.example", "other"]) == {"a.example": endpoints}
