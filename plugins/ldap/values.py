@@ -6,8 +6,10 @@ Settings: none. Guarantees:
   attributes stay ``bytes``;
 - ranged attributes (``member;range=0-1499``) are recognised by ``parse_range`` so the directory can
   fetch the rest and merge them under the plain name;
-- ``fold_modifications`` turns a sequence of per-attribute changes into at most one change per
-  attribute (bonsai holds one value list per attribute in a modify), keeping LDAP's sequential meaning;
+- ``fold_modifications`` turns a sequence of per-attribute changes into at most one REPLACE, or one
+  ADD and one DELETE of values, per attribute (bonsai holds one value list per attribute and sends
+  its adds before its deletes), with the outcome LDAP's sequential meaning has when it succeeds: a
+  value deleted and added again (or added and deleted again) cancels out;
 - ``encode_unicode_pwd`` gives AD's quoted UTF-16-LE password form.
 """
 
@@ -79,9 +81,9 @@ def fold_modifications(changes: Sequence[Modification]) -> list[Modification]:
                 state.replace.extend(v for v in values if v not in state.replace)
             else:
                 state.replace = [v for v in state.replace if v not in values]
-        elif change.op is ModOp.ADD:
+        elif change.op is ModOp.ADD:  # deleted then added again: where LDAP succeeds, nothing changes
+            state.add.extend(v for v in values if v not in state.delete)
             state.delete = [v for v in state.delete if v not in values]
-            state.add.extend(values)
         else:  # a value added and deleted again in the same modify: neither
             state.delete.extend(v for v in values if v not in state.add)
             state.add = [v for v in state.add if v not in values]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from plugins import dn as dnlib
 from plugins.directory import Entry, NoSuchObjectError, Scope
 from plugins.ldap import LdapDirectory, LdapSettings
 from tests.conftest import server_missing
@@ -62,16 +64,25 @@ async def make_ou(directory: LdapDirectory, parent: str) -> str:
 
 
 async def delete_tree(directory: LdapDirectory, dn: str) -> None:
-    """Remove ``dn`` and everything below it, deepest first."""
+    """Remove ``dn`` and everything below it, deepest level first, a level's entries concurrently."""
     entries: list[Entry] = []
     try:
         async for page in directory.search(dn, scope=Scope.SUBTREE, attributes=["1.1"]):
             entries.extend(page)
     except NoSuchObjectError:
         return
-    for entry in sorted(entries, key=lambda e: -len(e.dn)):
-        with contextlib.suppress(NoSuchObjectError):
-            await directory.delete(entry.dn)
+    levels: dict[int, list[str]] = {}
+    for entry in entries:
+        levels.setdefault(len(dnlib.parse(entry.dn)), []).append(entry.dn)
+    slots = asyncio.Semaphore(8)
+
+    async def remove(target: str) -> None:
+        async with slots:
+            with contextlib.suppress(NoSuchObjectError):
+                await directory.delete(target)
+
+    for depth in sorted(levels, reverse=True):
+        await asyncio.gather(*(remove(target) for target in levels[depth]))
 
 
 async def collect(pages: AsyncIterator[list[Entry]]) -> list[Entry]:
