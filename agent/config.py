@@ -118,6 +118,28 @@ class LoggingSection(Section):
     )
 
 
+class HealthSection(Section):
+    """The health and metrics HTTP server (``/healthz``, ``/readyz``, ``/metrics``) of ``cloudprov agent run``."""
+
+    enabled: bool = Field(default=True, description="Serve /healthz, /readyz and /metrics on their own port.")
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104  # probes come from the kubelet over the pod IP, not loopback
+        description="Address to listen on: 0.0.0.0 so a kubelet can probe a container; 127.0.0.1 on a shared VM.",
+    )
+    port: int = Field(default=8081, ge=0, le=65535, description="Port to listen on (0: a free port, logged at start).")
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between event-loop heartbeats.")
+    max_loop_lag: float = Field(
+        default=10.0, gt=0, description="/healthz fails when the last heartbeat is this many seconds overdue."
+    )
+    directory_check_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between directory pings for /readyz (the result is cached)."
+    )
+    directory_check_timeout: float = Field(default=5.0, gt=0, description="Seconds a directory ping may take.")
+    bootstrap_max_age: float | None = Field(
+        default=None, gt=0, description="/readyz fails when the last bootstrap is older (seconds; unset: not checked)."
+    )
+
+
 class AgentSettings(Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     transport: TransportSection = Field(default_factory=TransportSection)
@@ -127,6 +149,7 @@ class AgentSettings(Section):
     dispatcher: DispatcherSection = Field(default_factory=DispatcherSection)
     retry: RetrySection = Field(default_factory=RetrySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    health: HealthSection = Field(default_factory=HealthSection)
 
 
 def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
