@@ -20,6 +20,7 @@ import structlog
 
 from agent.config import DispatcherSection
 from agent.idempotency import InFlight, ResponseStore
+from agent.metrics import NO_METRICS, DispatcherMetrics
 from agent.scim.handler import Result, ScimHandler
 from protocol.envelope import EnvelopeError, Request, Response, decode_request
 from protocol.errors import ScimError
@@ -53,6 +54,7 @@ class Dispatcher:
         agent_id: str,
         domains: Sequence[str],
         max_body_bytes: int = 1_048_576,
+        metrics: DispatcherMetrics = NO_METRICS,
     ) -> None:
         self.handler = handler
         self.verifier = verifier
@@ -63,6 +65,7 @@ class Dispatcher:
         self.responses = ResponseStore(settings.idempotency_ttl, settings.idempotency_max_entries)
         self.running = InFlight()
         self.counters = Counters()
+        self.metrics = metrics  #: where ``Counters`` events also go (Prometheus: ``agent.metrics``)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_transport: dict[int, set[asyncio.Task[None]]] = {}
@@ -101,6 +104,7 @@ class Dispatcher:
             await self.process(delivery)
         except Exception:
             self.counters.errors += 1
+            self.metrics.errored()
             _log.exception("delivery failed")
             if delivery.settlement is None:
                 try:
@@ -114,22 +118,28 @@ class Dispatcher:
     async def process(self, delivery: Delivery) -> None:
         received = time.monotonic()
         self.counters.received += 1
+        self.metrics.received(delivery)
         if delivery.delivery_count > self.settings.max_deliveries:
-            await self._dead_letter(delivery, f"delivered {delivery.delivery_count} times without being settled")
+            await self._dead_letter(
+                delivery, f"delivered {delivery.delivery_count} times without being settled", "poison"
+            )
             return
         if len(delivery.payload) > self.max_body_bytes:
             await self._dead_letter(
-                delivery, f"message of {len(delivery.payload)} bytes exceeds the {self.max_body_bytes}-byte limit"
+                delivery,
+                f"message of {len(delivery.payload)} bytes exceeds the {self.max_body_bytes}-byte limit",
+                "too_large",
             )
             return
         try:
             request = decode_request(delivery.payload)
         except EnvelopeError as error:
-            await self._dead_letter(delivery, f"malformed envelope: {error}")
+            await self._dead_letter(delivery, f"malformed envelope: {error}", "malformed")
             return
         structlog.contextvars.bind_contextvars(request_id=request.id, domain=request.domain)
         if request.domain.lower() not in self.domains:
             misdirected = ScimError(421, f"this agent does not serve domain {request.domain!r}")
+            self.metrics.refused("wrong_domain")
             await self._finish(delivery, request, misdirected)
             return
         if not delivery.trusted:
@@ -137,12 +147,14 @@ class Dispatcher:
                 self.verifier.verify(request, redelivered=delivery.redelivered)
             except SignatureError as error:
                 self.counters.refused += 1
+                self.metrics.refused(type(error).__name__)
                 _log.warning("request refused", reason=str(error), kind=type(error).__name__)
                 await self._finish(delivery, request, error.to_scim())
                 return
         stored = self.responses.get(request.id)
         if stored is not None:
             self.counters.replayed_from_store += 1
+            self.metrics.replayed()
             await self._reply_and_ack(delivery, stored)
             return
         running = self.running.begin(request.id)
@@ -155,9 +167,12 @@ class Dispatcher:
             return
         payload: bytes | None = None
         try:
+            started = time.monotonic()
             result = await self._handle(request)
+            self.metrics.stage("directory", time.monotonic() - started)
             if result.transient and delivery.delivery_count < self.settings.max_deliveries and not _late(request):
                 self.counters.retried += 1
+                self.metrics.retried()
                 await delivery.retry_later(f"directory unavailable: {result.body.get('detail', '')}")
                 return
             timing = {"handle_ms": round((time.monotonic() - received) * 1000, 3)}
@@ -182,6 +197,7 @@ class Dispatcher:
         key = f"{request.operation.method} {status // 100}xx"
         self.counters.by_outcome[key] = self.counters.by_outcome.get(key, 0) + 1
         self.counters.answered += 1
+        self.metrics.answered(request.operation.method, request.operation.path, status)
 
     async def _finish(self, delivery: Delivery, request: Request, error: ScimError) -> None:
         payload = Response(request.id, error.status, error.to_body(), self.agent_id).encode()
@@ -189,11 +205,14 @@ class Dispatcher:
         await self._reply_and_ack(delivery, payload)
 
     async def _reply_and_ack(self, delivery: Delivery, payload: bytes) -> None:
+        started = time.monotonic()
         await delivery.reply(payload)
         await delivery.ack()
+        self.metrics.stage("reply", time.monotonic() - started)
 
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def _dead_letter(self, delivery: Delivery, reason: str, kind: str) -> None:
         self.counters.dead_lettered += 1
+        self.metrics.dead_lettered(kind)
         _log.warning("dead-lettered", reason=reason, deliveries=delivery.delivery_count)
         await delivery.dead_letter(reason)
 
