@@ -66,6 +66,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 2
     configure(settings.logging.level, settings.logging.format)
+    from agent.health import health_service
     from agent.runtime import Agent
 
     async def serve() -> None:
@@ -73,7 +74,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(settings).run(stop)
+        await Agent(settings, services=[health_service] if settings.health.enabled else []).run(stop)
 
     asyncio.run(serve())
     return 0
