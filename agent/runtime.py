@@ -129,7 +129,7 @@ class Agent:
                     log.info("agent started", domains=list(settings.agent.domains), directory=settings.directory.plugin)
                     self.started.set()
                     stopper = group.create_task(stop.wait())
-                    await asyncio.wait({stopper, *self._consumers.values()}, return_when=asyncio.FIRST_COMPLETED)
+                    await self._serve_until(stopper)
                     self.started.clear()
                     log.info("agent stopping", in_flight=self._dispatcher.in_flight)
                     for consumer in self._consumers.values():
@@ -141,6 +141,14 @@ class Agent:
                 self._group = None
                 await self.transport.close()
         log.info("agent stopped", **{k: v for k, v in vars(self._dispatcher.counters).items() if v})
+
+    async def _serve_until(self, stopper: asyncio.Task[Any]) -> None:
+        """Return once ``stopper`` is done or the current transport ends (not a retired one)."""
+        while not stopper.done():
+            consumer = self._consumers.get(id(self.transport))
+            await asyncio.wait({stopper, *([consumer] if consumer else [])}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer is not None and consumer.done() and consumer is self._consumers.get(id(self.transport)):
+                return
 
     def _consume(self, transport: Transport) -> None:
         if self._group is None or self._dispatcher is None:
