@@ -12,7 +12,7 @@ import pytest
 from agent.scim.handler import Result, ScimHandler
 from protocol.envelope import ScimOperation
 from protocol.signing import Signer
-from service.client import ScimClient
+from service.client import ScimCallError, ScimClient
 from tests.agent_support import DOMAIN, PATCH_SCHEMA, USER_SCHEMA, AgentHarness, HandDelivery, running_agent, wait_until
 from transports.base import Settlement
 from transports.local import LocalSettings, LocalTransport
@@ -271,3 +271,31 @@ async def test_trusted_delivery_skips_signature_checks() -> None:
         delivery = HandDelivery(bare.encode(), trusted=True)
         await harness.agent.dispatcher.process(delivery)
         assert delivery.response.status == 200
+
+
+async def test_agent_error_gives_the_delivery_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error while processing gives the delivery back; its redelivery is answered."""
+    handle = ScimHandler.handle
+    failures = [RuntimeError("bug")]
+
+    async def flaky(self: ScimHandler, op: ScimOperation) -> Result:
+        if failures:
+            raise failures.pop()
+        return await handle(self, op)
+
+    monkeypatch.setattr(ScimHandler, "handle", flaky)
+    async with running_agent() as harness:
+        response = await harness.client.call("GET", "/ServiceProviderConfig")
+        assert response.status == 200
+        assert harness.agent.dispatcher.counters.errors == 1
+
+
+async def test_client_helpers_raise_on_errors_and_page_with_cursors() -> None:
+    """``ScimClient.ok`` raises ``ScimCallError`` on an error status; ``read_all`` reads every user in pages."""
+    async with running_agent() as harness:
+        with pytest.raises(ScimCallError, match="SCIM 404") as caught:
+            await harness.client.get("/Users/does-not-exist")
+        assert caught.value.response.status == 404
+        pages = [page async for page in harness.client.read_all("/Users", page_size=4)]
+        assert [len(page) for page in pages] == [4, 4, 2]
+        assert len({user["id"] for page in pages for user in page}) == 10

@@ -175,3 +175,15 @@ async def test_request_context_does_not_leak_to_the_next(log_lines: list[Mutable
     dead = [line for line in log_lines if line["event"] == "dead-lettered"]
     assert len(dead) == 1
     assert "request_id" not in dead[0]
+
+
+async def test_retries_are_logged_with_the_request_context(log_lines: list[MutableMapping[str, Any]]) -> None:
+    """Each retry of a failing directory call is logged with its attempt number and the request's id."""
+    async with running_agent(
+        memory={"faults": {"error_rate": 1.0}}, dispatcher={"max_deliveries": 1}, retry={"attempts": 3}
+    ) as harness:
+        response = await harness.client.call("GET", "/Users")
+    retries = [line for line in log_lines if line["event"] == "retrying"]
+    assert [line["attempt"] for line in retries] == [1]
+    assert retries[0]["request_id"] == response.request_id
+    assert "UnavailableError" in retries[0]["error"]

@@ -240,6 +240,8 @@ directory: {{plugin: memory, seed_users: 50, latency: 0.4}}
 dispatcher: {{max_in_flight: 64, grace_period: {grace}}}
 logging: {{level: info, format: json}}
 """
+        # The health server's fixed port would collide with other agents on this machine.
+        + ("health: {enabled: false}\n" if "health" in AgentSettings.model_fields else "")
     )
     proc = await asyncio.create_subprocess_exec(
         *_cloudprov(),
@@ -284,3 +286,23 @@ logging: {{level: info, format: json}}
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_replace_transport_finishes_old_work_and_serves_the_new(broker_name: str, handled: list[str]) -> None:
+    """``replace_transport`` answers what the old endpoints had in flight, then serves from the new ones only."""
+    signer = Signer.generate("k")
+    new_broker = f"{broker_name}-new"
+    agent = Agent(_settings(broker_name, signer, memory={"latency": 0.1}, dispatcher={"max_in_flight": 1}))
+    try:
+        async with started(agent), client_for(broker_name, signer) as old, client_for(new_broker, signer) as new:
+            in_flight = asyncio.create_task(old.call("GET", "/Users/in-flight"))
+            waiting = asyncio.create_task(old.call("GET", "/Users/waiting"))
+            await wait_until(lambda: handled == ["/Users/in-flight"])
+            await agent.replace_transport(LocalTransport([DOMAIN], LocalSettings(broker=new_broker)))
+            assert (await in_flight).status == 404
+            assert (await new.call("GET", "/Users/new")).status == 404
+            assert "/Users/waiting" not in handled
+            assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+            waiting.cancel()
+    finally:
+        LocalBroker.discard(new_broker)
