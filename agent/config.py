@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ENV_PREFIX = "CLOUDPROV__"
@@ -114,7 +123,7 @@ class RetrySection(Section):
 class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Lowest level logged.")
     format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="json in containers; console on a terminal; auto picks by whether stderr is a TTY."
+        default="auto", description="json in containers; console on a terminal; auto: console when the log is a TTY."
     )
 
 
@@ -140,6 +149,29 @@ class HealthSection(Section):
     )
 
 
+class ControlPlaneSection(Section):
+    """Registration and bootstrap with a control plane; off by default (the embedded defaults need none)."""
+
+    enabled: bool = Field(default=False, description="Bootstrap from the control plane at start and on an interval.")
+    url: str = Field(default="", description="The control plane: https://host:8443.")
+    state_dir: Path | None = Field(default=None, description="Key, certificate, CA (default: agent.state_dir).")
+    ca_file: Path | None = Field(default=None, description="CA of the control plane (default: state_dir/ca.pem).")
+    bootstrap_interval: float = Field(default=600.0, gt=0, description="Seconds between bootstraps (until told).")
+    jitter: float = Field(default=0.1, ge=0, le=1, description="Random share of the interval added or removed.")
+    heartbeat_interval: float = Field(default=600.0, gt=0, description="Seconds between heartbeats (until told).")
+    initial_backoff: float = Field(default=1.0, gt=0, description="First wait after a failed bootstrap (seconds).")
+    max_backoff: float = Field(default=60.0, gt=0, description="Longest wait between failed bootstraps (seconds).")
+    request_timeout: float = Field(default=30.0, gt=0, description="Seconds a call to the control plane may take.")
+    renew_before: float = Field(default=7 * 86400.0, ge=0, description="Renew the certificate this long before expiry.")
+    stale_after: float = Field(default=3600.0, gt=0, description="Not ready when the last bootstrap is older (s).")
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ControlPlaneSection:
+        if self.enabled and not self.url.startswith("https://"):
+            raise ValueError("control_plane.url must be https://host:port when control_plane.enabled is true")
+        return self
+
+
 class AgentSettings(Section):
     agent: AgentSection = Field(default_factory=AgentSection)
     transport: TransportSection = Field(default_factory=TransportSection)
@@ -149,6 +181,7 @@ class AgentSettings(Section):
     dispatcher: DispatcherSection = Field(default_factory=DispatcherSection)
     retry: RetrySection = Field(default_factory=RetrySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    control_plane: ControlPlaneSection = Field(default_factory=ControlPlaneSection)
     health: HealthSection = Field(default_factory=HealthSection)
 
 
