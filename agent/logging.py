@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -51,9 +51,11 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    """Set up structlog for the process (stderr; JSON unless ``console`` or a TTY with ``auto``)."""
-    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog for the process (``stream``, stderr by default; JSON unless ``console`` or a TTY
+    with ``auto``). ``cloudprov agent run`` logs to stdout, where container runtimes collect logs."""
+    stream = sys.stderr if stream is None else stream
+    as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
@@ -65,7 +67,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
 
