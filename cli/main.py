@@ -65,7 +65,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    configure(settings.logging.level, settings.logging.format)
+    configure(settings.logging.level, settings.logging.format, stream=sys.stdout)  # containers collect stdout
     from agent.health import health_service
     from agent.runtime import Agent
 
