@@ -177,7 +177,12 @@ class LdapDirectory(Directory):
     async def call(self, what: str, op: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
         """Run ``op(conn)`` on a pooled connection, translating errors and retrying what is safe to retry."""
         try:
-            async for attempt in retrying(self.settings.retry):
+            try:  # the common case without the retry machinery
+                return await self._once(what, op, write=write)
+            except RECOVERABLE:
+                if self.settings.retry.attempts <= 1:
+                    raise
+            async for attempt in retrying(self.settings.retry, first_wait=True):
                 with attempt:
                     return await self._once(what, op, write=write)
         except _InFlightError as marker:
@@ -241,20 +246,29 @@ class LdapDirectory(Directory):
         self, outer: AsyncExitStack, what: str, first_page: Callable[[Any], Awaitable[Any]]
     ) -> tuple[Any, Any]:
         """A pooled connection (kept open in ``outer``) and the first page; retried as a read."""
-        async for attempt in retrying(self.settings.retry):
-            with attempt:
-                stack = AsyncExitStack()
-                conn = await stack.enter_async_context(self.pool.connection())
+
+        async def attempt_once() -> tuple[Any, Any]:
+            stack = AsyncExitStack()
+            conn = await stack.enter_async_context(self.pool.connection())
+            try:
                 try:
-                    try:
-                        page = await first_page(conn)
-                    except _FAILURES as exc:
-                        raise translate(exc, context=what) from exc
-                except BaseException as exc:
-                    await stack.__aexit__(type(exc), exc, exc.__traceback__)
-                    raise
-                outer.push_async_exit(stack)
-                return conn, page
+                    page = await first_page(conn)
+                except _FAILURES as exc:
+                    raise translate(exc, context=what) from exc
+            except BaseException as exc:
+                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            outer.push_async_exit(stack)
+            return conn, page
+
+        try:
+            return await attempt_once()
+        except RECOVERABLE:
+            if self.settings.retry.attempts <= 1:
+                raise
+        async for attempt in retrying(self.settings.retry, first_wait=True):
+            with attempt:
+                return await attempt_once()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def get(self, dn: str, attributes: Sequence[str] | None = None) -> Entry | None:

@@ -8,18 +8,41 @@ retry only failures that happened before the request reached a server (see ``dir
 
 from __future__ import annotations
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+import asyncio
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from plugins.ldap.errors import RECOVERABLE
 from plugins.ldap.settings import RetrySettings
 
 
-def retrying(settings: RetrySettings, retry_on: tuple[type[BaseException], ...] = RECOVERABLE) -> AsyncRetrying:
-    """``async for attempt in retrying(s): with attempt: ...``"""
+def retrying(
+    settings: RetrySettings, retry_on: tuple[type[BaseException], ...] = RECOVERABLE, *, first_wait: bool = False
+) -> AsyncRetrying:
+    """``async for attempt in retrying(s): with attempt: ...``
+
+    ``first_wait``: the caller already made the first try (outside tenacity, to keep the common path
+    cheap) — wait once before the first attempt here, and allow one attempt fewer.
+    """
+    wait = wait_exponential(multiplier=settings.initial_backoff, max=settings.max_backoff) + wait_random(
+        0, settings.jitter
+    )
+
+    async def pause_first(state: RetryCallState) -> None:
+        if first_wait and state.attempt_number == 1:
+            await asyncio.sleep(wait(state))
+
     return AsyncRetrying(
         retry=retry_if_exception_type(retry_on),
-        stop=stop_after_attempt(settings.attempts),
-        wait=wait_exponential(multiplier=settings.initial_backoff, max=settings.max_backoff)
-        + wait_random(0, settings.jitter),
+        stop=stop_after_attempt(max(1, settings.attempts - 1) if first_wait else settings.attempts),
+        wait=wait,
+        before=pause_first,
         reraise=True,
     )
