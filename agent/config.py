@@ -86,6 +86,14 @@ class DirectorySection(BaseModel):
     def plugin_settings(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Plugin settings may be ``file:/run/secrets/…`` too (a bind password): read them here."""
+        if isinstance(data, dict):
+            return {key: _read_file_ref(value) if key != "plugin" else value for key, value in data.items()}
+        return data
+
 
 class ScimSection(Section):
     profile: str = Field(default="openldap", description="SCIM ↔ LDAP mapping profile: openldap or ad.")
