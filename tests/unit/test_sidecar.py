@@ -56,6 +56,15 @@ def test_env_overrides_the_mounted_file(tmp_path: Path) -> None:
     assert settings.signing.public_keys == {"k1": "public-key-text"}
 
 
+def test_plugin_secrets_may_be_mounted_files(tmp_path: Path) -> None:
+    """A directory plugin's bind password written as file:/run/secrets/… reaches the plugin as the file's content."""
+    (tmp_path / "ldap-password").write_text("s3cret\n")
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"directory: {{plugin: ldap, bind_dn: cn=a, password: 'file:{tmp_path / 'ldap-password'}'}}\n")
+    settings = load_settings(config, env={})
+    assert settings.directory.plugin_settings() == {"bind_dn": "cn=a", "password": "s3cret"}
+
+
 def test_settings_come_from_env_alone() -> None:
     """Without any file, environment variables configure every section the sidecar needs."""
     env = {
