@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -125,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve SCIM requests from the configured transport",
         epilog="example: cloudprov agent run -c /etc/cloudprov/agent.yaml",
     )
-    run.add_argument("-c", "--config", help="YAML configuration file (default: built-in defaults)")
+    run.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("CLOUDPROV_CONFIG") or None,
+        help="YAML configuration file (default: $CLOUDPROV_CONFIG, else built-in defaults)",
+    )
     run.set_defaults(func=cmd_agent_run)
 
     config = commands.add_parser(
