@@ -1,0 +1,157 @@
+"""Service configuration: one YAML file validated into frozen, typed ``ServiceSettings``.
+
+Every setting has a default that works on one machine (HTTPS on 127.0.0.1:8443, state and an
+SQLite store in ``./service-state``). Strings may reference the environment as ``${NAME}`` or
+``${NAME:-default}``; secrets may be ``file:/path`` (read from a mounted file). Environment
+variables ``CLOUDPROV_SERVICE__SECTION__KEY`` override the file. ``load_service_settings`` raises
+``ServiceConfigError`` naming each faulty key. The admin API is off until ``admin.token`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+
+ENV_PREFIX = "CLOUDPROV_SERVICE__"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DAY = 86_400.0
+
+
+class ServiceConfigError(Exception):
+    """The service configuration is invalid; the message lists each faulty key."""
+
+
+def _file_ref(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("file:"):
+        path = Path(value.removeprefix("file:"))
+        try:
+            return path.read_text().rstrip("\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+    return value
+
+
+#: A secret: literal, ``${ENV}`` or ``file:/path``; never printed.
+Secret = Annotated[SecretStr, BeforeValidator(_file_ref)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ControlSection(Section):
+    host: str = Field(default="127.0.0.1", description="Address the HTTPS listener binds.")
+    port: int = Field(default=8443, ge=0, le=65535, description="Port of the HTTPS listener (0: any free port).")
+    public_hosts: list[str] = Field(
+        default=["localhost", "127.0.0.1"], min_length=1, description="Names/IPs in the server certificate."
+    )
+    state_dir: Path = Field(default=Path("service-state"), description="CA, server certificate, SQLite store.")
+    ca_cert_file: Path | None = Field(default=None, description="Operator-provided CA certificate (PEM).")
+    ca_key_file: Path | None = Field(default=None, description="Its private key (PEM); both or neither.")
+    client_cert_lifetime: float = Field(default=30 * DAY, gt=0, description="Seconds an agent certificate lives.")
+    token_ttl: float = Field(default=DAY, gt=0, description="Default lifetime of a registration token (s).")
+    bootstrap_interval: float = Field(default=600.0, gt=0, description="Seconds between an agent's bootstraps.")
+    heartbeat_interval: float = Field(default=600.0, gt=0, description="Seconds between an agent's heartbeats.")
+    active_window: float = Field(default=1800.0, gt=0, description="Seen within this many seconds: active.")
+    key_grace_period: float = Field(default=DAY, ge=0, description="Seconds a rotated-out signing key stays valid.")
+    clock_skew: float = Field(default=300.0, gt=0, description="Bootstrap requests older/newer than this: refused.")
+
+
+class StoreSection(Section):
+    url: str = Field(default="", description="sqlite:///path or postgresql://…; empty: SQLite in the state dir.")
+    key_secret: Secret | None = Field(default=None, description="Seals signing private keys at rest (AES-GCM).")
+
+
+class AdminSection(Section):
+    token: Secret | None = Field(default=None, description="Bearer token of the admin API; unset: API disabled.")
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ServiceSettings(Section):
+    control: ControlSection = Field(default_factory=ControlSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    admin: AdminSection = Field(default_factory=AdminSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.control.state_dir / 'control.db'}"
+
+
+def _interpolate(value: Any, env: Mapping[str, str], where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ServiceConfigError(f"{where}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name.removeprefix(ENV_PREFIX).split("__") if p]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if path:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        is_tree = isinstance(value, Mapping) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if is_tree else value
+    return merged
+
+
+def load_service_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServiceSettings:
+    """Read, interpolate and validate the service's YAML file (None: defaults plus env overrides)."""
+    env = os.environ if env is None else env
+    source = str(path) if path else "defaults"
+    data: Any = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ServiceConfigError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ServiceConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ServiceConfigError(f"{source}: the top level must be a mapping of sections")
+    data = _merge(_interpolate(data, env, ""), _overrides(env))
+    try:
+        return ServiceSettings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid configuration"]
+        for item in exc.errors():
+            key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+            message = (
+                "unknown key (check its spelling and section)" if item["type"] == "extra_forbidden" else item["msg"]
+            )
+            lines.append(f"  {key}: {message}")
+        raise ServiceConfigError("\n".join(lines)) from None
