@@ -211,17 +211,17 @@ def _cloudprov() -> list[str]:
 
 
 async def _listening_url(proc: asyncio.subprocess.Process) -> str:
-    """Read the agent's JSON log until the HTTP transport says where it listens."""
-    assert proc.stderr is not None
+    """Read the agent's JSON log (stdout and stderr merged) until the HTTP transport says where it listens."""
+    assert proc.stdout is not None
     async with asyncio.timeout(20):
-        while line := await proc.stderr.readline():
+        while line := await proc.stdout.readline():
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
             if event.get("event") == "http.listening":
                 return str(event["url"])
-    rest = await proc.stderr.read()
+    rest = await proc.stdout.read()
     raise AssertionError(f"the agent exited before it listened: {rest.decode()[-2000:]}")
 
 
@@ -251,11 +251,13 @@ logging: {{level: info, format: json}}
         str(config),
         env={**os.environ, "AGENT_TOKEN": token},
         cwd=Path(__file__).parents[2],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         url = await _listening_url(proc)
+        assert proc.stdout is not None
+        log_rest = asyncio.create_task(proc.stdout.read())  # keep the pipe drained so logging never blocks
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(headers=headers) as session:
             started_requests = 0
@@ -279,8 +281,7 @@ logging: {{level: info, format: json}}
         async with asyncio.timeout(grace):
             code = await proc.wait()
         assert code == 0
-        assert proc.stderr is not None
-        rest = (await proc.stderr.read()).decode()
+        rest = (await log_rest).decode()
         assert "agent stopped" in rest
     finally:
         if proc.returncode is None:
