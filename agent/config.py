@@ -152,9 +152,6 @@ class HealthSection(Section):
         default=15.0, gt=0, description="Seconds between directory pings for /readyz (the result is cached)."
     )
     directory_check_timeout: float = Field(default=5.0, gt=0, description="Seconds a directory ping may take.")
-    bootstrap_max_age: float | None = Field(
-        default=None, gt=0, description="/readyz fails when the last bootstrap is older (seconds; unset: not checked)."
-    )
 
 
 class ControlPlaneSection(Section):
