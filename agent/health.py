@@ -9,14 +9,15 @@ What it is
     * ``GET /healthz`` — 200 while the process runs and its event loop is responsive (the heartbeat
       is at most ``max_loop_lag`` seconds overdue), else 503. Liveness: a failure means restart.
     * ``GET /readyz`` — 200 when ``agent.not_ready_reasons()`` is empty (running, transport connected,
-      directory answered its last ping, bootstrap fresh when ``bootstrap_max_age`` is set), else 503
-      with ``{"ready": false, "reasons": [...]}``. Readiness: a failure means "send no work".
+      directory answered its last ping, and whatever other services check: bootstrap freshness is
+      ``agent/lifecycle``'s ``control_plane.stale_after``), else 503 with
+      ``{"ready": false, "reasons": [...]}``. Readiness: a failure means "send no work".
     * ``GET /metrics`` — the agent's Prometheus metrics (``agent.metrics``), text format 0.0.4.
 
 Settings
     ``AgentSettings.health``: ``enabled``, ``host`` (0.0.0.0: a kubelet probes the pod IP), ``port``
     (8081; 0 picks a free port, logged as ``health server listening``), ``heartbeat_interval``,
-    ``max_loop_lag``, ``directory_check_interval``, ``directory_check_timeout``, ``bootstrap_max_age``.
+    ``max_loop_lag``, ``directory_check_interval``, ``directory_check_timeout``.
 
 Guarantees
     Probes never touch the directory: ``/readyz`` reads the cached ping result, so a burst of probes
@@ -111,22 +112,6 @@ class DirectoryProbe:
         return self.error
 
 
-def bootstrap_check(settings: HealthSection, metrics: AgentMetrics) -> Callable[[Agent], str | None]:
-    """A readiness check: the last bootstrap is younger than ``bootstrap_max_age`` (when set)."""
-
-    def check(_agent: Agent) -> str | None:
-        if settings.bootstrap_max_age is None:
-            return None
-        age = metrics.bootstrap_age()
-        if age is None:
-            return "no successful bootstrap yet"
-        if age > settings.bootstrap_max_age:
-            return f"last bootstrap {age:.0f}s ago (limit {settings.bootstrap_max_age:g}s)"
-        return None
-
-    return check
-
-
 def build_app(agent: Agent, heartbeat: Heartbeat, metrics: AgentMetrics) -> web.Application:
     """The aiohttp application serving the three endpoints."""
 
@@ -178,8 +163,7 @@ async def health_service(
     agent.dispatcher.metrics = metrics  # deliveries are processed in tasks scheduled after this first step
     heartbeat = Heartbeat(settings.heartbeat_interval, settings.max_loop_lag, clock)
     probe = DirectoryProbe(agent, settings, metrics)
-    checks = [probe.check, bootstrap_check(settings, metrics)]
-    agent.readiness_checks.extend(checks)
+    agent.readiness_checks.append(probe.check)
 
     def on_beat(lag: float) -> None:
         metrics.loop_lag = lag
@@ -193,6 +177,5 @@ async def health_service(
             group.create_task(heartbeat.run(on_beat))
             group.create_task(probe.run())
     finally:
-        for check in checks:
-            with contextlib.suppress(ValueError):
-                agent.readiness_checks.remove(check)
+        with contextlib.suppress(ValueError):
+            agent.readiness_checks.remove(probe.check)

@@ -10,7 +10,7 @@ What it is
 
 Hooks for other parts
     * Bootstrap (``agent/lifecycle/``): ``metrics_for(agent).bootstrap_succeeded()`` after each
-      successful bootstrap; ``/readyz`` checks its age against ``health.bootstrap_max_age``.
+      successful bootstrap feeds ``bootstrap_age_seconds`` (readiness stays the lifecycle's own check).
     * Directory plugins: a directory object may offer ``pool_stats() -> Mapping[str, float]`` with any
       of the keys ``size`` (connections open), ``in_use``, ``max_size`` and ``errors`` (a running
       count of connection errors); it is read at every scrape, nothing is pushed.
