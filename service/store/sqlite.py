@@ -8,7 +8,8 @@ Guarantees
     ``asyncio.to_thread``); WAL journal, foreign keys on, ``busy_timeout`` 10 s. Every transaction
     starts with ``BEGIN IMMEDIATE``: writers are serialised, also across processes sharing the file,
     which is what makes the store-wide locks of ``Store._lock`` a no-op here. Migrations run in one
-    such transaction each.
+    such transaction each. Where SQLite answers "locked" without waiting (several processes opening
+    a new file at once), the step is retried, bounded.
 """
 
 from __future__ import annotations
@@ -17,14 +18,30 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.store.base import Store, Tx
 
+T = TypeVar("T")
+
 _PARAM = re.compile(r"\$(\d+)")
+#: Tries of a step SQLite may refuse with "database is locked" without waiting (first opens switching to WAL).
+LOCKED_TRIES = 200
+
+
+def _retry_locked(step: Callable[[], T]) -> T:
+    """Run ``step``, again after a short sleep while SQLite says the database is locked (bounded)."""
+    for _ in range(LOCKED_TRIES - 1):
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            time.sleep(0.01)
+    return step()
 
 
 def sqlite_path(url: str) -> str:
@@ -71,7 +88,7 @@ class SqliteStore(Store):
             connection.execute("PRAGMA busy_timeout = 10000")
             connection.execute("PRAGMA foreign_keys = ON")
             if self.path != ":memory:":
-                connection.execute("PRAGMA journal_mode = WAL")
+                _retry_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
             return connection
 
         self._connection = await asyncio.to_thread(connect)
@@ -89,7 +106,7 @@ class SqliteStore(Store):
         if connection is None:
             raise RuntimeError("the SQLite store is not open")
         async with self._lock_:
-            await asyncio.to_thread(connection.execute, "BEGIN IMMEDIATE")
+            await asyncio.to_thread(_retry_locked, lambda: connection.execute("BEGIN IMMEDIATE"))
             try:
                 yield _SqliteTx(connection)
             except BaseException:
