@@ -142,9 +142,10 @@ def decode_request(raw: bytes | str) -> Request:
     """Parse and validate a request envelope; raises ``EnvelopeError`` naming the faulty field."""
     data = _load_object(raw, "request")
     op = _field(data, "op", dict, "request")
-    method = _field(op, "method", str, "request op").upper()
+    method = _field(op, "method", str, "request op")
     if method not in METHODS:
-        raise EnvelopeError(f"request op method {method!r} is not one of {', '.join(sorted(METHODS))}")
+        # Exact spelling only: the signature covers the method as sent, so "get" is not silently "GET".
+        raise EnvelopeError(f"request op method {method!r} is not one of {', '.join(sorted(METHODS))} (upper-case)")
     path = _field(op, "path", str, "request op")
     if not path.startswith("/"):
         raise EnvelopeError(f"request op path {path!r} must start with '/'")

@@ -159,9 +159,10 @@ def test_malformed_operation_is_refused(op: dict[str, Any], problem: str) -> Non
         _decode(_request(op=op))
 
 
-def test_lower_case_method_is_accepted() -> None:
-    """The method is case-insensitive on the wire and normalised to upper case."""
-    assert _decode(_request(op=_op(method="delete"))).operation.method == "DELETE"
+def test_lower_case_method_is_refused() -> None:
+    """The method must be spelled upper-case, as signed: "delete" is refused rather than read as DELETE."""
+    with pytest.raises(EnvelopeError, match="upper-case"):
+        _decode(_request(op=_op(method="delete")))
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
