@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.config import AgentSettings
 from agent.runtime import Agent
+from cli.progress import Progress
 from protocol.envelope import Request, decode_response
 from protocol.signing import Signer, public_key_text
 from service.client import ScimClient
@@ -186,14 +187,17 @@ async def _scenario(script: Script, client: ScimClient, requester: LocalRequeste
 
 async def _burst(client: ScimClient, count: int = 2000, concurrency: int = 64) -> None:
     semaphore = asyncio.Semaphore(concurrency)
+    progress = Progress("burst", count)
 
     async def one(i: int) -> int:
         async with semaphore:
             response = await client.call("GET", "/Users", {"filter": f'userName eq "user{i % 100 + 1:05d}"'})
+            progress.advance()
             return response.status
 
     started = time.perf_counter()
     statuses = await asyncio.gather(*(one(i) for i in range(count)))
+    progress.close()
     elapsed = time.perf_counter() - started
     ok = sum(1 for s in statuses if s == 200)
     print(f"burst: {count} signed, filtered GETs, {concurrency} in flight: {count / elapsed:,.0f} requests/s ({ok} ok)")
