@@ -16,6 +16,7 @@ import aiormq.exceptions
 import pytest
 from structlog.testing import capture_logs
 
+from protocol import chunking
 from protocol.envelope import Request, ScimOperation, decode_response
 from protocol.signing import Signer, Verifier
 from tests.conftest import server_missing
@@ -196,7 +197,9 @@ async def test_broker_dead_letters_when_no_consumer_settles(options: dict[str, A
     assert [d.delivery_count for d in responder.seen] == [1, 2, 3]
 
 
-async def test_oversized_reply_is_split_and_reassembled(options: dict[str, Any]) -> None:
+async def test_oversized_reply_is_split_and_reassembled(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An incompressible reply of 4x the limit travels as chunks and arrives whole."""
     blob = os.urandom(4 * LIMIT)
 
@@ -204,16 +207,23 @@ async def test_oversized_reply_is_split_and_reassembled(options: dict[str, Any])
         await delivery.reply(blob)
         await delivery.ack()
 
-    with capture_logs() as logs:
-        async with (
-            create_transport(URL, domains=[DOMAIN], options=options) as transport,
-            create_requester(URL, options=options) as requester,
-            Responder(transport, big),
-        ):
-            rid, payload = make_envelope(DOMAIN, "/Users")
-            assert await requester.request(DOMAIN, rid, payload, timeout=30) == blob
-    [split] = [e for e in logs if e["event"] == "reply split into chunks"]
-    assert split["chunks"] == 5
+    frames: list[int] = []
+    encode = chunking.encode
+
+    def spy(*args: Any, **kwargs: Any) -> list[chunking.Frame]:
+        out = encode(*args, **kwargs)
+        frames.append(len(out))
+        return out
+
+    monkeypatch.setattr(chunking, "encode", spy)
+    async with (
+        create_transport(URL, domains=[DOMAIN], options=options) as transport,
+        create_requester(URL, options=options) as requester,
+        Responder(transport, big),
+    ):
+        rid, payload = make_envelope(DOMAIN, "/Users")
+        assert await requester.request(DOMAIN, rid, payload, timeout=30) == blob
+    assert 5 in frames  # the reply went as 5 chunks (the request as 1 frame)
 
 
 async def test_malformed_and_unsigned_never_crash_the_consumer(options: dict[str, Any], rabbit: Any) -> None:

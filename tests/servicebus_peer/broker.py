@@ -227,8 +227,10 @@ class Broker(MessagingHandler):  # type: ignore[misc]
         if self.max_message_size and len(raw) > self.max_message_size and not is_control(address):
             self.stats["oversized"] += 1
             log.warning("%s: refused a message of %d bytes (limit %d)", address, len(raw), self.max_message_size)
-            delivery.local.condition = Condition(
-                SIZE_EXCEEDED, f"message of {len(raw)} bytes exceeds the limit of {self.max_message_size} bytes"
+            delivery.local.condition = Condition(  # with info: the SDK reads the error as a 3-element list
+                SIZE_EXCEEDED,
+                f"message of {len(raw)} bytes exceeds the limit of {self.max_message_size} bytes",
+                {symbol("max-message-size"): self.max_message_size},
             )
             delivery.update(Delivery.REJECTED)
             delivery.settle()

@@ -1,0 +1,229 @@
+"""Request/reply throughput of the broker transports against the raw client limit, in one run.
+
+What it is
+    For RabbitMQ: raw aio-pika request/reply (quorum request queue, persistent messages, publisher
+    confirms, manual acks: the same guarantees our transport gives) with 1 and 100 requests in
+    flight, then the same through ``AmqpRequester`` + ``AmqpTransport`` with a trivial responder
+    (echo the request envelope as the response). Prints msg/s, p50/p99 latency and our/raw ratio
+    (target ≥ 0.7). Then ``sb://`` against the project's Service Bus test peer (reported only: the
+    peer is not Azure).
+
+Connection URL / options
+    ``python bench/transport_rpc.py [--amqp-url URL] [-n 5000] [--sb-n 1000] [--skip-sb]``;
+    RabbitMQ defaults to ``amqp://guest:guest@127.0.0.1:5672/cloudprov-test``.
+
+Guarantees
+    Bounded: N requests per row; queues are uniquely named and deleted afterwards. No asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aio_pika
+import structlog
+
+from protocol.envelope import Request, Response, ScimOperation, decode_request
+from transports.base import Delivery, Requester, Transport
+from transports.registry import create_requester, create_transport
+
+DOMAIN = "bench.example.test"
+Call = Callable[[int], Awaitable[None]]
+
+
+def envelope(i: int) -> tuple[str, bytes]:
+    request_id = uuid.uuid4().hex
+    op = ScimOperation("GET", f"/Users/{i}", {"attributes": "userName"})
+    return request_id, Request(request_id, DOMAIN, op, time.time() + 600).encode()
+
+
+async def measure(call: Call, n: int, in_flight: int) -> tuple[float, float, float]:
+    """msg/s, p50 ms, p99 ms for ``n`` calls with ``in_flight`` at a time."""
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            start = time.perf_counter()
+            await call(i)
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - start
+    cuts = statistics.quantiles(latencies, n=100)
+    return n / elapsed, cuts[49], cuts[98]
+
+
+# ---- raw aio-pika ---------------------------------------------------------------------------------
+
+
+async def raw_amqp(url: str, n: int, in_flight: int) -> tuple[float, float, float]:
+    prefix = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(url)
+    async with connection:
+        agent_channel = await connection.channel(publisher_confirms=True)
+        await agent_channel.set_qos(prefetch_count=100)
+        client_channel = await connection.channel(publisher_confirms=True)
+        await client_channel.set_qos(prefetch_count=100)
+        requests = await agent_channel.declare_queue(
+            f"{prefix}.requests", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        replies = await client_channel.declare_queue(f"{prefix}.replies", durable=True)
+        pending: dict[str, asyncio.Future[bytes]] = {}
+
+        async def serve(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await agent_channel.default_exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    correlation_id=message.correlation_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                message.reply_to or "",
+            )
+            await message.ack()
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.ack()
+            future = pending.pop(message.correlation_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(message.body)
+
+        await requests.consume(serve)
+        await replies.consume(on_reply, exclusive=True)
+
+        async def call(i: int) -> None:
+            request_id, payload = envelope(i)
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            pending[request_id] = future
+            await client_channel.default_exchange.publish(
+                aio_pika.Message(
+                    payload,
+                    message_id=request_id,
+                    correlation_id=request_id,
+                    reply_to=replies.name,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                requests.name,
+            )
+            await asyncio.wait_for(future, 30)
+
+        try:
+            return await measure(call, n, in_flight)
+        finally:
+            await requests.delete(if_unused=False, if_empty=False)
+            await replies.delete(if_unused=False, if_empty=False)
+
+
+# ---- through our transports --------------------------------------------------------------------
+
+
+async def respond(transport: Transport) -> None:
+    """The trivial agent: decode the request, answer 200 with its path, ack."""
+
+    async def one(delivery: Delivery) -> None:
+        request = decode_request(delivery.payload)
+        await delivery.reply(Response(request.id, 200, {"path": request.operation.path}, agent_id="bench").encode())
+        await delivery.ack()
+
+    tasks: set[asyncio.Task[None]] = set()
+    async for delivery in transport.deliveries():
+        task = asyncio.create_task(one(delivery))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+async def ours(url: str, options: dict[str, object], n: int, in_flight: int) -> tuple[float, float, float]:
+    async with (
+        create_transport(url, domains=[DOMAIN], options=options) as transport,
+        create_requester(url, options=options) as requester,
+    ):
+        server = asyncio.create_task(respond(transport))
+
+        async def call(i: int) -> None:
+            request_id, payload = envelope(i)
+            await requester.request(DOMAIN, request_id, payload, timeout=60)
+
+        try:
+            await measure(call, min(50, n), in_flight)  # warm up: open senders, declare queues
+            return await measure(call, n, in_flight)
+        finally:
+            await transport.stop_consuming()
+            server.cancel()
+            await cleanup(url, options, requester)
+
+
+async def cleanup(url: str, options: dict[str, object], requester: Requester) -> None:
+    if not url.startswith("amqp"):
+        return
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        prefix = str(options["request_queue"]).format(domain=DOMAIN)
+        for name in (
+            prefix,
+            prefix + ".dlq",
+            str(options["reply_prefix"]) + str(getattr(requester, "requester_id", "")),
+        ):
+            await channel.queue_delete(name)
+
+
+def row(name: str, result: tuple[float, float, float], raw: tuple[float, float, float] | None = None) -> None:
+    rate, p50, p99 = result
+    ratio = f"{rate / raw[0]:5.2f}" if raw else "    -"
+    print(f"{name:42s} {rate:9.0f} msg/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   ratio {ratio}", flush=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/cloudprov-test")
+    parser.add_argument("-n", type=int, default=5000)
+    parser.add_argument("--sb-n", type=int, default=1000)
+    parser.add_argument("--skip-sb", action="store_true")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+
+    print(f"== RabbitMQ ({args.n} requests per row)")
+    for in_flight in (1, 100):
+        raw = await raw_amqp(args.amqp_url, args.n, in_flight)
+        row(f"raw aio-pika, {in_flight} in flight", raw)
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        options: dict[str, object] = {
+            "request_queue": prefix + ".requests.{domain}",
+            "reply_prefix": prefix + ".replies.",
+            "prefetch": 100,
+        }
+        row(
+            f"AmqpRequester+AmqpTransport, {in_flight} in flight",
+            await ours(args.amqp_url, options, args.n, in_flight),
+            raw,
+        )
+
+    if args.skip_sb:
+        return
+    from tests.servicebus_peer import PeerProcess
+
+    print(f"== Service Bus SDK against the test peer ({args.sb_n} requests per row; no target)")
+    with PeerProcess(lock_seconds=60) as peer:
+        for in_flight in (1, 100):
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            options = {
+                "request_queue": prefix + ".requests.{domain}",
+                "reply_prefix": prefix + ".replies.",
+                "prefetch": 100,
+            }
+            n = args.sb_n if in_flight > 1 else max(100, args.sb_n // 5)
+            row(f"ServiceBusRequester+Transport, {in_flight} in flight", await ours(peer.url, options, n, in_flight))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
