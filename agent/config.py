@@ -211,7 +211,7 @@ def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``CLOUDPROV__TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}`` (values parsed as YAML scalars)."""
+    """``CLOUDPROV__TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}`` (``[a, b]`` and ``{k: v}`` as YAML)."""
     tree: dict[str, Any] = {}
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX):
@@ -222,10 +222,13 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
+        # Scalars stay text (pydantic converts "5" or "true" where the field wants it, and an id such
+        # as "0042" stays "0042"); only YAML lists and mappings are parsed.
         try:
-            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+            parsed = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
-            node[path[-1]] = raw
+            parsed = raw
+        node[path[-1]] = parsed if isinstance(parsed, list | dict) else raw
     return tree
 
 

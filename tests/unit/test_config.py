@@ -101,9 +101,18 @@ def test_env_overrides_parse_numbers_and_lists() -> None:
     assert settings.agent.domains == ["a.com", "b.com"]
 
 
-def test_env_override_quoted_as_yaml_stays_text() -> None:
-    """A YAML-quoted override keeps a number-like text setting (an agent id of 0042) as that text."""
-    assert load_settings(None, env={"CLOUDPROV__AGENT__ID": '"0042"'}).agent.id == "0042"
+def test_env_override_of_number_like_text_stays_text() -> None:
+    """A number-like override of a text setting (an agent id of 0042) stays that text, unquoted."""
+    assert load_settings(None, env={"CLOUDPROV__AGENT__ID": "0042"}).agent.id == "0042"
+
+
+def test_env_override_list_is_parsed() -> None:
+    """A list-valued override in YAML flow style becomes a list, and numeric text still converts where wanted."""
+    settings = load_settings(
+        None, env={"CLOUDPROV__AGENT__DOMAINS": "[a.example, b.example]", "CLOUDPROV__DISPATCHER__MAX_IN_FLIGHT": "7"}
+    )
+    assert settings.agent.domains == ["a.example", "b.example"]
+    assert settings.dispatcher.max_in_flight == 7
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
