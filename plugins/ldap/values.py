@@ -9,7 +9,8 @@ Settings: none. Guarantees:
 - ``fold_modifications`` turns a sequence of per-attribute changes into at most one REPLACE, or one
   ADD and one DELETE of values, per attribute (bonsai holds one value list per attribute and sends
   its adds before its deletes), with the outcome LDAP's sequential meaning has when it succeeds: a
-  value deleted and added again (or added and deleted again) cancels out;
+  value deleted and added again (or added and deleted again) cancels out; deleting a whole attribute
+  stays a delete (an absent attribute is an error, as in LDAP) unless values are added after it;
 - ``encode_unicode_pwd`` gives AD's quoted UTF-16-LE password form.
 """
 
@@ -66,6 +67,7 @@ class _Fold:
     replace: list[AttrValue] | None = None
     add: list[AttrValue] = field(default_factory=list)
     delete: list[AttrValue] = field(default_factory=list)
+    delete_all: bool = False
 
 
 def fold_modifications(changes: Sequence[Modification]) -> list[Modification]:
@@ -74,8 +76,16 @@ def fold_modifications(changes: Sequence[Modification]) -> list[Modification]:
     for change in changes:
         name, state = folded.setdefault(change.attribute.lower(), (change.attribute, _Fold()))
         values = list(change.values)
-        if change.op is ModOp.REPLACE or (change.op is ModOp.DELETE and not values):
-            state.replace, state.add, state.delete = values, [], []
+        if change.op is ModOp.REPLACE:
+            state.replace, state.add, state.delete, state.delete_all = values, [], [], False
+        elif change.op is ModOp.DELETE and not values:
+            if state.replace is not None or state.add:  # present after the earlier changes: empty it
+                state.replace, state.add, state.delete = [], [], []
+            else:  # kept as is: LDAP says noSuchAttribute if absent
+                state.replace, state.add, state.delete, state.delete_all = None, [], [], True
+        elif state.delete_all:
+            if change.op is ModOp.ADD:
+                state.replace, state.delete_all = values, False
         elif state.replace is not None:
             if change.op is ModOp.ADD:
                 state.replace.extend(v for v in values if v not in state.replace)
@@ -89,6 +99,9 @@ def fold_modifications(changes: Sequence[Modification]) -> list[Modification]:
             state.add = [v for v in state.add if v not in values]
     result: list[Modification] = []
     for name, state in folded.values():
+        if state.delete_all:
+            result.append(Modification(ModOp.DELETE, name, ()))
+            continue
         if state.replace is not None:
             result.append(Modification(ModOp.REPLACE, name, tuple(state.replace)))
             continue

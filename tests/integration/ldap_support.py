@@ -120,6 +120,11 @@ class Paused:
 
     def __enter__(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
+        stat = Path(f"/proc/{self.pid}/stat")
+        for _ in range(100):  # the signal is delivered asynchronously: wait until the process is stopped
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in {"T", "t"}:
+                return
+            time.sleep(0.01)
 
     def __exit__(self, *exc: object) -> None:
         os.kill(self.pid, signal.SIGCONT)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from plugins import dn as dnlib
 from plugins.directory import (
@@ -15,6 +16,7 @@ from plugins.directory import (
     ChangeKind,
     ChangeSet,
     ConstraintError,
+    Directory,
     Modification,
     ModOp,
     NotAllowedError,
@@ -22,6 +24,7 @@ from plugins.directory import (
 from plugins.ldap import LdapDirectory
 from plugins.ldap.delta_usn import UsnMark
 from plugins.ldapfilter import escape_value
+from tests.contract.directory_suite import ActiveDirectoryShapes, DirectoryBehaviour, Shapes
 from tests.integration.ldap_support import collect, delete_tree, make_ou, samba_settings, unique
 from tests.servers.env import server_env
 
@@ -226,3 +229,27 @@ async def test_usn_other_domain_controller_triggers_a_rescan(tmp_path: Path, dir
             foreign, more, rounds = batch.watermark, batch.more, rounds + 1
         assert sorted(seen) == sorted(["OU=" + dnlib.rdn(ou)[3:], *(f"CN=r{i}" for i in range(5))])
         assert UsnMark.decode(foreign).dc == mark.dc
+
+
+# ---------------------------------------------------------------- the Directory behaviour suite
+class TestSambaBehaviour(DirectoryBehaviour):
+    """The Directory behaviour suite against the Samba AD DC (user / group)."""
+
+    @pytest_asyncio.fixture
+    async def directory(self, tmp_path: Path) -> AsyncIterator[Directory]:
+        async with LdapDirectory(samba_settings(tmp_path)) as opened:
+            yield opened
+
+    @pytest.fixture
+    def shapes(self) -> Shapes:
+        return ActiveDirectoryShapes()
+
+    @pytest.mark.xfail(
+        reason="Samba cuts filter assertion values at NUL: (cn=x\\00y) matches x. Real AD does not; the plugin "
+        "passes the escaped filter through unchanged",
+        strict=True,
+    )
+    async def test_hostile_filter_values_match_exactly_the_intended_entries(
+        self, directory: Directory, shapes: Shapes, container: str
+    ) -> None:
+        await super().test_hostile_filter_values_match_exactly_the_intended_entries(directory, shapes, container)

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from plugins import dn as dnlib
 from plugins.directory import (
     AlreadyExistsError,
     ChangeKind,
     ConstraintError,
+    Directory,
     DirectoryTimeoutError,
     InsufficientAccessError,
     InvalidFilterError,
@@ -27,6 +29,7 @@ from plugins.directory import (
 from plugins.ldap import LdapDirectory
 from plugins.ldap.errors import WatermarkExpiredError
 from plugins.ldapfilter import escape_value
+from tests.contract.directory_suite import DirectoryBehaviour, OpenLdapShapes, Shapes
 from tests.integration.ldap_support import (
     Paused,
     collect,
@@ -427,3 +430,17 @@ async def test_accesslog_unknown_watermark_is_expired(directory: LdapDirectory) 
         await directory.changes("accesslog:19700101000000.000001Z")
     with pytest.raises(WatermarkExpiredError):
         await directory.changes("usn:somewhere-else")
+
+
+# ---------------------------------------------------------------- the Directory behaviour suite
+class TestSlapdBehaviour(DirectoryBehaviour):
+    """The Directory behaviour suite against slapd (inetOrgPerson / groupOfNames)."""
+
+    @pytest_asyncio.fixture
+    async def directory(self, tmp_path: Path) -> AsyncIterator[Directory]:
+        async with LdapDirectory(slapd_settings(tmp_path)) as opened:
+            yield opened
+
+    @pytest.fixture
+    def shapes(self) -> Shapes:
+        return OpenLdapShapes()
