@@ -24,6 +24,8 @@ from typing import Any
 CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+#: Read-only extension every resource carries: where it lives in the directory (scoping by OU needs it).
+LDAP_ENTRY = "urn:cloudprov:scim:schemas:extension:ldap:1.0:Entry"
 
 
 class Kind(enum.Enum):

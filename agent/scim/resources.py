@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from agent.scim import values as conv
-from agent.scim.profile import ENTERPRISE, AttrMap, Kind, ResourceMapping
+from agent.scim.profile import ENTERPRISE, LDAP_ENTRY, AttrMap, Kind, ResourceMapping
 from agent.scim.refs import Ref
 from agent.scim.values import anchor_to_id, apply_active, text, to_scim
 from plugins import dn as dnlib
@@ -83,6 +83,8 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     if extension:
         resource["schemas"].append(ENTERPRISE)
         resource[ENTERPRISE] = extension
+    resource["schemas"].append(LDAP_ENTRY)
+    resource[LDAP_ENTRY] = {"distinguishedName": entry.dn}
     resource["meta"] = meta
     return resource
 
