@@ -1,0 +1,1 @@
+"""Targets: where the provisioning service writes objects (interface in ``targets.base``)."""
