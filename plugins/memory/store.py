@@ -7,7 +7,8 @@ Guarantees (the same as a real LDAP server):
 - DNs compare case-insensitively (``plugins.dn.normalize``); the parent must exist to add; only leaves
   can be deleted; rename is modrdn with deleteoldrdn=1 and moves the whole subtree;
 - attribute values are multi-valued and compared as ``plugins.ldapfilter`` compares them; an existing
-  value added again or a missing value deleted is ``ConstraintError`` (LDAP 20 / 16);
+  value added again or a missing value deleted is ``ConstraintError`` (LDAP 20 / 16); an empty value
+  is refused except the empty DN in a DN-valued attribute (``member: `` is valid LDAP);
 - modify builds a new attribute set and swaps it in only when every change succeeded (all or none);
   stored attribute sets are never mutated afterwards, so a search snapshot is consistent and cheap;
 - an equality index (attribute, normalised value) → entries serves equality/approx items, AND (the most
@@ -37,6 +38,8 @@ from plugins.ldapfilter import Normalized, normalize_value
 from plugins.memory.operational import Operational
 
 IndexKey = tuple[str, Normalized]
+#: DN-syntax attributes, where the empty value is a valid DN (the root DSE's name), as on a real server.
+_DN_SYNTAX = frozenset({"member", "uniquemember", "manager", "owner", "seealso", "secretary", "roleoccupant"})
 
 
 @dataclass(slots=True, eq=False)
@@ -72,7 +75,7 @@ def _values(name: str, values: Sequence[AttrValue] | AttrValue) -> list[AttrValu
     for value in listed:
         if not isinstance(value, str | bytes):
             raise ConstraintError(f"values of {name!r} must be str or bytes, not {type(value).__name__}")
-        if not value:
+        if not value and name.split(";", 1)[0].lower() not in _DN_SYNTAX:
             raise ConstraintError(f"empty value for {name!r} (invalid attribute syntax)")
         if len(listed) == 1:
             break
