@@ -27,7 +27,15 @@ from agent.scim.listing import Lister
 from agent.scim.patch import PatchOperation, apply_patch, parse_operations
 from agent.scim.profile import Kind, Profile, ResourceMapping
 from agent.scim.refs import Ref, References
-from agent.scim.resources import Resource, ci_get, diff, reference_dns, to_ldap, to_resource
+from agent.scim.resources import (
+    Resource,
+    ci_get,
+    diff,
+    members_placeholder,
+    reference_dns,
+    to_ldap,
+    to_resource,
+)
 from agent.scim.values import text
 from plugins import dn as dnlib
 from plugins.directory import (
@@ -317,7 +325,27 @@ class ScimHandler:
                     changes.append(Modification(ModOp.DELETE, member_attr.ldap, tuple(dns)))
             else:
                 return None
-        return [c for c in changes if c.values]
+        changes = [c for c in changes if c.values]
+        placeholder = members_placeholder(mapping)
+        if placeholder is not None and changes:
+            changes.extend(await self._placeholder_changes(entry, changes, *placeholder))
+        return changes
+
+    async def _placeholder_changes(
+        self, entry: Entry, changes: list[Modification], attribute: str, placeholder: str
+    ) -> list[Modification]:
+        """Keep the "no members" placeholder exactly where a group has no other member, in the same modify."""
+        added = [v for c in changes if c.op is ModOp.ADD for v in c.values]
+        if added:
+            held = await self._holds(entry, attribute, placeholder)
+            return [Modification(ModOp.DELETE, attribute, (placeholder,))] if held else []
+        removed = {text(v) for c in changes for v in c.values} | {placeholder}
+        others = "".join(f"(!({attribute}={escape_value(v)}))" for v in sorted(removed))
+        query = f"(&({attribute}=*){others})"
+        async for page in self.directory.search(entry.dn, query, scope=Scope.BASE, attributes=["objectClass"]):
+            if page:
+                return []
+        return [Modification(ModOp.ADD, attribute, (placeholder,))]
 
     async def _holds(self, entry: Entry, attribute: str, value: str) -> bool:
         """Whether ``entry`` has ``value`` in ``attribute``, asked of the server (no full read of a big group)."""

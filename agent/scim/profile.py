@@ -9,8 +9,9 @@ names a SCIM attribute with a compact path and the LDAP attribute behind it:
 - ``enterprise:department``: an attribute of the enterprise extension
   (``urn:ietf:params:scim:schemas:extension:enterprise:2.0:User``).
 
-Built-in profiles: ``openldap`` (inetOrgPerson / groupOfNames, ``id`` ← entryUUID) and ``ad``
-(user / group, ``id`` ← objectGUID). ``scim.profile_overrides`` in config changes mappings:
+Built-in profiles: ``openldap`` (inetOrgPerson / groupOfNames, ``id`` ← entryUUID; an empty group
+holds the empty DN as its one ``member``, as groupOfNames requires a member) and ``ad`` (user / group,
+``id`` ← objectGUID). ``scim.profile_overrides`` in config changes mappings:
 ``{"User": {"userName": "sAMAccountName", "title": null}}`` (null removes a mapping).
 """
 
@@ -80,6 +81,9 @@ class ResourceMapping:
     attributes: tuple[AttrMap, ...] = ()
     create_defaults: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extensions: tuple[str, ...] = ()
+    #: What ``members``' LDAP attribute holds while a group has no members, for object classes that
+    #: require one (groupOfNames MUSTs ``member``); never shown in SCIM. None: an empty group has none.
+    empty_members: str | None = None
 
     def find(self, path: str) -> AttrMap | None:
         lowered = path.lower()
@@ -164,6 +168,7 @@ OPENLDAP = Profile(
         rdn_from="displayName",
         container="ou=groups",
         id_attribute="entryUUID",
+        empty_members="",  # the empty DN (the root DSE's name): a member that is no user and no group
         attributes=(
             AttrMap("displayName", "cn"),
             AttrMap("members", "member", Kind.REFERENCE),

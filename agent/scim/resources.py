@@ -3,8 +3,10 @@
 ``to_resource`` builds the JSON a SCIM client sees from an entry and the references resolved for
 its DN-valued attributes. ``to_ldap`` goes the other way for create and replace: it returns the
 LDAP values of every writable mapped attribute (an empty list means "clear it"), resolving SCIM
-ids of referenced resources to DNs. ``diff`` turns old and new values into LDAP modifications:
-multi-valued attributes change by adding and deleting single values, never by a whole replace.
+ids of referenced resources to DNs; a group without members gets the profile's ``empty_members``
+placeholder where its object class requires a member. ``diff`` turns old and new values into LDAP
+modifications: multi-valued attributes change by adding and deleting single values, never by a whole
+replace.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
                     ref = None
                 if ref is not None:
                     resolved.append(reference_value(ref, _endpoint(ref.resource)))
-            if name == "members":
-                target[name] = resolved
+            if name == "members" and resolved:
+                target[name] = resolved  # no members (only a placeholder, or none resolvable): omitted
             elif resolved:
                 target[name] = resolved[0]
             continue
@@ -96,7 +98,17 @@ def reference_dns(mapping: ResourceMapping, entries: list[Entry]) -> set[str]:
         if attr.kind is Kind.REFERENCE:
             for entry in entries:
                 dns.update(text(v) for v in entry.get(attr.ldap))
+    if mapping.empty_members is not None:
+        dns.discard(mapping.empty_members)
     return dns
+
+
+def members_placeholder(mapping: ResourceMapping) -> tuple[str, str] | None:
+    """(LDAP attribute, value) that stands for "no members" in this mapping, if it needs one."""
+    members = mapping.find("members")
+    if members is None or mapping.empty_members is None:
+        return None
+    return members.ldap, mapping.empty_members
 
 
 def _scim_values(attr: AttrMap, resource: Mapping[str, Any]) -> list[Any] | None:
@@ -181,6 +193,9 @@ async def to_ldap(
                     bucket.append(conv.to_ldap(attr.kind, value))
                 except ValueError as exc:
                     raise invalid_value(f"{attr.path}: {exc}") from None
+    placeholder = members_placeholder(mapping)
+    if placeholder is not None and not values.get(placeholder[0]):
+        values[placeholder[0]] = [placeholder[1]]
     return values
 
 

@@ -208,6 +208,9 @@ class _Translator:
 
     async def _reference(self, attr: AttrMap, op: str, value: sf.ScimValue, multi: bool) -> _Out:
         present = f"({attr.ldap}=*)"
+        placeholder = self.mapping.empty_members
+        if placeholder is not None and attr.parts[0].lower() == "members":
+            present = f"(&{present}(!{_eq(attr.ldap, placeholder)}))"  # the "no members" value is no member
         if op == "pr":
             return _Out(present, True)
         if op == "eq" and isinstance(value, str):

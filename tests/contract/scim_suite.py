@@ -719,6 +719,28 @@ class ScimSuite(abc.ABC):
         patched = await scim.ok("PATCH", f"/Groups/{eng['id']}", body=body)
         assert member_ids(patched) == member_ids(eng)
 
+    async def test_empty_group(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
+        """A group can be created empty, emptied and filled again; it never shows or matches a member it lacks."""
+        empty = await scim.group("empty")
+        assert member_ids(empty) == set()
+        assert member_ids(await scim.ok("GET", f"/Groups/{empty['id']}")) == set()
+        holding = await scim.listed("/Groups", "members pr")
+        assert {r["id"] for r in holding["Resources"]} == {people["eng"]["id"], people["mgr"]["id"]}
+        assert {r["id"] for r in (await scim.listed("/Groups", "not (members pr)"))["Resources"]} == {empty["id"]}
+        dan = people["dan"]["id"]
+        path = f"/Groups/{empty['id']}"
+        filled = await scim.ok(
+            "PATCH", path, body=patch_body({"op": "add", "path": "members", "value": [{"value": dan}]})
+        )
+        assert member_ids(filled) == {dan}
+        emptied = await scim.ok("PATCH", path, body=patch_body({"op": "remove", "path": f'members[value eq "{dan}"]'}))
+        assert member_ids(emptied) == set()
+        mgr = people["mgr"]
+        body = {"schemas": [CORE_GROUP], "displayName": mgr["displayName"], "members": []}
+        assert member_ids(await scim.ok("PUT", f"/Groups/{mgr['id']}", body=body)) == set()
+        refilled = await scim.ok("PUT", f"/Groups/{mgr['id']}", body={**body, "members": [{"value": dan}]})
+        assert member_ids(refilled) == {dan}
+
     async def test_add_unknown_member_is_400(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
         """Adding a member id that names nothing is 400 invalidValue and changes nothing."""
         eng = people["eng"]
