@@ -5,8 +5,7 @@ its DN-valued attributes. ``to_ldap`` goes the other way for create and replace:
 LDAP values of every writable mapped attribute (an empty list means "clear it"), resolving SCIM
 ids of referenced resources to DNs; a group without members gets the profile's ``empty_members``
 placeholder where its object class requires a member. ``diff`` turns old and new values into LDAP
-modifications: multi-valued attributes change by adding and deleting single values, never by a whole
-replace.
+modifications: group members change by adding and deleting single values, never by a whole replace.
 """
 
 from __future__ import annotations
@@ -212,6 +211,10 @@ def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValu
     """Modifications that turn ``entry``'s mapped attributes into ``new`` (RDN attribute excluded)."""
     kinds = {a.ldap.lower(): a.kind for a in mapping.attributes}
     multi = {a.ldap.lower() for a in mapping.attributes if a.kind is Kind.REFERENCE or a.parts[2] is not None}
+    # Only members change value by value (a group may hold 50,000). Anything else is replaced whole: an
+    # LDAP attribute behind a SCIM multi-valued one may be single-valued (AD's mail, manager), and a
+    # delete plus an add of one value in one modify is refused there ("specified more than once").
+    by_value = {a.ldap.lower() for a in mapping.attributes if a.kind is Kind.REFERENCE and a.parts[0] == "members"}
     changes: list[Modification] = []
     for name, wanted in new.items():
         if name.lower() == mapping.rdn_attribute.lower():
@@ -221,7 +224,7 @@ def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValu
         same_set = len(old) == len(wanted) and all(any(_same(kind, o, w) for o in old) for w in wanted)
         if same_set and (name.lower() in multi or [text(o) for o in old] == [text(w) for w in wanted]):
             continue
-        if name.lower() in multi and old:
+        if name.lower() in by_value and old:
             added = tuple(w for w in wanted if not any(_same(kind, o, w) for o in old))
             removed = tuple(o for o in old if not any(_same(kind, o, w) for w in wanted))
             if removed:
