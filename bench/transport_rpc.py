@@ -4,7 +4,8 @@ What it is
     For RabbitMQ: raw aio-pika request/reply (quorum request queue, persistent messages, publisher
     confirms, manual acks: the same guarantees our transport gives) with 1 and 100 requests in
     flight, then the same through ``AmqpRequester`` + ``AmqpTransport`` with a trivial responder
-    (echo the request envelope as the response). Prints msg/s, p50/p99 latency and our/raw ratio
+    (echo the request envelope as the response), then signed filtered SCIM GETs from ``ScimClient``
+    to the real agent over a memory directory (zero latency). Prints msg/s, p50/p99 latency and our/raw ratio
     (target ≥ 0.7). Then ``sb://`` against the project's Service Bus test peer (reported only: the
     peer is not Azure).
 
@@ -177,6 +178,50 @@ async def cleanup(url: str, options: dict[str, object], requester: Requester) ->
             await channel.queue_delete(name)
 
 
+async def agent_over(
+    url: str, options: dict[str, object], n: int, in_flight: int, users: int = 1000
+) -> tuple[float, float, float]:
+    """Signed, filtered SCIM GETs from ``ScimClient`` to the real agent (memory directory, zero latency)."""
+    from agent.config import AgentSettings
+    from agent.runtime import Agent
+    from protocol.signing import Signer, public_key_text
+    from service.client import ScimClient
+
+    signer = Signer.generate("bench")
+    settings = AgentSettings.model_validate(
+        {
+            "agent": {"id": "bench-agent", "domains": [DOMAIN]},
+            "transport": {"url": url, "options": options},
+            "directory": {"plugin": "memory", "seed_users": users},
+            "signing": {"public_keys": {"bench": public_key_text(signer.public_key)}},
+            "dispatcher": {"max_in_flight": max(in_flight, 1)},
+        }
+    )
+    agent = Agent(settings)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    await agent.started.wait()
+    try:
+        async with create_requester(url, options=options) as requester:
+            client = ScimClient(requester, signer, DOMAIN, timeout=60)
+
+            async def call(i: int) -> None:
+                response = await client.call("GET", "/Users", {"filter": f'userName eq "user{i % users + 1:05d}"'})
+                if response.status != 200:
+                    raise RuntimeError(f"agent answered {response.status}: {response.body}")
+
+            await measure(call, min(50, n), in_flight)
+            result = await measure(call, n, in_flight)
+            stop.set()
+            await runner
+            await cleanup(url, options, requester)
+            return result
+    finally:
+        stop.set()
+        if not runner.done():
+            await runner
+
+
 def row(name: str, result: tuple[float, float, float], raw: tuple[float, float, float] | None = None) -> None:
     rate, p50, p99 = result
     ratio = f"{rate / raw[0]:5.2f}" if raw else "    -"
@@ -207,6 +252,17 @@ async def main() -> None:
             await ours(args.amqp_url, options, args.n, in_flight),
             raw,
         )
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        options = {
+            "request_queue": prefix + ".requests.{domain}",
+            "reply_prefix": prefix + ".replies.",
+            "prefetch": 100,
+        }
+        row(
+            f"ScimClient+agent (memory), {in_flight} in flight",
+            await agent_over(args.amqp_url, options, args.n, in_flight),
+            raw,
+        )
 
     if args.skip_sb:
         return
@@ -223,6 +279,13 @@ async def main() -> None:
             }
             n = args.sb_n if in_flight > 1 else max(100, args.sb_n // 5)
             row(f"ServiceBusRequester+Transport, {in_flight} in flight", await ours(peer.url, options, n, in_flight))
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            options = {
+                "request_queue": prefix + ".requests.{domain}",
+                "reply_prefix": prefix + ".replies.",
+                "prefetch": 100,
+            }
+            row(f"ScimClient+agent (memory), {in_flight} in flight", await agent_over(peer.url, options, n, in_flight))
 
 
 if __name__ == "__main__":
