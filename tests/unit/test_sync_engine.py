@@ -1,0 +1,275 @@
+"""The sync engine against an in-process agent over a memory directory, into an in-memory target."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from service.provisioning.reader import SourceReader
+from service.provisioning.rules import Rules
+from service.provisioning.state import StateStore
+from tests.agent_support import PATCH_SCHEMA, USER_SCHEMA, AgentHarness, running_agent
+from tests.provisioning_support import MemoryTarget, engine_for, source_view, target_view
+from transports.base import Requester, RequestTimeoutError
+
+AD = {
+    "memory": {"flavor": "ad", "seed_users": 30, "seed_groups": 3},
+    "scim": {"profile": "ad", "profile_overrides": {"User": {"_container": "ou=people"}}},
+}
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[AgentHarness]:
+    async with running_agent(**AD) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def state(tmp_path: Path) -> AsyncIterator[StateStore]:
+    async with StateStore(f"sqlite:///{tmp_path}/state.db") as opened:
+        yield opened
+
+
+async def _user(h: AgentHarness, name: str) -> str:
+    body = await h.client.create(
+        "/Users",
+        {"schemas": [USER_SCHEMA], "userName": name, "name": {"givenName": "New", "familyName": "User"}},
+    )
+    return str(body["id"])
+
+
+async def _patch(h: AgentHarness, path: str, ops: list[dict[str, Any]]) -> None:
+    await h.client.ok("PATCH", path, body={"schemas": [PATCH_SCHEMA], "Operations": ops})
+
+
+async def test_full_sync_makes_the_target_equal_to_the_source(h: AgentHarness, state: StateStore) -> None:
+    """The first cycle is a full sync that creates every user and group with its members."""
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target, page_size=7)
+    report = await engine.run_cycle()
+    assert (report.kind, report.outcome) == ("full", "ok")
+    assert report.counts["create"] == 33
+    assert await target_view(target) == await source_view(h)
+    job = await state.job("job")
+    assert job.watermark is not None
+    assert not job.full_sync
+    (cycle,) = await state.cycles("job")
+    assert cycle.counts["create"] == 33
+    assert cycle.objects == 33
+
+
+async def test_delta_picks_up_adds_modifications_disables_deletes_and_memberships(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """A delta cycle applies each kind of source change, deletions included, and only those."""
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target)
+    await engine.run_cycle()
+    new = await _user(h, "ada")
+    await _patch(
+        h, f"/Users/{await h.user_id('user00002@example.com')}", [{"op": "replace", "path": "title", "value": "CTO"}]
+    )
+    await _patch(
+        h, f"/Users/{await h.user_id('user00003@example.com')}", [{"op": "replace", "path": "active", "value": False}]
+    )
+    await h.client.delete(f"/Users/{await h.user_id('user00004@example.com')}")
+    group = await h.group(0)
+    await _patch(h, f"/Groups/{group['id']}", [{"op": "add", "path": "members", "value": [{"value": new}]}])
+    report = await engine.run_cycle()
+    assert (report.kind, report.outcome) == ("delta", "ok")
+    assert report.counts["create"] == 1
+    assert report.counts["delete"] == 1
+    assert report.counts["member_add"] == 1
+    assert await target_view(target) == await source_view(h)
+    titles = {o.anchor: o.attributes.get("title") async for o in target.objects("User")}
+    assert titles[await h.user_id("user00002@example.com")] == "CTO"
+    log = await state.log("job", anchor=new)
+    assert [e.action for e in log] == ["create"]
+    assert [s["step"] for s in log[0].steps] == ["import", "scope", "match", "action"]
+
+
+class NotManagers:
+    """Scope: users whose title is not Manager."""
+
+    def decide(self, resource: Mapping[str, Any], membership: Any) -> tuple[bool, str]:
+        if resource.get("title") == "Manager":
+            return False, "title is Manager"
+        return True, "title is not Manager"
+
+
+@pytest.mark.parametrize("out_of_scope", ["disable", "delete"])
+async def test_users_leaving_scope_are_disabled_or_deleted(
+    h: AgentHarness, state: StateStore, out_of_scope: str
+) -> None:
+    """A user whose change takes it out of scope is disabled (or deleted) in the target, per configuration."""
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target, rules=Rules(scope=NotManagers()), out_of_scope=out_of_scope)
+    await engine.run_cycle()
+    body = await h.client.search("/Users", 'not (title eq "Manager")', count="1")
+    leaving = body["Resources"][0]["id"]
+    assert await target.get_by_anchor("User", leaving) is not None
+    await _patch(h, f"/Users/{leaving}", [{"op": "replace", "path": "title", "value": "Manager"}])
+    report = await engine.run_cycle()
+    obj = await target.get_by_anchor("User", leaving)
+    if out_of_scope == "disable":
+        assert obj is not None
+        assert not obj.active
+        assert report.counts["disable"] == 1
+    else:
+        assert obj is None
+        assert report.counts["delete"] == 1
+
+
+async def test_deletions_past_the_threshold_are_staged_until_approved(h: AgentHarness, state: StateStore) -> None:
+    """More deletions than the threshold are staged and pause the job; approval applies them next cycle."""
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target, deletion_threshold=2)
+    await engine.run_cycle()
+    gone = [await h.user_id(f"user0000{i}@example.com") for i in (5, 6, 7)]
+    for anchor in gone:
+        await h.client.delete(f"/Users/{anchor}")
+    report = await engine.run_cycle()
+    assert report.outcome == "staged"
+    assert report.counts["staged"] == 3
+    assert all([await target.get_by_anchor("User", a) for a in gone])
+    assert (await state.job("job")).state == "paused-for-approval"
+    assert (await engine.run_cycle()).outcome == "skipped"
+    assert await state.approve_deletes("job") == 3
+    report = await engine.run_cycle()
+    assert report.counts["delete"] == 3
+    assert await target_view(target) == await source_view(h)
+    assert await state.staged_deletes("job") == []
+
+
+async def test_a_failing_target_quarantines_the_job_and_notifies_the_webhook(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """Repeated failed cycles put the job in quarantine with a backoff and POST one notification."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        target = MemoryTarget()
+        target.fail_after = 0
+        notify = {"webhook_url": f"http://127.0.0.1:{port}/hook"}
+        engine = await engine_for(h, state, target, quarantine_after=2, notify=notify)
+        assert (await engine.run_cycle()).outcome == "failed"
+        assert (await state.job("job")).state == "active"
+        report = await engine.run_cycle()
+        assert report.outcome == "failed"
+        assert "503" in (report.error or "")
+        job = await state.job("job")
+        assert job.state == "quarantined"
+        assert job.quarantine_until is not None
+        assert job.full_sync
+        assert job.watermark is None
+        assert [(r["job"], r["event"]) for r in received] == [("job", "quarantined")]
+        target.fail_after = None
+        assert (await engine.run_cycle()).outcome == "ok"
+        job = await state.job("job")
+        assert (job.state, job.failures) == ("active", 0)
+    finally:
+        await runner.cleanup()
+
+
+async def test_watermark_stays_when_the_target_fails_mid_cycle_and_the_next_cycle_converges(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """A delta cycle broken by the target keeps the old watermark; the next one applies everything once."""
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target)
+    await engine.run_cycle()
+    before = (await state.job("job")).watermark
+    for name in ("x1", "x2", "x3"):
+        await _user(h, name)
+    target.fail_after = target.writes + 1
+    report = await engine.run_cycle()
+    assert report.outcome == "failed"
+    assert (await state.job("job")).watermark == before
+    target.fail_after = None
+    report = await engine.run_cycle()
+    assert report.outcome == "ok"
+    assert report.counts["create"] == 2
+    assert await target_view(target) == await source_view(h)
+    assert (await state.job("job")).watermark != before
+
+
+async def test_a_dead_replicas_job_is_taken_over_and_the_stale_replica_is_fenced(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """Replica B takes the job when A's lease expires; A can then no longer advance the watermark."""
+    target = MemoryTarget()
+    a = await engine_for(h, state, target, owner="A")
+    assert not await state.acquire_lease("job", "B", 60)
+    await state.acquire_lease("job", "A", -1)  # A stops renewing: its lease has expired
+    assert await state.acquire_lease("job", "B", 60)
+    b = await engine_for(h, state, target, owner=None)
+    b.owner = "B"
+    report = await a.run_cycle()
+    assert report.outcome == "failed"
+    assert "another replica" in (report.error or "")
+    assert (await state.job("job")).watermark is None
+    report = await b.run_cycle()
+    assert report.outcome == "ok"
+    assert await target_view(target) == await source_view(h)
+
+
+async def test_on_demand_runs_one_object_and_explains_each_step(h: AgentHarness, state: StateStore) -> None:
+    """On-demand provisioning of a DN prints Import, Scope, Match and Action with reasons and applies it."""
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target)
+    steps = await engine.on_demand("CN=user00001,OU=people,dc=example,dc=com")
+    assert [s.name for s in steps] == ["import", "scope", "match", "action", "result"]
+    assert steps[3].outcome == "create"
+    assert len(target.objects_by_id) == 1
+    steps = await engine.on_demand("CN=nobody,OU=people,dc=example,dc=com")
+    assert [(s.name, s.outcome) for s in steps] == [("import", "not found")]
+
+
+class FlakyRequester(Requester):
+    """A requester whose first ``failures`` requests time out (an agent that died holding them)."""
+
+    def __init__(self, inner: Requester, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.ids: list[str] = []
+
+    async def connect(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def request(self, domain: str, request_id: str, payload: bytes, *, timeout: float) -> bytes:
+        self.ids.append(request_id)
+        if self.failures:
+            self.failures -= 1
+            raise RequestTimeoutError(request_id)
+        return await self.inner.request(domain, request_id, payload, timeout=timeout)
+
+
+async def test_a_timed_out_request_goes_back_to_the_domain_queue_with_a_fresh_id(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """A request that times out is sent again as a new request, which any agent of the domain may take."""
+    flaky = FlakyRequester(h.requester, failures=2)
+    h.client.requester = flaky
+    reader = SourceReader(h.client, timeout=1, attempts=3)
+    assert await reader.current_watermark()
+    assert len(flaky.ids) == 3
+    assert len(set(flaky.ids)) == 3
+    assert reader.retries == 2
