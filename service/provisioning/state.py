@@ -20,17 +20,21 @@ Guarantees
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from service.store import Store, StoreError
 from service.store.base import Tx
 
+T = TypeVar("T")
 JobState = Literal["active", "paused-for-approval", "quarantined"]
 
 DEFAULT_URL = "sqlite:///service-state/provisioning.db"
@@ -232,6 +236,28 @@ def _driver(url: str) -> Store:
     raise StateError(f"{url!r}: the state store URL must start with sqlite:/// or postgresql://")
 
 
+def _shielded(cls: type[T]) -> type[T]:
+    """Run every public coroutine method to completion even if its caller is cancelled.
+
+    The SQLite driver runs each statement in a worker thread: a caller cancelled while ``BEGIN``
+    runs would leave the shared connection inside a transaction. Shielded, the operation commits (or
+    rolls back) on its own and only the caller's wait is cancelled.
+    """
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.iscoroutinefunction(member):
+            continue
+
+        def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            @functools.wraps(method)
+            async def shielded(*args: Any, **kwargs: Any) -> Any:
+                return await asyncio.shield(asyncio.ensure_future(method(*args, **kwargs)))
+
+            return shielded
+
+        setattr(cls, name, wrap(member))
+    return cls
+
+
 def _job(row: Mapping[str, Any]) -> Job:
     values = dict(row)
     values.pop("created_at", None)
@@ -243,6 +269,7 @@ def _job(row: Mapping[str, Any]) -> Job:
     return Job(**values)
 
 
+@_shielded
 class StateStore:
     """The provisioning state (``async with StateStore(url) as state``: connects and migrates)."""
 
