@@ -1,9 +1,14 @@
-"""``cloudprov demo``: an agent and a requester in one process, on embedded defaults.
+"""``cloudprov demo``: the whole system in one process, on embedded defaults.
 
-A memory directory seeded with sample users and groups is served over the local transport; a
-requester sends it a scripted series of signed SCIM requests (discovery, list, filters, create,
-patch, group membership, delta with deletions, cursor paging, hostile input) and prints what came
-back, then a short burst to show the request rate.
+``run_demo`` starts the control plane (HTTPS on a free loopback port, state in a temporary folder),
+an agent on the local transport over a memory directory (AD flavour) seeded with ``users`` users and
+``groups`` groups, and the provisioning service syncing that domain into the embedded store. It
+shows the full sync's progress and a summary of what was synced, then makes changes in the source
+(add, modify, disable, delete, membership change) and shows the delta cycle picking them up; with
+``follow`` it keeps syncing every 2 seconds until Ctrl-C.
+
+``run_scim_demo`` is the earlier walkthrough: a scripted series of signed SCIM requests to the agent
+(discovery, filters, create, patch, membership, delta, cursor paging, hostile input) and a burst.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.runtime import Agent
 from cli.progress import Progress
+from cli.sync_demo import run_demo
 from protocol.envelope import Request, decode_response
 from protocol.signing import Signer, public_key_text
 from service.client import ScimClient
 from transports.local import LocalRequester
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+__all__ = ["run_demo", "run_scim_demo"]
 
 
 class Script:
@@ -44,7 +51,7 @@ class Script:
         print(f"  [{mark}] {title:<52} {detail}  ({elapsed:.1f} ms)")
 
 
-async def run_demo(users: int = 100, groups: int = 5) -> int:
+async def run_scim_demo(users: int = 100, groups: int = 5) -> int:
     signer = Signer.generate("demo")
     settings = AgentSettings.model_validate(
         {

@@ -114,7 +114,7 @@ class Pipeline:
         plan.in_scope = in_scope
         plan.steps.append(Step("scope", "in scope" if in_scope else "out of scope", reason))
         mapper = self.rules.mappers.get(resource_type)
-        mapped = mapper.map(resource) if mapper is not None and in_scope else {}
+        mapped = mapper.map(resource, creating=True) if mapper is not None and in_scope else {}
         obj = await self.target.get_by_anchor(resource_type, anchor)
         if obj is not None:
             plan.steps.append(Step("match", "matched", f"target {obj.id} by anchor"))
@@ -132,6 +132,8 @@ class Pipeline:
         plan.target = obj
         if obj is not None:
             self.index.remember(anchor, obj.id)
+            if mapper is not None and in_scope:
+                mapped = mapper.map(resource, creating=False)
         self._decide(plan, obj, mapped)
         if in_scope and resource_type == "Group":
             plan.members = [str(m["value"]) for m in resource.get("members") or [] if isinstance(m, Mapping)]

@@ -22,7 +22,7 @@ LDAP_ENTRY = "urn:cloudprov:scim:schemas:extension:ldap:1.0:Entry"
 
 
 class Mapper(Protocol):
-    def map(self, source: Mapping[str, Any]) -> dict[str, Any]: ...
+    def map(self, source: Mapping[str, Any], *, creating: bool = True) -> dict[str, Any]: ...
 
 
 class ScopeRule(Protocol):
@@ -54,7 +54,7 @@ class CopyMapper:
 
     resource_type: str
 
-    def map(self, source: Mapping[str, Any]) -> dict[str, Any]:
+    def map(self, source: Mapping[str, Any], *, creating: bool = True) -> dict[str, Any]:
         if self.resource_type == "Group":
             return {"displayName": source.get("displayName")}
         name = _sub(source, "name")
@@ -116,3 +116,10 @@ def decision(result: Any) -> tuple[bool, str]:
     if isinstance(reason, list | tuple):
         reason = "; ".join(str(r) for r in reason)
     return bool(in_scope), str(reason)
+
+
+def rules_from_settings(settings: Any) -> Rules:
+    """The rules of a job's settings: its ``mapping`` through ``mappings_from_config`` (scoping: all in scope)."""
+    from service.provisioning.mapping import mappings_from_config
+
+    return Rules(mappers=mappings_from_config(settings.mapping or None))
