@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from agent.config import ConfigError, load_settings
 from agent.logging import configure
+from cli.control import add_agent_register, add_control_commands
 
 EXAMPLES = """
 examples:
@@ -68,6 +69,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         return 2
     configure(settings.logging.level, settings.logging.format, stream=sys.stdout)  # containers collect stdout
     from agent.health import health_service
+    from agent.lifecycle import initial_transport, install
     from agent.runtime import Agent
 
     async def serve() -> None:
@@ -75,7 +77,14 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(settings, services=[health_service] if settings.health.enabled else []).run(stop)
+        agent = Agent(
+            settings,
+            services=[health_service] if settings.health.enabled else [],
+            transport=initial_transport(settings),  # the last known endpoints, when bootstrapping
+        )
+        if settings.control_plane.enabled:
+            install(agent)
+        await agent.run(stop)
 
     asyncio.run(serve())
     return 0
@@ -133,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML configuration file (default: $CLOUDPROV_CONFIG, else built-in defaults)",
     )
     run.set_defaults(func=cmd_agent_run)
+    add_agent_register(agent)
 
     config = commands.add_parser(
         "config", help="work with configuration files", epilog="example: cloudprov config check agent.yaml"
@@ -150,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--key-id", default="k1", help="the key id to announce (default k1)")
     generate.set_defaults(func=cmd_keys_generate)
 
+    add_control_commands(commands)
     commands.add_parser("version", help="print the version", epilog="example: cloudprov version").set_defaults(
         func=cmd_version
     )

@@ -16,11 +16,26 @@ COMMANDS = [
     ["demo"],
     ["agent"],
     ["agent", "run"],
+    ["agent", "register"],
     ["config"],
     ["config", "check"],
     ["keys"],
     ["keys", "generate"],
     ["version"],
+    ["service"],
+    ["service", "run"],
+    ["admin"],
+    ["admin", "token"],
+    ["admin", "token", "create"],
+    ["admin", "agents"],
+    ["admin", "agents", "list"],
+    ["admin", "assign"],
+    ["admin", "unassign"],
+    ["admin", "revoke"],
+    ["admin", "keys"],
+    ["admin", "keys", "list"],
+    ["admin", "keys", "rotate"],
+    ["admin", "endpoints"],
 ]
 
 
@@ -50,7 +65,7 @@ def test_every_command_is_covered() -> None:
     assert subparsers is not None
     top = subparsers._group_actions[0].choices
     assert isinstance(top, dict)
-    assert set(top) == {"demo", "agent", "config", "keys", "version"}
+    assert set(top) == {"demo", "agent", "config", "keys", "version", "service", "admin"}
 
 
 def test_missing_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
