@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from agent.config import ConfigError, load_settings
 from agent.logging import configure
 from cli.control import add_agent_register, add_control_commands
+from cli.sync import add_sync_commands
 
 EXAMPLES = """
 examples:
@@ -101,10 +102,12 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cli.demo import run_demo
+    from cli.demo import run_demo, run_scim_demo
 
     configure("error", "console" if sys.stderr.isatty() else "json")
-    return asyncio.run(run_demo(users=args.users, groups=args.groups))
+    if args.scim:
+        return asyncio.run(run_scim_demo(users=args.users, groups=args.groups))
+    return asyncio.run(run_demo(users=args.users, groups=args.groups, follow=args.follow))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--users", type=int, default=100, help="sample users to seed (default 100)")
     demo.add_argument("--groups", type=int, default=5, help="sample groups to seed (default 5)")
+    demo.add_argument("--follow", action="store_true", help="keep syncing every 2 s until Ctrl-C")
+    demo.add_argument("--scim", action="store_true", help="the scripted SCIM walkthrough of the agent instead")
     demo.set_defaults(func=cmd_demo)
 
     agent = commands.add_parser(
@@ -161,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(func=cmd_keys_generate)
 
     add_control_commands(commands)
+    add_sync_commands(commands)
     commands.add_parser("version", help="print the version", epilog="example: cloudprov version").set_defaults(
         func=cmd_version
     )

@@ -14,6 +14,11 @@ from protocol.signing import Signer, load_private_key, load_public_key
 COMMANDS = [
     [],
     ["demo"],
+    ["sync"],
+    ["sync", "status"],
+    ["sync", "log"],
+    ["sync", "restart"],
+    ["sync", "approve-deletes"],
     ["agent"],
     ["agent", "run"],
     ["agent", "register"],
@@ -65,7 +70,7 @@ def test_every_command_is_covered() -> None:
     assert subparsers is not None
     top = subparsers._group_actions[0].choices
     assert isinstance(top, dict)
-    assert set(top) == {"demo", "agent", "config", "keys", "version", "service", "admin"}
+    assert set(top) == {"demo", "agent", "config", "keys", "version", "service", "admin", "sync"}
 
 
 def test_missing_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
