@@ -1,11 +1,13 @@
-"""Attribute mapping: defaults on realistic agent resources, configured mappings, apply modes, config errors."""
+"""Attribute mapping (defaults on realistic agent resources, configuration, apply modes, errors) and matching."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from agent.scim.profile import load_profile
 from agent.scim.refs import Ref
@@ -21,6 +23,7 @@ from service.provisioning.mapping import (
     default_mappers,
     mappings_from_config,
 )
+from service.provisioning.matching import Matcher, MatchError, MatchSettings, match_anchor
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 USER_DN = "CN=Lefèvre\\, Zoë,OU=Sales\\, EMEA,DC=corp,DC=example"
@@ -240,3 +243,61 @@ def test_attribute_mapping_refuses_bad_input() -> None:
         AttributeMapping.constant("bad target", 1)
     with pytest.raises(ExpressionError):
         AttributeMapping.from_expression("x", "Join(")
+
+
+# ------------------------------------------------------------------------------------------ matching
+
+
+def test_anchor_is_the_source_id_by_default() -> None:
+    """The anchor is the source SCIM id (the objectGUID as a GUID string for AD)."""
+    assert match_anchor(ad_user()) == "00000000-0000-0000-0000-000000000001"
+    assert Matcher().anchor(openldap_group()) == "g-1"
+
+
+def test_anchor_from_another_attribute() -> None:
+    """The anchor may be externalId or any SCIM attribute path, e.g. the employee number."""
+    resource = {**ad_user(), "externalId": "EXT-7"}
+    assert match_anchor(resource, "externalId") == "EXT-7"
+    assert Matcher(MatchSettings(anchor=f"{ENTERPRISE}:employeeNumber")).anchor(resource) == "0042"
+    assert Matcher(MatchSettings(anchor='emails[type eq "work"].value')).anchor(resource) == "zoe@corp.example"
+
+
+@pytest.mark.parametrize("resource", [{}, {"id": ""}, {"id": None}, {"id": True}, {"id": {"nested": 1}}])
+def test_missing_anchor_is_an_error(resource: dict[str, Any]) -> None:
+    """An object without a usable anchor raises MatchError instead of matching on nothing."""
+    with pytest.raises(MatchError, match="no id"):
+        match_anchor(resource)
+
+
+def test_matching_attribute_defaults_to_the_same_source_attribute() -> None:
+    """With only target_attribute set, the source attribute of the same path gives the value to match."""
+    matcher = Matcher(MatchSettings(target_attribute="userName"))
+    assert matcher.target_attribute == "userName"
+    assert matcher.matching_value(ad_user()) == "zoe@corp.example"
+    assert Matcher().matching_value(ad_user()) is None
+
+
+def test_matching_attribute_from_an_expression() -> None:
+    """A source expression computes the matching value; empty or absent values never match."""
+    matcher = Matcher(
+        MatchSettings(target_attribute="userName", source_expression='Replace([mail], "@corp.example", "@example.com")')
+    )
+    assert matcher.matching_value(ad_user()) == "zoe@example.com"
+    assert matcher.matching_value(ad_user(mail=[])) is None
+    empty = Matcher(MatchSettings(target_attribute="nickName", source_expression='""'))
+    assert empty.matching_value(ad_user()) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"target_attribute": "userName", "source_expression": "Join("}, "invalid expression 'Join(': at offset 5"),
+        ({"source_expression": "[mail]"}, "needs target_attribute"),
+        ({"anchor": "not a path"}, "not a SCIM attribute path"),
+        ({"anchor": "id", "extra": 1}, "Extra inputs"),
+    ],
+)
+def test_match_settings_validated(config: dict[str, Any], message: str) -> None:
+    """Match settings are checked at load: paths parse, expressions parse (with the offset)."""
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        MatchSettings.model_validate(config)
