@@ -207,6 +207,22 @@ class TargetBehaviour:
         assert found is not None
         assert found.members == {u.id for u in users[120:]}
 
+    async def test_members_removed_one_at_a_time_until_empty(self, target: Target) -> None:
+        """Successive removals leave exactly the others each time; an emptied group can be filled again."""
+        users = [await self.new_user(target) for _ in range(3)]
+        group = await self.new_group(target)
+        assert group.anchor is not None
+        await target.change_members(group, add=[u.id for u in users], remove=[])
+        for gone in range(1, 4):
+            await target.change_members(group, add=[], remove=[users[gone - 1].id])
+            found = await target.get_by_anchor("Group", group.anchor)
+            assert found is not None
+            assert found.members == {u.id for u in users[gone:]}
+        await target.change_members(group, add=[users[0].id], remove=[])
+        found = await target.get_by_anchor("Group", group.anchor)
+        assert found is not None
+        assert found.members == {users[0].id}
+
     # ------------------------------------------------------------------ disable and delete
 
     async def test_disable_marks_inactive(self, target: Target) -> None:
