@@ -69,6 +69,7 @@ __all__ = [
     "Literal",
     "Node",
     "Reference",
+    "describe_functions",
     "parse_expression",
     "resolve_path",
 ]
