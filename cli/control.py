@@ -16,11 +16,15 @@ import signal
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from agent.logging import configure
+
+if TYPE_CHECKING:
+    from service.config import ServiceSettings
+    from service.control.app import ControlPlaneServer
 
 
 def cmd_service_run(args: argparse.Namespace) -> int:
@@ -39,11 +43,42 @@ def cmd_service_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with ControlPlaneServer(settings):
-            await stop.wait()
+        async with ControlPlaneServer(settings) as server:
+            if settings.provisioning.enabled:
+                await run_provisioning(settings, server, stop)
+            else:
+                await stop.wait()
 
     asyncio.run(serve())
     return 0
+
+
+async def run_provisioning(settings: ServiceSettings, server: ControlPlaneServer, stop: asyncio.Event) -> None:
+    """The provisioning scheduler next to the control plane: its endpoints, its active signing key."""
+    from service.provisioning.jobs import Scheduler
+    from service.provisioning.state import StateStore
+    from service.provisioning.wiring import JobWiring
+
+    plane = server.plane
+    assert plane is not None, "the control plane server is not started"
+
+    async def endpoints(domain: str) -> list[dict[str, Any]]:
+        return (await plane.store.endpoints([domain])).get(domain, [])
+
+    section = settings.provisioning
+    async with (
+        StateStore(settings.provisioning_state_url) as state,
+        JobWiring(endpoints=endpoints, signer=plane.signer) as wiring,
+    ):
+        scheduler = Scheduler(
+            state,
+            client_for=wiring.client_for,
+            target_for=wiring.target_for,
+            rules_for=wiring.rules_for,
+            replica=section.replica,
+            poll=section.poll,
+        )
+        await scheduler.run(stop)
 
 
 def cmd_agent_register(args: argparse.Namespace) -> int:

@@ -72,6 +72,16 @@ class AdminSection(Section):
     token: Secret | None = Field(default=None, description="Bearer token of the admin API; unset: API disabled.")
 
 
+class ProvisioningSection(Section):
+    enabled: bool = Field(default=True, description="Run the provisioning scheduler next to the control plane.")
+    state_url: str = Field(
+        default="",
+        description="sqlite:///path or postgresql://… of the job store; empty: provisioning.db in state_dir.",
+    )
+    replica: str | None = Field(default=None, description="This replica's name in job leases (default: random).")
+    poll: float = Field(default=1.0, gt=0, description="Seconds between looks for jobs that are due.")
+
+
 class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -81,11 +91,16 @@ class ServiceSettings(Section):
     control: ControlSection = Field(default_factory=ControlSection)
     store: StoreSection = Field(default_factory=StoreSection)
     admin: AdminSection = Field(default_factory=AdminSection)
+    provisioning: ProvisioningSection = Field(default_factory=ProvisioningSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.control.state_dir / 'control.db'}"
+
+    @property
+    def provisioning_state_url(self) -> str:
+        return self.provisioning.state_url or f"sqlite:///{self.control.state_dir / 'provisioning.db'}"
 
 
 def _interpolate(value: Any, env: Mapping[str, str], where: str) -> Any:

@@ -8,7 +8,8 @@ What it is
     valid; a replica that stops (or dies) lets them lapse and another replica takes the job over.
     ``client_for(job)`` returns the ``ScimClient`` that reaches the job's domain (through whichever
     transport its agents use) and ``target_for(job)`` an opened ``Target``: the composition (CLI,
-    tests) decides both. ``run_once(job_id)`` runs one cycle now under the lease (CLI, benches).
+    tests) decides both. ``run_once(job_id)`` runs one cycle now under the lease (CLI, benches);
+    ``on_demand(job_id, dn)`` runs one object through the pipeline and returns its steps.
 
 Guarantees
     A lease that cannot be renewed (another replica took the job) cancels the running cycle; its
@@ -30,6 +31,7 @@ import structlog
 
 from service.client import ScimClient
 from service.provisioning.engine import CycleReport, SyncEngine
+from service.provisioning.pipeline import Step
 from service.provisioning.reader import SourceReader
 from service.provisioning.rules import Rules
 from service.provisioning.settings import JobSettings
@@ -110,6 +112,11 @@ class Scheduler:
             raise LeaseLostError(f"job {job_id!r} is running on another replica")
         held = await self._engine(job)
         return await self._cycle(job, held)
+
+    async def on_demand(self, job_id: str, dn: str, *, apply: bool = True) -> list[Step]:
+        """One object of a job, by DN, through Import → Scope → Match → Action now; each step."""
+        held = await self._engine(await self.state.job(job_id))
+        return await held.engine.on_demand(dn, apply=apply)
 
     async def _cycle(self, job: Job, held: _Held) -> CycleReport:
         report = await held.engine.run_cycle()

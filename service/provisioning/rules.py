@@ -119,7 +119,17 @@ def decision(result: Any) -> tuple[bool, str]:
 
 
 def rules_from_settings(settings: Any) -> Rules:
-    """The rules of a job's settings: its ``mapping`` through ``mappings_from_config`` (scoping: all in scope)."""
-    from service.provisioning.mapping import mappings_from_config
+    """The rules of a job's settings: ``mapping`` through ``mappings_from_config``, ``scoping`` through ``Scope``.
 
-    return Rules(mappers=mappings_from_config(settings.mapping or None))
+    A scope that looks at group membership gets the ``MembershipIndex`` of the source groups.
+    """
+    from service.provisioning.mapping import mappings_from_config
+    from service.provisioning.scoping import MembershipIndex, Scope
+
+    scope = Scope.from_config(settings.scoping or None)
+    return Rules(
+        mappers=mappings_from_config(settings.mapping or None),
+        scope=scope,
+        uses_membership=scope.uses_membership,
+        membership_factory=MembershipIndex.from_groups if scope.uses_membership else None,
+    )

@@ -4,14 +4,15 @@ Every field has a default that works: requests time out after 10 minutes and are
 fresh request id, so any agent of the domain may take them) three times; out-of-scope users are
 disabled; more than 500 deletions in a cycle are staged for approval; three failed cycles in a row
 put the job in quarantine, retried with a backoff growing to hourly, then daily. ``mapping`` and
-``scoping`` are handed as they are to the mapping and scoping modules.
+``scoping`` are handed as they are to the mapping and scoping modules (``scoping.out_of_scope``
+stands in for ``out_of_scope`` when that is not set).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -57,6 +58,16 @@ class JobSettings(BaseModel):
     mapping: dict[str, Any] = Field(default_factory=dict, description="Attribute mappings (see the mapping module).")
     scoping: dict[str, Any] = Field(default_factory=dict, description="Scoping rules (see the scoping module).")
     notify: NotifySettings = Field(default_factory=NotifySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scoping_out_of_scope(cls, data: Any) -> Any:
+        """``scoping.out_of_scope`` (the scoping module's key) applies when ``out_of_scope`` is not set."""
+        if isinstance(data, dict) and "out_of_scope" not in data:
+            scoping = data.get("scoping")
+            if isinstance(scoping, dict) and scoping.get("out_of_scope") in ("disable", "delete"):
+                return {**data, "out_of_scope": scoping["out_of_scope"]}
+        return data
 
     def quarantine_delay(self, failures: int, schedule: float) -> float:
         """Seconds until the next try of a job that failed ``failures`` cycles in a row."""
