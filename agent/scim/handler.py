@@ -11,6 +11,8 @@ Recoverable directory errors are retried by the policy; if they persist the resu
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,8 @@ from protocol.envelope import ScimOperation
 from protocol.errors import ScimError, invalid_syntax, invalid_value, mutability, not_found, uniqueness
 
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+#: Characters AD refuses in sAMAccountName (plus white space, which logon names should not hold).
+_ACCOUNT_REFUSED = re.compile(r'["/\\\[\]:;|=,+*?<>\s]')
 _log = structlog.get_logger("cloudprov.scim")
 
 
@@ -202,6 +206,24 @@ class ScimHandler:
                 if own_dn is None or dnlib.normalize(entry.dn) != dnlib.normalize(own_dn):
                     raise uniqueness(f"a {mapping.name} with {mapping.rdn_from} {rdn_value!r} already exists")
 
+    async def _account_name(self, mapping: ResourceMapping, attribute: str, rdn_value: str) -> str:
+        """A free AD logon name from ``rdn_value``'s local part: cut to the length limit, then numbered.
+
+        Equality searches only (indexed; a prefix search scans the whole domain on Samba): the plain
+        name first, then every numbered candidate in one OR.
+        """
+        limit = mapping.account_name_length
+        stem = _ACCOUNT_REFUSED.sub("", rdn_value.split("@", 1)[0]).rstrip(".") or mapping.name.lower()
+        for candidates in ([stem[:limit]], [stem[: limit - len(str(n))] + str(n) for n in range(1, 100)]):
+            query = "(|" + "".join(f"({attribute}={escape_value(c)})" for c in candidates) + ")"
+            taken: set[str] = set()
+            async for page in self.directory.search(self.directory.base_dn, query, attributes=[attribute]):
+                taken.update(text(v).lower() for entry in page for v in entry.get(attribute))
+            free = [c for c in candidates if c.lower() not in taken]
+            if free:
+                return free[0]
+        return stem[: limit - 8] + secrets.token_hex(4)  # 99 numbered ones taken: a random suffix
+
     def _body(self, body: Any, mapping: ResourceMapping | None = None) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise invalid_syntax("the request body must be a JSON object")
@@ -222,6 +244,8 @@ class ScimHandler:
         attributes.update(values)
         attributes[mapping.rdn_attribute] = [rdn_value]
         _fill_required(mapping, attributes, rdn_value)
+        if mapping.account_name and not attributes.get(mapping.account_name):
+            attributes[mapping.account_name] = [await self._account_name(mapping, mapping.account_name, rdn_value)]
         dn = dnlib.join(f"{mapping.rdn_attribute}={dnlib.escape_value(rdn_value)}", f"{mapping.container},{self.base}")
         await self.directory.add(dn, attributes)
         entry = await self.directory.get(dn, mapping.ldap_attributes)

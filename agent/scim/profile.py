@@ -10,9 +10,12 @@ names a SCIM attribute with a compact path and the LDAP attribute behind it:
   (``urn:ietf:params:scim:schemas:extension:enterprise:2.0:User``).
 
 Built-in profiles: ``openldap`` (inetOrgPerson / groupOfNames, ``id`` ← entryUUID; an empty group
-holds the empty DN as its one ``member``, as groupOfNames requires a member) and ``ad`` (user / group,
-``id`` ← objectGUID). ``scim.profile_overrides`` in config changes mappings:
-``{"User": {"userName": "sAMAccountName", "title": null}}`` (null removes a mapping).
+holds the empty DN as its one ``member``, as groupOfNames requires a member) and ``ad`` (user / group
+in ``cn=Users``, ``id`` ← objectGUID, ``externalId`` ← ms-DS-ConsistencyGuid when set else objectGUID,
+``userName`` ← userPrincipalName, a unique ``sAMAccountName`` derived on create, ``manager`` DN ↔ id).
+``scim.profile_overrides`` in config changes mappings:
+``{"User": {"userName": "sAMAccountName", "title": null}}`` (null removes a mapping; with that one,
+userName is the sAMAccountName and none is derived).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Kind(enum.Enum):
     REFERENCE = "reference"  # an LDAP DN ↔ a SCIM {"value": id} of another resource
     TIMESTAMP = "timestamp"  # generalized time ↔ ISO 8601 dateTime (read-only)
     ACTIVE_UAC = "active_uac"  # AD userAccountControl bit 2 (ACCOUNTDISABLE) ↔ active
+    GUID = "guid"  # 16 bytes in GUID layout (AD octet strings) ↔ the GUID's string form
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,9 @@ class AttrMap:
     ldap: str
     kind: Kind = Kind.STRING
     read_only: bool = False
+    #: Read when ``ldap`` has no value (AD: externalId is ms-DS-ConsistencyGuid, else objectGUID). An
+    #: absent SCIM value then keeps ``ldap`` as it is, and a value equal to the fallback is not written.
+    fallback: str | None = None
     #: (attribute, sub-attribute, type) of the path: ``emails[work]`` → ("emails", "value", "work").
     parts: tuple[str, str | None, str | None] = field(init=False, repr=False, compare=False)
     extension: bool = field(init=False, repr=False, compare=False)
@@ -81,6 +88,10 @@ class ResourceMapping:
     attributes: tuple[AttrMap, ...] = ()
     create_defaults: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extensions: tuple[str, ...] = ()
+    #: AD's pre-Windows-2000 logon name: on create, a unique value derived from the RDN source's local
+    #: part (before any ``@``), at most ``account_name_length`` characters, unless a mapping sets it.
+    account_name: str | None = None
+    account_name_length: int = 20
     #: What ``members``' LDAP attribute holds while a group has no members, for object classes that
     #: require one (groupOfNames MUSTs ``member``); never shown in SCIM. None: an empty group has none.
     empty_members: str | None = None
@@ -99,6 +110,7 @@ class ResourceMapping:
         """The LDAP attributes to fetch to build a full resource."""
         names = {self.id_attribute, "objectClass", self.rdn_attribute}
         names.update(a.ldap for a in self.attributes)
+        names.update(a.fallback for a in self.attributes if a.fallback)
         return sorted(names, key=str.lower)
 
 
@@ -194,6 +206,7 @@ AD = Profile(
         id_binary=True,
         attributes=(
             AttrMap("userName", "userPrincipalName"),
+            AttrMap("externalId", "mS-DS-ConsistencyGuid", Kind.GUID, fallback="objectGUID"),
             AttrMap("name.formatted", "cn", read_only=True),
             AttrMap("active", "userAccountControl", Kind.ACTIVE_UAC),
             *_COMMON_USER,
@@ -203,6 +216,7 @@ AD = Profile(
             AttrMap("meta.lastModified", "whenChanged", Kind.TIMESTAMP, read_only=True),
         ),
         create_defaults={"userAccountControl": ("512",)},
+        account_name="sAMAccountName",
     ),
     groups=ResourceMapping(
         name="Group",
@@ -215,8 +229,11 @@ AD = Profile(
         container="cn=Users",
         id_attribute="objectGUID",
         id_binary=True,
+        account_name="sAMAccountName",
+        account_name_length=64,
         attributes=(
             AttrMap("displayName", "cn"),
+            AttrMap("externalId", "mS-DS-ConsistencyGuid", Kind.GUID, fallback="objectGUID"),
             AttrMap("members", "member", Kind.REFERENCE),
             AttrMap("meta.created", "whenCreated", Kind.TIMESTAMP, read_only=True),
             AttrMap("meta.lastModified", "whenChanged", Kind.TIMESTAMP, read_only=True),

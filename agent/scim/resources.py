@@ -49,7 +49,7 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     meta: dict[str, Any] = {"resourceType": mapping.name, "location": f"{mapping.endpoint}/{scim_id}"}
     extension: dict[str, Any] = {}
     for attr in mapping.attributes:
-        values = entry.get(attr.ldap)
+        values = entry.get(attr.ldap) or (entry.get(attr.fallback) if attr.fallback else [])
         if not values:
             continue
         name, sub, kind = attr.parts
@@ -171,8 +171,12 @@ async def to_ldap(
             scim = _scim_values(attr, resource)
         except ValueError as exc:
             raise invalid_value(f"{attr.path}: {exc}") from None
-        if scim is None and attr.kind is Kind.ACTIVE_UAC:
-            continue  # userAccountControl holds more than 'active': an absent 'active' must not clear it
+        if scim is None and (attr.kind is Kind.ACTIVE_UAC or attr.fallback):
+            continue  # userAccountControl holds more than 'active', an anchor is never cleared: keep them
+        if scim is not None and attr.fallback and current is not None and not current.get(attr.ldap):
+            shown = [conv.to_scim(attr.kind, v) for v in current.get(attr.fallback)]
+            if scim == shown:
+                continue  # what a read shows already (the fallback): nothing to write
         bucket = values.setdefault(attr.ldap, [])
         if scim is None:
             continue
@@ -199,6 +203,8 @@ async def to_ldap(
 
 
 def _same(kind: Kind, left: AttrValue, right: AttrValue) -> bool:
+    if kind is Kind.GUID:
+        return left == right
     if kind is Kind.REFERENCE:
         try:
             return dnlib.normalize(text(left)) == dnlib.normalize(text(right))

@@ -16,6 +16,7 @@ resolved to DNs; an unknown id simply matches nothing.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from agent.scim.profile import CORE_GROUP, CORE_USER, ENTERPRISE, AttrMap, Kind, ResourceMapping
@@ -223,6 +224,8 @@ class _Translator:
     def _scalar(self, attr: AttrMap, op: str, value: sf.ScimValue, *, multi: bool) -> _Out:
         ldap = attr.ldap
         present = f"({ldap}=*)"
+        if attr.fallback:
+            return self._with_fallback(attr, op, value)
         if op == "pr":
             return _Out(present, True)
         if attr.kind is Kind.ACTIVE_UAC:
@@ -266,6 +269,22 @@ class _Translator:
             pattern = {"co": f"*{escaped}*", "sw": f"{escaped}*", "ew": f"*{escaped}"}[op]
             return _Out(f"({ldap}={pattern})", False)
         return _Out(present, False)  # ordering on strings: servers may lack an ORDERING rule
+
+    @staticmethod
+    def _with_fallback(attr: AttrMap, op: str, value: sf.ScimValue) -> _Out:
+        """A GUID-valued attribute read from ``fallback`` when ``ldap`` is empty (AD externalId)."""
+        own, other = f"({attr.ldap}=*)", f"({attr.fallback}=*)"
+        if op == "pr":
+            return _Out(f"(|{own}{other})", True)
+        if op == "eq" and isinstance(value, str):
+            try:
+                guid = uuid.UUID(value)
+            except ValueError:
+                return _Out(False, True)
+            raw = guid.bytes_le
+            part = f"(|{_eq(attr.ldap, raw)}(&(!{own}){_eq(attr.fallback or attr.ldap, raw)}))"
+            return _Out(part, value == str(guid))  # caseExact: another spelling is decided by evaluation
+        return _Out(f"(|{own}{other})", False)
 
 
 async def translate(node: sf.Filter | None, mapping: ResourceMapping, refs: References) -> tuple[str, bool]:

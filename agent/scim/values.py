@@ -71,6 +71,8 @@ def to_scim(kind: Kind, value: AttrValue) -> object:
         return raw.upper() == "TRUE"
     if kind is Kind.TIMESTAMP:
         return generalized_to_iso(raw) or raw
+    if kind is Kind.GUID and isinstance(value, bytes) and len(value) == 16:
+        return str(uuid.UUID(bytes_le=value))
     if kind is Kind.ACTIVE_UAC:
         try:
             return not int(raw) & UAC_ACCOUNTDISABLE
@@ -79,8 +81,13 @@ def to_scim(kind: Kind, value: AttrValue) -> object:
     return raw
 
 
-def to_ldap(kind: Kind, value: object) -> str:
+def to_ldap(kind: Kind, value: object) -> AttrValue:
     """One SCIM value as an LDAP value; raises ``ValueError`` with a reason if it cannot be one."""
+    if kind is Kind.GUID:
+        try:
+            return uuid.UUID(str(value)).bytes_le
+        except ValueError:
+            raise ValueError(f"expected a GUID, got {value!r}") from None
     if kind is Kind.BOOLEAN:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
