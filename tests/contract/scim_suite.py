@@ -883,6 +883,17 @@ class ScimSuite(abc.ABC):
         again, _ = await self._changes_since(scim, end)
         assert not {r["id"] for r in again} & set(ours)
 
+    async def test_changes_report_deletion_of_a_seen_object(self, scim: Scim) -> None:
+        """A resource the feed has shown, deleted later, comes as a delete, also when replayed from before."""
+        start = (await scim.ok("GET", "/Changes"))["watermark"]
+        gone = await scim.user("seen")
+        seen, middle = await self._changes_since(scim, start)
+        assert [r["op"] for r in seen if r["id"] == gone["id"]] == ["upsert"]
+        assert (await scim.call("DELETE", f"/Users/{gone['id']}")).status == 204
+        for since in (middle, start):
+            records, _ = await self._changes_since(scim, since)
+            assert [r["op"] for r in records if r["id"] == gone["id"]] == ["delete"]
+
     async def test_changes_bad_count_is_400(self, scim: Scim) -> None:
         """A /Changes count that is not an integer in 1..10000 is 400 invalidValue."""
         for count in ("0", "10001", "many"):
