@@ -11,7 +11,9 @@ Guarantees:
   ``more`` when others wait;
   slapd's accesslog is written in commit order (delta-syncrepl relies on the same property);
 - a record outside ``base_dns`` advances the watermark but yields no change (a rename into or out of
-  the scope is kept: one of its DNs is inside);
+  the scope is kept: one of its DNs is inside); an added, modified or renamed entry that does not
+  match ``scope_filter`` now is reported as a deletion (it left the scope, or was never in it: a
+  consumer drops what it does not know);
 - add/modify/rename changes carry the entry as it is *now* (``None`` if it is gone by the time we
   read it: a later record says where it went); delete changes carry the old attributes from ``reqOld``;
 - a watermark whose record was purged from the log raises ``WatermarkExpiredError``: changes may
@@ -27,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 from plugins import dn as dnlib
-from plugins.directory import Attributes, AttrValue, Change, ChangeKind, ChangeSet, Entry, Scope
+from plugins.directory import Attributes, AttrValue, Change, ChangeKind, ChangeSet, Entry, NoSuchObjectError, Scope
 from plugins.ldap.errors import WatermarkExpiredError
 
 if TYPE_CHECKING:
@@ -95,11 +97,29 @@ class AccessLogTracker:
             if self._in_scope(target) or (old_dn is not None and self._in_scope(old_dn)):
                 planned.append((kind, target, old_dn, entry))
         wanted = {dn for kind, dn, _, _ in planned if kind is not ChangeKind.DELETE}
-        current = dict(zip(wanted, await asyncio.gather(*(self._dir.get(dn) for dn in wanted)), strict=True))
-        return [
-            Change(kind, dn, entry if kind is ChangeKind.DELETE else current[dn], old_dn)
-            for kind, dn, old_dn, entry in planned
-        ]
+        current = dict(zip(wanted, await asyncio.gather(*(self._now(dn) for dn in wanted)), strict=True))
+        changes = []
+        for kind, dn, old_dn, entry in planned:
+            if kind is ChangeKind.DELETE:
+                changes.append(Change(kind, dn, entry, old_dn))
+                continue
+            now, matches = current[dn]
+            # An entry that does not match scope_filter (any more) has left the scope: a deletion, as on AD.
+            changes.append(Change(kind if matches else ChangeKind.DELETE, dn, now, old_dn))
+        return changes
+
+    async def _now(self, dn: str) -> tuple[Entry | None, bool]:
+        """The entry as it is now (None if gone) and whether it matches ``scope_filter``."""
+        entry = await self._dir.get(dn)
+        if entry is None or not self._dir.settings.scope_filter:
+            return entry, True
+        matched: list[Entry] = []
+        try:
+            async for page in self._dir.search(dn, scope=Scope.BASE, attributes=["1.1"]):
+                matched.extend(page)
+        except NoSuchObjectError:  # deleted meanwhile: a later record says so
+            return None, True
+        return entry, bool(matched)
 
     def _in_scope(self, dn: str) -> bool:
         return any(dnlib.is_descendant(dn, base, or_self=True) for base in self._dir.scope_bases)

@@ -1,6 +1,7 @@
 """Active Directory delta: uSNChanged per domain controller, plus deletions found by an anchor scan.
 
-Settings: ``base_dns`` and ``scope_filter`` (the scope), ``state_dir`` (the anchor store),
+Settings: ``base_dns`` and ``scope_filter`` (the scope; ``LdapDirectory.search`` ANDs the filter into
+every search below), ``state_dir`` (the anchor store),
 ``page_size``. bonsai cannot send the Show Deleted or DirSync controls, so tombstones are out of reach;
 instead, after the changed objects, a paged search of the scope that asks only for ``objectGUID`` is
 compared with the set stored at the previous scan (``anchors.py``).
@@ -73,12 +74,6 @@ class UsnTracker:
         self._lock = asyncio.Lock()
         self._invocation: dict[str, str] = {}
 
-    def _scoped(self, ldap_filter: str) -> str:
-        extra = self._dir.settings.scope_filter
-        if not extra:
-            return ldap_filter
-        return f"(&{ldap_filter}{extra if extra.startswith('(') else f'({extra})'})"
-
     async def _open_store(self) -> AnchorStore:
         if self._store is None:
             self._store = await asyncio.to_thread(AnchorStore, self._store_path)
@@ -131,7 +126,7 @@ class UsnTracker:
         window = f"(&(uSNChanged>={since + 1})(uSNChanged<={high}))"
         usns: list[int] = []
         for base in self._dir.scope_bases:
-            async for page in self._dir.search(base, self._scoped(window), attributes=["uSNChanged"]):
+            async for page in self._dir.search(base, window, attributes=["uSNChanged"]):
                 usns.extend(int(e.text("uSNChanged") or "0") for e in page)
         usns.sort()
         more = len(usns) > limit
@@ -141,7 +136,7 @@ class UsnTracker:
         entries: list[Entry] = []
         window = f"(&(uSNChanged>={since + 1})(uSNChanged<={cut}))"
         for base in self._dir.scope_bases:
-            async for page in self._dir.search(base, self._scoped(window)):
+            async for page in self._dir.search(base, window):
                 entries.extend(page)
         entries.sort(key=lambda e: int(e.text("uSNChanged") or "0"))
         guids = [g for g in (e.first("objectGUID") for e in entries) if isinstance(g, bytes)]
@@ -166,7 +161,7 @@ class UsnTracker:
             return 0
         await asyncio.to_thread(store.begin_scan)
         for base in self._dir.scope_bases:
-            async for page in self._dir.search(base, self._scoped("(objectClass=*)"), attributes=["objectGUID"]):
+            async for page in self._dir.search(base, "(objectClass=*)", attributes=["objectGUID"]):
                 rows = [(g, e.dn) for e in page if isinstance(g := e.first("objectGUID"), bytes)]
                 await asyncio.to_thread(store.add_scan, rows)
         vanished = await asyncio.to_thread(store.finish_scan)

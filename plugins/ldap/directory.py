@@ -6,6 +6,10 @@ Settings: ``LdapSettings`` (``plugins/ldap/settings.py``). Guarantees:
 - reads (``search``, ``get``, and the first page of a paged search) retry recoverable errors; writes
   retry only when no server received the request (connecting failed) — a write that failed in flight
   raises ``UnavailableError`` and is never replayed blindly;
+- ``search`` ANDs ``scope_filter`` into every search whose base overlaps the scope (``scoped``), so
+  objects outside it are invisible to SCIM; ``get`` (a read by DN) is not filtered: its callers name
+  an object they already found, or read back what they wrote, or read outside the scope (rootDSE,
+  the DC's settings), and the accesslog delta checks the filter itself;
 - paged searches stream page by page with manual paging; a missing base raises ``NoSuchObjectError``;
   ranged attributes (``member;range=0-1499``) come back complete under their plain name; the
   ``binary_attributes`` are ``bytes``;
@@ -217,6 +221,7 @@ class LdapDirectory(Directory):
         attrs = list(attributes) if attributes is not None else self.default_attributes()
         size = max(1, min(page_size, self.settings.page_size))
         timeout = self.settings.operation_timeout
+        ldap_filter = self.scoped(base, ldap_filter)
         what = f"search {base!r} {ldap_filter}"
 
         async def first_page(conn: Any) -> Any:
@@ -241,6 +246,23 @@ class LdapDirectory(Directory):
                 raise translate(exc, context=what) from exc
         if not yielded:
             yield []
+
+    def scoped(self, base: str, ldap_filter: str) -> str:
+        """``ldap_filter`` ANDed with ``scope_filter`` when ``base`` overlaps the scope (is in, or holds, a
+        scope base). Searches elsewhere (``cn=accesslog``, the configuration) are the plugin's own."""
+        extra = self.settings.scope_filter
+        if not extra or not base:
+            return ldap_filter
+        try:
+            overlaps = any(
+                dnlib.is_descendant(base, scope, or_self=True) or dnlib.is_descendant(scope, base)
+                for scope in self.scope_bases
+            )
+        except DirectoryError:  # not a DN: the server will say so
+            return ldap_filter
+        if not overlaps:
+            return ldap_filter
+        return f"(&{ldap_filter}{extra if extra.startswith('(') else f'({extra})'})"
 
     async def _open_paged(
         self, outer: AsyncExitStack, what: str, first_page: Callable[[Any], Awaitable[Any]]

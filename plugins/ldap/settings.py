@@ -74,7 +74,9 @@ class LdapSettings(BaseModel):
         "server's default naming context.",
     )
     scope_filter: str | None = Field(
-        default=None, description="An RFC 4515 filter ANDed into delta and deletion scans, e.g. (objectClass=user)."
+        default=None,
+        description="An RFC 4515 filter ANDed into every search within base_dns (SCIM lists and lookups, delta, "
+        "deletion scans): objects that do not match are invisible, e.g. (!(isCriticalSystemObject=TRUE)).",
     )
     page_size: int = Field(default=500, ge=1, le=10_000, description="Largest page asked of the server.")
     pool_size: int = Field(default=16, ge=1, le=256, description="Connections at most: one per concurrent operation.")

@@ -424,6 +424,30 @@ async def test_accesslog_delta_ignores_changes_outside_scope(tmp_path: Path, dir
         assert [dnlib.rdn(c.dn) for c in result.changes] == ["uid=in"]
 
 
+async def test_scope_filter_applies_to_searches_and_the_accesslog(
+    tmp_path: Path, directory: LdapDirectory, ou: str
+) -> None:
+    """scope_filter hides non-matching entries from every search in scope (not from the accesslog's own),
+    and an entry that stops matching comes out of the delta as a deletion."""
+    await directory.add(f"uid=kept,{ou}", person("kept", title=["in"]))
+    await directory.add(f"uid=hidden,{ou}", person("hidden", title=["out"]))
+    async with LdapDirectory(slapd_settings(tmp_path, base_dns=(ou,), scope_filter="(title=in)")) as scoped:
+        assert [dnlib.rdn(e.dn) for e in await collect(scoped.search(ou, "(uid=*)"))] == ["uid=kept"]
+        assert await collect(scoped.search(f"uid=hidden,{ou}", scope=Scope.BASE)) == []
+        assert await scoped.get(f"uid=hidden,{ou}") is not None  # a read by DN is not filtered
+        start = (await scoped.changes(None)).watermark
+        await scoped.modify(f"uid=kept,{ou}", [Modification(ModOp.REPLACE, "title", ("out",))])
+        await scoped.modify(f"uid=hidden,{ou}", [Modification(ModOp.REPLACE, "title", ("in",))])
+        result = await scoped.changes(start)
+        assert [(c.kind, dnlib.rdn(c.dn)) for c in result.changes] == [
+            (ChangeKind.DELETE, "uid=kept"),
+            (ChangeKind.MODIFY, "uid=hidden"),
+        ]
+        kept = result.changes[0].entry
+        assert kept is not None
+        assert kept.text("entryUUID")
+
+
 async def test_accesslog_unknown_watermark_is_expired(directory: LdapDirectory) -> None:
     """A watermark whose record is not in the log (purged) cannot be honoured."""
     with pytest.raises(WatermarkExpiredError):
