@@ -122,7 +122,13 @@ class DispatcherSection(Section):
 
 
 class RetrySection(Section):
-    attempts: int = Field(default=4, ge=1, description="Tries of a directory call that failed recoverably.")
+    attempts: int = Field(
+        default=1,
+        ge=1,
+        description="Tries of a whole SCIM operation whose directory calls failed recoverably; 1 (the default) "
+        "means no retry here: the directory plugin already retries its own operations (e.g. directory.retry "
+        "of the ldap plugin), and retrying both multiplies the tries and the wait.",
+    )
     initial_backoff: float = Field(default=0.2, ge=0, description="First wait between tries (seconds).")
     max_backoff: float = Field(default=5.0, ge=0, description="Longest wait between tries (seconds).")
     jitter: float = Field(default=0.2, ge=0, description="Random extra wait, up to this many seconds.")

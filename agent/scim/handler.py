@@ -5,8 +5,10 @@ raises for bad input: malformed bodies, unknown paths, invalid filters and PATCH
 errors. Routes: ``/Users`` and ``/Groups`` (GET by id, list with filter/paging/projection, POST,
 PUT, PATCH, DELETE, ``POST /.search``), ``/ServiceProviderConfig``, ``/ResourceTypes``,
 ``/Schemas``, and the delta extension ``GET /Changes?watermark=…`` (see ``changes``).
-Recoverable directory errors are retried by the policy; if they persist the result is marked
-``transient`` so the dispatcher can give the request back to the transport.
+Recoverable directory errors are retried by the ``retry`` policy when it allows more than one try
+(by default it does not: plugins retry their own operations, e.g. ``directory.retry`` of the LDAP
+plugin); if they persist the result is marked ``transient`` so the dispatcher can give the request
+back to the transport.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class ScimHandler:
             try:
                 status, body = await route()
             except self.directory.recoverable_errors as first:
+                if self.retry.attempts <= 1:  # the default: the plugin has retried already
+                    raise
                 _log.info("directory call failed, retrying", error=str(first))
                 retries = stop_after_attempt(max(self.retry.attempts - 1, 1))
                 async for attempt in retrying(self.retry, self.directory.recoverable_errors, stop=retries):
