@@ -13,6 +13,7 @@ Guarantees
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -61,24 +62,35 @@ class SourceReader:
         raise SourceUnavailableError(f"{path}: no agent answered after {self.attempts} tries ({last})") from last
 
     async def pages(self, endpoint: str, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every resource of ``endpoint``, page by page; the read restarts if its cursor's agent is lost."""
+        """Every resource of ``endpoint``, page by page; the read restarts if its cursor's agent is lost.
+
+        The next page is asked for before the current one is handed out, so the agent reads it while
+        the caller works on this one (at most two pages held).
+        """
         restarts = 0
         while True:
             params = {"count": str(page_size), "cursor": ""}
+            following: asyncio.Task[Any] | None = None
             try:
+                body = await self._call("GET", endpoint, params)
                 while True:
-                    body = await self._call("GET", endpoint, params)
-                    yield list(body.get("Resources", []))
                     cursor = body.get("nextCursor")
-                    if not cursor:
+                    if cursor:
+                        following = asyncio.create_task(self._call("GET", endpoint, {**params, "cursor": cursor}))
+                    yield list(body.get("Resources", []))
+                    if following is None:
                         return
-                    params["cursor"] = cursor
+                    body, following = await following, None
             except (ScimCallError, SourceUnavailableError) as error:
                 lost = isinstance(error, SourceUnavailableError) or _scim_type(error) == "invalidCursor"
                 if not lost or restarts >= self.attempts:
                     raise
                 restarts += 1
                 _log.warning("paged read restarts", endpoint=endpoint, restarts=restarts, error=str(error))
+            finally:
+                if following is not None:  # the caller stopped early, or this read failed
+                    following.cancel()
+                    following.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     async def current_watermark(self) -> str | None:
         body = await self._call("GET", "/Changes", {"count": "1"})
