@@ -1,4 +1,4 @@
-"""The ``cloudprov`` command: agent, config, keys, demo, version.
+"""The ``cloudprov`` command: agent, config, keys, demo, service, admin, sync, version.
 
 Each sub-command is a small function taking the parsed arguments and returning an exit code;
 errors a user can fix (a bad config file, a missing key) print one clear message and exit 2.
@@ -21,8 +21,10 @@ from cli.sync import add_sync_commands
 
 EXAMPLES = """
 examples:
-  cloudprov demo --users 200                 run agent + requester in one process on embedded defaults
+  cloudprov demo --users 200                 the whole system in one process: full sync, then a delta
   cloudprov agent run -c agent.yaml          serve SCIM requests from the configured transport
+  cloudprov service run -c service.yaml      control plane and provisioning service
+  cloudprov sync status                      provisioning jobs: running?, progress, last cycle, lag
   cloudprov config check agent.yaml          validate a configuration file and print the result
   cloudprov keys generate                    make a request-signing key pair
 """
@@ -121,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run an agent and a requester in one process on embedded defaults",
-        description="Seed a memory directory, serve it over the local transport and send "
-        "it a scripted series of signed SCIM requests.",
+        help="run the whole system in one process on embedded defaults",
+        description="Control plane, an agent over a seeded memory directory (local transport) and the "
+        "provisioning service syncing it into the embedded store: a full sync with progress, then a few "
+        "source changes and the delta cycle that picks them up (--scim: the scripted SCIM walkthrough).",
         epilog="example: cloudprov demo --users 1000 --groups 20",
     )
     demo.add_argument("--users", type=int, default=100, help="sample users to seed (default 100)")
