@@ -6,7 +6,8 @@ What it is
     ``endpoints(domain)`` returns the domain's transport endpoints, most preferred first
     (``[{"url": "amqp://…", "options": {…}}]``, as the control plane stores them); ``signer()`` returns
     the control plane's **active** request-signing key. One ``Requester`` per endpoint URL is opened and
-    shared by every job that reaches it; ``client_for`` takes the first endpoint.
+    shared by every job that reaches it; ``client_for`` takes the first endpoint. Clients follow key
+    rotation: they ask ``signer()`` again every ``key_refresh`` seconds (``CurrentKeyClient``).
     ``rules_for(job, settings)`` is ``rules_from_settings(settings)``. ``store_sources(store, secret)``
     reads both from the control plane's store (what ``service run`` and the CLI use).
 
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from protocol.envelope import Response
 from protocol.signing import Signer
 from service.client import ScimClient
 from service.control.keys import new_signing_key, signer_of
@@ -43,6 +45,43 @@ class WiringError(Exception):
     """A job cannot be wired: its domain has no transport endpoint."""
 
 
+class CurrentKeyClient(ScimClient):
+    """A ``ScimClient`` that follows key rotation: it asks ``signer_source`` for the active key again
+    before a call once ``refresh`` seconds have passed since it last asked."""
+
+    def __init__(
+        self,
+        requester: Requester,
+        signer: Signer,
+        domain: str,
+        *,
+        signer_source: SignerSource,
+        timeout: float = 600.0,
+        refresh: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(requester, signer, domain, timeout=timeout)
+        self.signer_source = signer_source
+        self.refresh = refresh
+        self.clock = clock
+        self._next_refresh = clock() + refresh
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Response:
+        now = self.clock()
+        if now >= self._next_refresh:
+            self.signer = await self.signer_source()
+            self._next_refresh = now + self.refresh
+        return await super().call(method, path, query, body, timeout=timeout)
+
+
 class JobWiring:
     def __init__(
         self,
@@ -50,9 +89,13 @@ class JobWiring:
         endpoints: Endpoints,
         signer: SignerSource,
         requester_factory: Callable[[str, Mapping[str, Any]], Requester] | None = None,
+        key_refresh: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = endpoints
         self.signer = signer
+        self.key_refresh = key_refresh
+        self.clock = clock
         self._make = requester_factory or (lambda url, options: create_requester(url, options=options))
         self._requesters: dict[str, Requester] = {}
 
@@ -77,10 +120,18 @@ class JobWiring:
             self._requesters[url] = requester
         return requester
 
-    async def client_for(self, job: Job) -> ScimClient:
+    async def client_for(self, job: Job) -> CurrentKeyClient:
         settings = JobSettings.model_validate(dict(job.settings))
         requester = await self.requester(job.domain)
-        return ScimClient(requester, await self.signer(), job.domain, timeout=settings.timeout)
+        return CurrentKeyClient(
+            requester,
+            await self.signer(),
+            job.domain,
+            signer_source=self.signer,
+            timeout=settings.timeout,
+            refresh=self.key_refresh,
+            clock=self.clock,
+        )
 
     async def target_for(self, job: Job) -> Target:
         target = create_target(job.target_url)
@@ -129,4 +180,4 @@ def static_signer(signer: Signer) -> SignerSource:
     return current
 
 
-__all__ = ["JobWiring", "WiringError", "static_endpoints", "static_signer", "store_sources"]
+__all__ = ["CurrentKeyClient", "JobWiring", "WiringError", "static_endpoints", "static_signer", "store_sources"]
