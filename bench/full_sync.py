@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=1_000)
     parser.add_argument("--big-group", type=int, default=50_000, help="members of the largest group")
     parser.add_argument("--page-size", type=int, default=5000)
-    parser.add_argument("--port", type=int, default=3392)
+    parser.add_argument("--port", type=int, default=0, help="slapd port (default: a free one)")
     parser.add_argument("--keep", action="store_true", help="leave the benchmark slapd running")
     parser.add_argument("--raw-child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,21 @@ def write_ldif(path: Path, users: int, groups: int, big_group: int) -> None:
             out.write("\n")
 
 
+def free_port_pair() -> int:
+    """A port whose successor is free too (slapd listens on PORT and its TLS port PORT+1)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 def servers(state: Path, port: int, *args: str) -> None:
     env = {
         **os.environ,
@@ -68,7 +84,8 @@ def servers(state: Path, port: int, *args: str) -> None:
 
 @contextlib.contextmanager
 def loaded_slapd(users: int, groups: int, big_group: int, port: int, keep: bool = False) -> Any:
-    """A throwaway slapd on ``port`` holding the generated entries; yields (url, state dir)."""
+    """A throwaway slapd on ``port`` (0: a free one) holding the generated entries; yields (url, state dir)."""
+    port = port or free_port_pair()
     state = Path(tempfile.mkdtemp(prefix="cloudprov-bench-sync-"))
     ldif = state / "entries.ldif"
     started = time.perf_counter()
