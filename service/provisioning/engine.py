@@ -27,6 +27,7 @@ Guarantees
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -215,16 +216,15 @@ class SyncEngine:
             groups.extend(page)
         self._membership = self.rules.membership(groups)
         seen: dict[str, set[str]] = {"User": set(), "Group": set()}
+        empty = {resource_type: await self._empty(resource_type) for resource_type in seen}
         cycle.phase = "users"
         async for page in self.reader.pages("/Users", self.settings.page_size):
-            for resource in page:
-                seen["User"].add(str(resource["id"]))
-                await self._one(cycle, "User", resource, first_sync=True)
+            seen["User"].update(str(resource["id"]) for resource in page)
+            await self._page(cycle, "User", page, empty=empty["User"])
             await self._progress(cycle)
         cycle.phase = "groups"
-        for resource in groups:
-            seen["Group"].add(str(resource["id"]))
-            await self._one(cycle, "Group", resource, first_sync=True)
+        seen["Group"].update(str(resource["id"]) for resource in groups)
+        await self._page(cycle, "Group", groups, empty=empty["Group"])
         await self._members(cycle)
         cycle.phase = "deletions"
         for resource_type in ("User", "Group"):
@@ -274,6 +274,45 @@ class SyncEngine:
         cycle.report.counts["skip"] += 1
 
     # ---- objects ----------------------------------------------------------------------------
+    async def _empty(self, resource_type: str) -> bool:
+        """Whether the target holds no object of this type (a first sync need not look each one up)."""
+        async for _ in self.target.objects(resource_type):
+            return False
+        return True
+
+    async def _page(self, cycle: _Cycle, resource_type: str, resources: list[dict[str, Any]], *, empty: bool) -> None:
+        """A page of a full sync: the writes in one target transaction where the target has them
+        (``batch``), creates in one call (``create_many``), and objects of a type the target held none
+        of at the start of the cycle are not looked up one by one."""
+        batch: Any = getattr(self.target, "batch", None)
+        create_many: Any = getattr(self.target, "create_many", None)
+        creates: list[Plan] = []
+        async with batch() if batch is not None else contextlib.nullcontext():
+            for resource in resources:
+                cycle.report.objects += 1
+                plan = await self.pipeline.plan(
+                    resource_type, resource, self._membership, first_sync=True, absent=empty
+                )
+                if plan.action == "create" and create_many is not None:
+                    creates.append(plan)
+                else:
+                    await self._act(cycle, plan, None)
+            if creates:
+                try:
+                    made = await create_many(resource_type, [(plan.anchor, plan.attributes) for plan in creates])
+                except self.target.recoverable_errors:
+                    raise
+                except TargetError:  # one of them is refused: each on its own, so only that one fails
+                    for plan in creates:
+                        await self._act(cycle, plan, None)
+                else:
+                    for plan, obj in zip(creates, made, strict=True):
+                        plan.target = obj
+                        self.index.remember(plan.anchor, obj.id)
+                        self._applied(cycle, plan, None)
+        if len(cycle.log) >= LOG_FLUSH:
+            await self._flush(cycle)
+
     async def _one(
         self,
         cycle: _Cycle,
@@ -283,9 +322,18 @@ class SyncEngine:
         first_sync: bool = False,
         change_id: str | None = None,
     ) -> Plan | None:
-        report = cycle.report
-        report.objects += 1
+        cycle.report.objects += 1
         plan = await self.pipeline.plan(resource_type, resource, self._membership, first_sync=first_sync)
+        if await self._act(cycle, plan, change_id) is None:
+            return None
+        if len(cycle.log) >= LOG_FLUSH:
+            await self._flush(cycle)
+        return plan
+
+    async def _act(self, cycle: _Cycle, plan: Plan, change_id: str | None) -> Plan | None:
+        """Apply one plan (a deletion is only collected); None when the target refused it."""
+        report = cycle.report
+        resource_type = plan.resource_type
         if plan.action == "delete":
             assert plan.target is not None
             cycle.deletes.append(_Delete(resource_type, plan.anchor, plan.target, plan.dn, "left scope", change_id))
@@ -298,14 +346,15 @@ class SyncEngine:
             report.counts["failed"] += 1
             self._log(cycle, plan, "failed", f"{type(error).__name__}: {error}", change_id)
             return None
-        report.counts[plan.action] += 1
+        self._applied(cycle, plan, change_id)
+        return plan
+
+    def _applied(self, cycle: _Cycle, plan: Plan, change_id: str | None) -> None:
+        cycle.report.counts[plan.action] += 1
         if plan.members is not None:
             cycle.groups.append(plan)
         if plan.action != "none" or change_id is not None:
             self._log(cycle, plan, "ok", None, change_id)
-        if len(cycle.log) >= LOG_FLUSH:
-            await self._flush(cycle)
-        return plan
 
     async def _members(self, cycle: _Cycle) -> None:
         cycle.phase = "memberships"

@@ -105,8 +105,16 @@ class Pipeline:
         self.index = index
 
     async def plan(
-        self, resource_type: str, resource: Mapping[str, Any], membership: Any, *, first_sync: bool = False
+        self,
+        resource_type: str,
+        resource: Mapping[str, Any],
+        membership: Any,
+        *,
+        first_sync: bool = False,
+        absent: bool = False,
     ) -> Plan:
+        """What the target needs for this object; ``absent``: the caller knows the target has no
+        object of this type yet (no lookup by anchor or matching attribute)."""
         anchor = str(resource["id"])
         plan = Plan(resource_type, anchor, dn_of(resource))
         plan.steps.append(Step("import", "imported", f"{resource_type} {plan.dn or anchor} (anchor {anchor})"))
@@ -115,10 +123,10 @@ class Pipeline:
         plan.steps.append(Step("scope", "in scope" if in_scope else "out of scope", reason))
         mapper = self.rules.mappers.get(resource_type)
         mapped = mapper.map(resource, creating=True) if mapper is not None and in_scope else {}
-        obj = await self.target.get_by_anchor(resource_type, anchor)
+        obj = None if absent else await self.target.get_by_anchor(resource_type, anchor)
         if obj is not None:
             plan.steps.append(Step("match", "matched", f"target {obj.id} by anchor"))
-        elif in_scope and self.settings.matching_attribute and first_sync:
+        elif in_scope and self.settings.matching_attribute and first_sync and not absent:
             key = self.settings.matching_attribute
             value = mapped.get(key)
             candidate = await self.target.find_by_attribute(resource_type, key, value) if value is not None else None
