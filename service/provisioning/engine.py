@@ -219,7 +219,10 @@ class SyncEngine:
         empty = {resource_type: await self._empty(resource_type) for resource_type in seen}
         cycle.phase = "users"
         async for page in self.reader.pages("/Users", self.settings.page_size):
-            seen["User"].update(str(resource["id"]) for resource in page)
+            ids = [str(resource["id"]) for resource in page]
+            if empty["User"] and not seen["User"].isdisjoint(ids):
+                empty["User"] = False  # objects read twice (the read was restarted on another agent): look up
+            seen["User"].update(ids)
             await self._page(cycle, "User", page, empty=empty["User"])
             await self._progress(cycle)
         cycle.phase = "groups"

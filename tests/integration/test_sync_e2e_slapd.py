@@ -224,7 +224,8 @@ async def test_an_agent_killed_mid_full_sync_leaves_the_cycle_to_the_other_agent
             assert killed.is_set(), "the agent was killed during the cycle"
             assert first.task is not None
             assert first.task.done()
-            assert (report.kind, report.outcome) == ("full", "ok"), report.error
+            failed = await service.state.log("job", failed=True)
+            assert (report.kind, report.outcome) == ("full", "ok"), [(e.dn, e.error) for e in failed][:3]
             want, have = await _equal(service, target_url)
             assert have == want
             assert len(have["users"]) == USERS
