@@ -211,9 +211,10 @@ class SyncEngine:
         report.watermark = await self.reader.current_watermark()
         self.index.clear()
         cycle.phase = "groups (reading)"
-        groups: list[dict[str, Any]] = []
+        by_id: dict[str, dict[str, Any]] = {}  # a read restarted on another agent repeats groups
         async for page in self.reader.pages("/Groups", self.settings.page_size):
-            groups.extend(page)
+            by_id.update((str(group["id"]), group) for group in page)
+        groups = list(by_id.values())
         self._membership = self.rules.membership(groups)
         seen: dict[str, set[str]] = {"User": set(), "Group": set()}
         empty = {resource_type: await self._empty(resource_type) for resource_type in seen}
