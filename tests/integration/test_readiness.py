@@ -39,8 +39,11 @@ async def agent_with_health(settings: AgentSettings, **kwargs: Any) -> AsyncIter
         yield f"http://127.0.0.1:{bound}/readyz"
     finally:
         stop.set()
-        async with asyncio.timeout(30):
-            await runner
+        done, _ = await asyncio.wait({runner}, timeout=20)
+        if not done:  # say where it is stuck instead of leaving it to the per-test timeout
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8)
+            raise AssertionError("the agent did not stop within 20 s (task stacks above)")
 
 
 async def readiness(http: aiohttp.ClientSession, url: str, ready: bool) -> Any:
