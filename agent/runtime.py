@@ -126,7 +126,8 @@ class Agent:
                     self._group = group
                     self._consume(self.transport)
                     services = [group.create_task(service(self)) for service in self.services]
-                    log.info("agent started", domains=list(settings.agent.domains), directory=settings.directory.plugin)
+                    directory = type(self.directory).__name__
+                    log.info("agent started", domains=list(settings.agent.domains), directory=directory)
                     self.started.set()
                     stopper = group.create_task(stop.wait())
                     await self._serve_until(stopper)
