@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from agent.scim.profile import Profile, ResourceMapping
 from agent.scim.values import anchor_to_id, id_to_anchor
 from plugins import dn as dnlib
-from plugins.directory import Directory, Entry, InvalidDNError
+from plugins.directory import Directory, DirectoryError, Entry, InvalidDNError, Scope
 from plugins.ldapfilter import escape_value
+
+#: More DNs to resolve than this at once are looked up by searches, ``SEARCH_CHUNK`` RDN values a search.
+SEARCH_FROM = 32
+SEARCH_CHUNK = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,9 @@ class References:
                 missing[key] = dn
         if missing:
             attributes = sorted({m.id_attribute for m in self.profile.resources} | {"objectClass"})
+            if len(missing) > SEARCH_FROM:
+                await self._search_refs(missing, attributes, found)
+                missing = {key: dn for key, dn in missing.items() if key not in found}
 
             async def look_up(key: str, dn: str) -> None:
                 async with self._lookups:
@@ -147,3 +154,33 @@ class References:
                 for key, dn in missing.items():
                     group.create_task(look_up(key, dn))
         return found
+
+    async def _search_refs(self, missing: dict[str, str], attributes: list[str], found: dict[str, Ref]) -> None:
+        """Resolve many DNs with few searches: per parent, one-level searches for their RDN values
+        (``SEARCH_CHUNK`` to a filter) instead of one read per DN (a group of 50,000 members)."""
+        wanted: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (parent, attribute) normalised
+        for dn in missing.values():
+            rdns = dnlib.parse(dn)
+            if rdns and len(rdns[0].avas) == 1:
+                ava, parent = rdns[0].avas[0], dnlib.to_string(rdns[1:])
+                key = (dnlib.normalize(parent), ava.attribute.lower())
+                wanted.setdefault(key, (parent, []))[1].append(ava.value)
+
+        async def look_up(parent: str, attribute: str, values: list[str]) -> None:
+            terms = "".join(f"({attribute}={escape_value(value)})" for value in values)
+            async with self._lookups:
+                try:
+                    async for page in self.directory.search(
+                        parent, f"(|{terms})", scope=Scope.ONELEVEL, attributes=attributes, page_size=len(values)
+                    ):
+                        for entry in page:
+                            key = dnlib.normalize(entry.dn)
+                            if key in missing and (ref := self.ref_of(entry)) is not None:
+                                found[key] = ref
+                except DirectoryError:
+                    return  # the DNs left are read one by one
+
+        async with asyncio.TaskGroup() as group:
+            for (_, attribute), (parent, values) in wanted.items():
+                for start in range(0, len(values), SEARCH_CHUNK):
+                    group.create_task(look_up(parent, attribute, values[start : start + SEARCH_CHUNK]))

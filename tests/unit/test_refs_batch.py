@@ -1,0 +1,65 @@
+"""References.refs_for resolves many DNs with a few searches, not one read per DN (large groups)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.scim import refs as refs_module
+from agent.scim.profile import load_profile
+from agent.scim.refs import References
+from plugins.memory import MemoryDirectory, MemorySettings
+
+BASE = "dc=example,dc=com"
+
+
+class CountingDirectory(MemoryDirectory):
+    def __init__(self, settings: MemorySettings) -> None:
+        super().__init__(settings)
+        self.gets = 0
+        self.searches = 0
+
+    async def get(self, dn: str, attributes: Any = None) -> Any:
+        self.gets += 1
+        return await super().get(dn, attributes)
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        self.searches += 1
+        return super().search(*args, **kwargs)
+
+
+async def _users(directory: MemoryDirectory, count: int) -> list[str]:
+    await directory.add(f"ou=people,{BASE}", {"objectClass": ["top", "organizationalUnit"], "ou": ["people"]})
+    dns = []
+    for i in range(count):
+        dn = f"uid=u{i},ou=people,{BASE}"
+        await directory.add(dn, {"objectClass": ["inetOrgPerson"], "uid": [f"u{i}"], "cn": [f"U {i}"], "sn": ["U"]})
+        dns.append(dn)
+    return dns
+
+
+async def test_many_dns_are_resolved_by_searches() -> None:
+    async with CountingDirectory(MemorySettings()) as directory:
+        dns = await _users(directory, 600)
+        references = References(directory, load_profile("openldap"), BASE)
+        # odd spellings, a DN that names nothing, and one outside any user container
+        asked = [dn.upper() if i % 7 == 0 else dn for i, dn in enumerate(dns)]
+        asked += [f"uid=ghost,ou=people,{BASE}", f"cn=nobody,ou=elsewhere,{BASE}"]
+        directory.gets = directory.searches = 0
+        found = await references.refs_for(asked)
+        assert len(found) == 600
+        assert directory.searches == -(-600 // refs_module.SEARCH_CHUNK) + 1  # people chunks + the other parent
+        assert directory.gets == 2  # only the two DNs no search found are read one by one
+        ref = found[next(k for k in found if k.startswith("uid=u5,"))]
+        assert ref.resource == "User"
+        assert ref.dn.lower() == dns[5].lower()
+
+
+async def test_few_dns_are_read_one_by_one() -> None:
+    async with CountingDirectory(MemorySettings()) as directory:
+        dns = await _users(directory, 5)
+        references = References(directory, load_profile("openldap"), BASE)
+        directory.gets = directory.searches = 0
+        found = await references.refs_for(dns)
+        assert len(found) == 5
+        assert directory.gets == 5
+        assert directory.searches == 0
