@@ -1,9 +1,9 @@
 """Responses kept by request id, so a redelivered request is answered again without running twice.
 
-``ResponseStore`` is a bounded, expiring map from request id to the encoded response. The
-dispatcher stores every response before it replies; a redelivery of the same id is answered from
-here and never reaches the directory. ``InFlight`` lets a duplicate that arrives while the first
-copy is still running wait for that copy's response instead of running in parallel.
+``ResponseStore`` is a bounded (entries and bytes), expiring map from request id to the encoded
+response. The dispatcher stores every response before it replies; a redelivery of the same id is
+answered from here and never reaches the directory. ``InFlight`` lets a duplicate that arrives
+while the first copy is still running wait for that copy's response instead of running in parallel.
 """
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ import asyncio
 import time
 from collections import OrderedDict
 
+#: Bytes of responses kept at most: redeliveries come soon after the first copy, and a full read of a
+#: large directory (pages of thousands of resources) must not keep every page it returned.
+MAX_BYTES = 32 * 1024 * 1024
+
 
 class ResponseStore:
-    def __init__(self, ttl: float = 3600.0, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float = 3600.0, max_entries: int = 100_000, max_bytes: int = MAX_BYTES) -> None:
         self._ttl = ttl
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -27,19 +33,26 @@ class ResponseStore:
         if item is None:
             return None
         if item[0] < time.monotonic():
-            del self._items[request_id]
+            self._drop(request_id)
             return None
         return item[1]
 
+    def _drop(self, request_id: str) -> None:
+        item = self._items.pop(request_id, None)
+        if item is not None:
+            self._bytes -= len(item[1])
+
     def put(self, request_id: str, response: bytes) -> None:
+        self._drop(request_id)
         self._items[request_id] = (time.monotonic() + self._ttl, response)
-        self._items.move_to_end(request_id)
+        self._bytes += len(response)
         now = time.monotonic()
         while self._items:
             oldest_id, (expires, _) = next(iter(self._items.items()))
-            if expires >= now and len(self._items) <= self._max:
+            fits = self._bytes <= self._max_bytes or len(self._items) == 1  # the newest is always kept
+            if expires >= now and len(self._items) <= self._max and fits:
                 break
-            del self._items[oldest_id]
+            self._drop(oldest_id)
 
 
 class InFlight:
