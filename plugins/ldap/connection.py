@@ -27,9 +27,17 @@ REQUIRED_BINARY = ("objectGUID", "invocationId")
 
 
 class ReadableOnlyConnection(AIOLDAPConnection):
-    """An ``AIOLDAPConnection`` that sleeps until the socket is readable instead of polling."""
+    """An ``AIOLDAPConnection`` that sleeps until the socket is readable instead of polling.
+
+    The reader stays registered between operations (registering and unregistering with the event
+    loop's selector cost more than a search reply takes to parse). It is removed when an operation
+    fails (libldap may have closed the socket), when the socket turns readable while no operation
+    waits (end of file, a notice of disconnection), and on ``close``.
+    """
 
     _opened = False
+    _reader_fd = -1
+    _pending: tuple[int, asyncio.Future[Any]] | None = None
 
     async def _poll(self, msg_id: int, timeout: float | None = None) -> Any:
         if not self._opened:
@@ -40,25 +48,49 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         if result is not None:
             return result
         loop = asyncio.get_running_loop()
-        fd = self.fileno()
         done: asyncio.Future[Any] = loop.create_future()
-
-        def on_readable() -> None:
-            if done.done():
-                return
-            try:
-                answer = c_connection.get_result(self, msg_id)
-            except BaseException as exc:  # handed to the awaiting operation
-                done.set_exception(exc)
-                return
-            if answer is not None:
-                done.set_result(answer)
-
-        loop.add_reader(fd, on_readable)
+        self._pending = (msg_id, done)
+        if self._reader_fd < 0:
+            self._reader_fd = self.fileno()
+            loop.add_reader(self._reader_fd, self._on_readable)
+        expiry = loop.call_later(timeout, _expire, done) if timeout is not None else None
         try:
-            return await asyncio.wait_for(done, timeout)
+            return await done
+        except BaseException:
+            self._stop_reading()
+            raise
         finally:
-            loop.remove_reader(fd)
+            self._pending = None
+            if expiry is not None:
+                expiry.cancel()
+
+    def _on_readable(self) -> None:
+        pending = self._pending
+        if pending is None or pending[1].done():
+            self._stop_reading()  # readable with nothing asked: EOF or a notice; the pool's check sees it
+            return
+        msg_id, done = pending
+        try:
+            answer = c_connection.get_result(self, msg_id)
+        except BaseException as exc:  # handed to the awaiting operation
+            done.set_exception(exc)
+            return
+        if answer is not None:
+            done.set_result(answer)
+
+    def _stop_reading(self) -> None:
+        if self._reader_fd >= 0:
+            self._loop.remove_reader(self._reader_fd)
+            self._reader_fd = -1
+
+    def close(self) -> None:
+        self._stop_reading()
+        super().close()
+
+
+def _expire(done: asyncio.Future[Any]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 def make_client(settings: LdapSettings, url: str) -> bonsai.LDAPClient:
