@@ -105,6 +105,22 @@ class Attributes(Mapping[str, list[AttrValue]]):
     def remove(self, name: str) -> None:
         self._data.pop(name.lower(), None)
 
+    @classmethod
+    def adopt(cls, pairs: Iterable[tuple[str, list[AttrValue]]]) -> Attributes:
+        """Attributes that take these lists as they are (no copy; the caller gives them up); empty lists
+        are left out and a name repeated in another case joins the first. For plugins' hot paths."""
+        made = cls()
+        data = made._data
+        for name, values in pairs:
+            if not values:
+                continue
+            key = name.lower()
+            if key in data:
+                data[key][1].extend(values)
+            else:
+                data[key] = (name, values)
+        return made
+
     def first(self, name: str) -> AttrValue | None:
         item = self._data.get(name.lower())
         return item[1][0] if item else None

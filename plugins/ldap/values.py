@@ -36,10 +36,12 @@ def to_value(value: Any) -> AttrValue:
 
 def to_entry(found: Any) -> Entry:
     """A ``plugins.directory.Entry`` from a bonsai ``LDAPEntry``."""
-    attributes = Attributes()
-    for name, values in found.items(exclude_dn=True):
-        attributes.set(name, [to_value(value) for value in values])
-    return Entry(str(found.dn), attributes)
+    pairs = (
+        (name, [v if type(v) is str or type(v) is bytes else to_value(v) for v in values])
+        for name, values in dict.items(found)  # bonsai's items(exclude_dn=True) costs a generator more
+        if name != "dn"
+    )
+    return Entry(str(found.dn), Attributes.adopt(pairs))
 
 
 @dataclass(frozen=True, slots=True)
