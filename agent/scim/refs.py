@@ -20,6 +20,9 @@ from plugins import dn as dnlib
 from plugins.directory import Directory, DirectoryError, Entry, InvalidDNError, Scope
 from plugins.ldapfilter import escape_value
 
+#: References cached at most (by DN and by id): big batches are resolved by searches, not from here,
+#: and a full read of a large directory must not leave two entries per object behind.
+CACHE_SIZE = 10_000
 #: More DNs to resolve than this at once are looked up by searches, ``SEARCH_CHUNK`` RDN values a search.
 SEARCH_FROM = 32
 SEARCH_CHUNK = 250
@@ -68,7 +71,7 @@ class _Lru:
 
 class References:
     def __init__(
-        self, directory: Directory, profile: Profile, base: str, *, ttl: float = 30.0, size: int = 100_000
+        self, directory: Directory, profile: Profile, base: str, *, ttl: float = 30.0, size: int = CACHE_SIZE
     ) -> None:
         self.directory, self.profile, self.base = directory, profile, base
         self._by_dn = _Lru(size, ttl)
