@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--idle-cycles", type=int, default=10)
     parser.add_argument("--schedule", type=float, default=1.0)
-    parser.add_argument("--page-size", type=int, default=5000)
+    parser.add_argument("--page-size", type=int, default=1000)
     args = parser.parse_args()
     for value in (args.users, args.small):
         if not 10 <= value <= MAX_USERS:

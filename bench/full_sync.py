@@ -49,9 +49,9 @@ async def _raw(url: str) -> tuple[float, int]:
     return time.perf_counter() - started, entries
 
 
-async def measure(url: str, state: Path, users: int, groups: int, page_size: int) -> None:
+async def measure(url: str, state: Path, users: int, groups: int, page_size: int, cache_mb: int | None) -> None:
     raw_seconds, raw_entries = raw_in_child(url)
-    async with system(url, state, page_size=page_size) as (service, agent):
+    async with system(url, state, page_size=page_size, target_cache_mb=cache_mb) as (service, agent):
         started = time.perf_counter()
         report = await service.engine.run_cycle()
         elapsed = time.perf_counter() - started
@@ -76,6 +76,7 @@ async def measure(url: str, state: Path, users: int, groups: int, page_size: int
         ratio_to_raw=round(elapsed / raw_seconds, 2),
         requests=requests,
         page_size=page_size,
+        target_cache_mb=cache_mb or "default",
         service_peak_rss_mb=service_rss,
         agent_peak_rss_mb=agent_rss,
         total_peak_rss_mb=round(service_rss + (agent_rss or 0), 1),
@@ -89,7 +90,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--groups", type=int, default=1_000)
     parser.add_argument("--big-group", type=int, default=50_000, help="members of the largest group")
-    parser.add_argument("--page-size", type=int, default=5000)
+    parser.add_argument("--page-size", type=int, default=1000, help="resources per page (the job default)")
+    parser.add_argument(
+        "--target-cache-mb", type=int, default=None, help="SQLite page cache of the embedded store (its default: 64)"
+    )
     parser.add_argument("--port", type=int, default=0, help="slapd port (default: a free one)")
     parser.add_argument("--keep", action="store_true", help="leave the benchmark slapd running")
     parser.add_argument("--raw-child", help=argparse.SUPPRESS)
@@ -102,7 +106,7 @@ def main() -> None:
         parser.error(f"--users must be 1..{MAX_USERS} and --groups 0..10000")
     big = min(args.big_group, args.users)
     with loaded_slapd(args.users, args.groups, big, args.port, keep=args.keep) as (url, state):
-        asyncio.run(measure(url, state, args.users, args.groups, args.page_size))
+        asyncio.run(measure(url, state, args.users, args.groups, args.page_size, args.target_cache_mb))
 
 
 if __name__ == "__main__":

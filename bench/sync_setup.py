@@ -151,7 +151,7 @@ def agent_config(url: str, state: Path, queue_prefix: str, public_key: str) -> d
             "base_dns": [SUFFIX],
             "state_dir": str(state / "agent"),
         },
-        "scim": {"profile": "openldap", "max_page_size": 5000, "max_body_bytes": 16 * 1024 * 1024},
+        "scim": {"profile": "openldap"},
         "signing": {"public_keys": {"bench": public_key}},
         "logging": {"level": "error"},
         "health": {"enabled": False},
@@ -246,7 +246,12 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def system(
-    url: str, state_dir: Path, *, page_size: int = 5000, job_settings: dict[str, Any] | None = None
+    url: str,
+    state_dir: Path,
+    *,
+    page_size: int = 1000,
+    job_settings: dict[str, Any] | None = None,
+    target_cache_mb: int | None = None,
 ) -> AsyncIterator[tuple[Service, AgentProcess]]:
     """The agent (child process) and the service (this process) over RabbitMQ, unique queue names."""
     from protocol.signing import Signer, public_key_text
@@ -264,7 +269,7 @@ async def system(
     folder = Path(tempfile.mkdtemp(prefix="cloudprov-bench-service-"))
     options = {"reply_prefix": f"{prefix}.replies.", "request_queue": f"{prefix}.{{domain}}"}
     settings = JobSettings.model_validate({"page_size": page_size, "deletion_threshold": 0, **(job_settings or {})})
-    target_url = f"embedded:///{folder}/target.db"
+    target_url = f"embedded:///{folder}/target.db" + (f"?cache_mb={target_cache_mb}" if target_cache_mb else "")
     try:
         async with (
             AmqpRequester.from_url(AMQP_URL, options=options) as requester,
