@@ -2,7 +2,9 @@
 
 Settings: ``users``/``groups`` (seeded into a memory directory, AD flavour), ``follow`` (keep syncing
 every 2 seconds until Ctrl-C). Everything lives in a temporary folder removed at the end; the
-transport is ``local://``, the target the embedded store.
+transport is ``local://``, the target the embedded store. The service side is wired as ``service run``
+wires it (``JobWiring``): the domain's endpoint is stored in the control plane, requests are signed with
+the control plane's active key (a generated key when the control plane could not start).
 
 Guarantees: returns 0 only when the target equals the source after the full and the delta cycle;
 the last line starting with ``summary:`` says how many steps failed.
@@ -11,7 +13,6 @@ the last line starting with ``summary:`` says how many steps failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import tempfile
 import time
@@ -24,13 +25,15 @@ from agent.runtime import Agent
 from cli.progress import Progress
 from protocol.signing import Signer, public_key_text
 from service.client import ScimClient
+from service.config import ServiceSettings
+from service.control.app import ControlPlaneServer
 from service.provisioning.engine import CycleReport
 from service.provisioning.jobs import Scheduler
-from service.provisioning.rules import rules_from_settings
-from service.provisioning.state import Job, StateStore
+from service.provisioning.state import StateStore
 from service.provisioning.targets.base import Target
 from service.provisioning.targets.registry import create_target
-from transports.local import LocalBroker, LocalRequester
+from service.provisioning.wiring import JobWiring, SignerSource, static_endpoints, static_signer, store_sources
+from transports.local import LocalBroker
 
 DOMAIN = "example.com"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -41,11 +44,8 @@ def _counts(report: CycleReport) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()) if v) or "no changes"
 
 
-async def _control_plane(folder: Path) -> contextlib.AbstractAsyncContextManager[Any] | None:
+async def _control_plane(folder: Path) -> ControlPlaneServer | None:
     try:
-        from service.config import ServiceSettings
-        from service.control.app import ControlPlaneServer
-
         settings = ServiceSettings.model_validate({"control": {"port": 0, "state_dir": str(folder / "control")}})
         server = ControlPlaneServer(settings)
         await asyncio.wait_for(server.__aenter__(), 30)
@@ -74,22 +74,29 @@ async def _equal(client: ScimClient, target: Target) -> bool:
 
 
 async def run_demo(users: int = 100, groups: int = 5, *, follow: bool = False) -> int:
-    signer = Signer.generate("demo")
     broker = f"demo-{uuid.uuid4().hex[:8]}"
-    settings = AgentSettings.model_validate(
-        {
-            "agent": {"id": "demo-agent", "domains": [DOMAIN]},
-            "transport": {"url": f"local://{broker}"},
-            "directory": {"plugin": "memory", "flavor": "ad", "seed_users": users, "seed_groups": groups},
-            "scim": {"profile": "ad", "profile_overrides": {"User": {"_container": "ou=people"}}},
-            "signing": {"public_keys": {"demo": public_key_text(signer.public_key)}},
-        }
-    )
     print(f"cloudprov demo: agent on local://{broker} over a memory directory with {users} users, {groups} groups")
     failures = 0
     with tempfile.TemporaryDirectory(prefix="cloudprov-demo-") as tmp:
         folder = Path(tmp)
         control = await _control_plane(folder)
+        endpoints = static_endpoints({DOMAIN: f"local://{broker}"})
+        signers: SignerSource = static_signer(Signer.generate("demo"))
+        if control is not None and control.plane is not None:  # the service as it runs: the plane's key and endpoints
+            plane = control.plane
+            await plane.set_endpoints(DOMAIN, [{"url": f"local://{broker}"}])
+            endpoints = store_sources(plane.store, None)[0]
+            signers = plane.signer
+        signer = await signers()
+        settings = AgentSettings.model_validate(
+            {
+                "agent": {"id": "demo-agent", "domains": [DOMAIN]},
+                "transport": {"url": f"local://{broker}"},
+                "directory": {"plugin": "memory", "flavor": "ad", "seed_users": users, "seed_groups": groups},
+                "scim": {"profile": "ad", "profile_overrides": {"User": {"_container": "ou=people"}}},
+                "signing": {"public_keys": {signer.key_id: public_key_text(signer.public_key)}},
+            }
+        )
         agent = Agent(settings)
         stop_agent = asyncio.Event()
         agent_task = asyncio.create_task(agent.run(stop_agent))
@@ -97,18 +104,12 @@ async def run_demo(users: int = 100, groups: int = 5, *, follow: bool = False) -
         target_url = f"embedded:///{folder}/target.db"
         try:
             async with (
-                LocalRequester.from_url(f"local://{broker}") as requester,
                 StateStore(f"sqlite:///{folder}/provisioning.db") as state,
+                JobWiring(endpoints=endpoints, signer=signers) as wiring,
                 create_target(target_url) as target,
             ):
-                client = ScimClient(requester, signer, DOMAIN, timeout=60)
-
-                async def client_for(job: Job) -> ScimClient:
-                    return client
-
-                async def target_for(job: Job) -> Target:
-                    return target
-
+                await state.put_job("demo", DOMAIN, target_url, schedule=2, settings={"page_size": 500})
+                client = await wiring.client_for(await state.job("demo"))
                 total = users + groups
                 progress = Progress("full sync", total)
                 seen = [0]
@@ -120,14 +121,13 @@ async def run_demo(users: int = 100, groups: int = 5, *, follow: bool = False) -
 
                 scheduler = Scheduler(
                     state,
-                    client_for=client_for,
-                    target_for=target_for,
-                    rules_for=lambda job, s: rules_from_settings(s),
+                    client_for=wiring.client_for,
+                    target_for=wiring.target_for,
+                    rules_for=wiring.rules_for,
                     replica="demo",
                     poll=0.5,
                     on_progress=on_progress,
                 )
-                await state.put_job("demo", DOMAIN, target_url, schedule=2, settings={"page_size": 500})
                 print(f"provisioning service: job 'demo' syncs {DOMAIN} into the embedded store {target_url}")
                 started = time.perf_counter()
                 full = await scheduler.run_once("demo")

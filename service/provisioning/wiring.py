@@ -180,4 +180,13 @@ def static_signer(signer: Signer) -> SignerSource:
     return current
 
 
-__all__ = ["CurrentKeyClient", "JobWiring", "WiringError", "static_endpoints", "static_signer", "store_sources"]
+__all__ = [
+    "CurrentKeyClient",
+    "Endpoints",
+    "JobWiring",
+    "SignerSource",
+    "WiringError",
+    "static_endpoints",
+    "static_signer",
+    "store_sources",
+]
