@@ -43,6 +43,8 @@ _log = structlog.get_logger("cloudprov.provisioning")
 ClientFactory = Callable[[Job], Awaitable[ScimClient]]
 TargetFactory = Callable[[Job], Awaitable[Target]]
 RulesFactory = Callable[[Job, JobSettings], Rules | None]
+#: Seconds before a job whose client or target could not be built is tried again (at most).
+UNWIRED_RETRY = 30.0
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Scheduler:
         self.on_progress = on_progress
         self.on_cycle = on_cycle
         self.held: dict[str, _Held] = {}
+        self._not_before: dict[str, float] = {}  # jobs that could not be wired: when to try again
 
     async def _engine(self, job: Job) -> _Held:
         held = self.held.get(job.id)
@@ -162,11 +165,16 @@ class Scheduler:
             if not await self.state.acquire_lease(job.id, self.replica, settings.lease_ttl, now):
                 await self._drop(job.id)  # another replica runs it: our caches are stale
                 continue
+            if self._not_before.get(job.id, 0.0) > now:
+                continue
             try:
                 held = await self._engine(job)
             except Exception as error:  # a job whose domain or target cannot be reached now
-                _log.warning("job cannot start", job=job.id, error=str(error))
+                retry_in = min(job.schedule, UNWIRED_RETRY)
+                self._not_before[job.id] = now + retry_in
+                _log.warning("job cannot start", job=job.id, error=str(error), retry_in=retry_in)
                 continue
+            self._not_before.pop(job.id, None)
             held.task = asyncio.create_task(self._cycle(job, held), name=f"cycle {job.id}")
 
     async def _drop(self, job_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,3 +101,31 @@ async def test_target_is_opened_and_rules_come_from_the_settings() -> None:
 
     rules = wiring.rules_for(_job(), JobSettings.model_validate({"scoping": {"groups": ["staff"]}}))
     assert rules.uses_membership
+
+
+async def test_a_job_that_cannot_be_wired_is_retried_later_not_every_poll(tmp_path: Path) -> None:
+    """A job whose domain has no endpoint logs once and waits before the scheduler tries it again."""
+    from structlog.testing import capture_logs
+
+    from service.provisioning.jobs import Scheduler
+    from service.provisioning.state import StateStore
+
+    signer = Signer.generate("k")
+
+    async def current() -> Signer:
+        return signer
+
+    async with (
+        StateStore(f"sqlite:///{tmp_path}/state.db") as state,
+        JobWiring(endpoints=static_endpoints({}), signer=current) as wiring,
+    ):
+        await state.put_job("job", "nowhere.example", "embedded:", schedule=60)
+        scheduler = Scheduler(state, client_for=wiring.client_for, target_for=wiring.target_for, replica="r")
+        with capture_logs() as logs:
+            for _ in range(3):
+                await scheduler._tick()
+        await scheduler.aclose()
+    warnings = [e for e in logs if e["event"] == "job cannot start"]
+    assert len(warnings) == 1
+    assert "nowhere.example" in warnings[0]["error"]
+    assert warnings[0]["retry_in"] == 30.0
