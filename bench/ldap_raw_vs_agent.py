@@ -1,10 +1,17 @@
-"""Benchmark: raw bonsai search rates against slapd vs ``LdapDirectory.search`` at the same concurrency.
+"""Benchmark: raw bonsai searches against slapd vs the same lookups through our stack, in one run.
 
-Usage: ``.venv/bin/python bench/ldap_raw_vs_agent.py [--users 10000] [--queries 4000] [--concurrency 16]``
-It starts its own throwaway slapd (``scripts/servers.sh`` with a separate state dir and port), loads
-``--users`` inetOrgPerson entries with slapadd, measures, and stops it (``--keep`` leaves it running).
-Also measures the CPU burnt while a reply is pending (slapd paused 2 s): stock bonsai vs our
-readable-only connection. Prints result lines; asserts nothing. (The SCIM-through-agent part is to come.)
+    .venv/bin/python -m bench.ldap_raw_vs_agent [--users 10000] [--queries 4000] [--concurrency 16]
+
+A throwaway slapd (``bench/slapd.py``: own state folder and port, ``--users`` loaded with slapadd) is
+started and stopped. For concurrency 1 and ``--concurrency`` it measures lookups of one user by uid:
+  - raw bonsai: one connection per worker, ``(uid=…)`` under ou=people, no paging, default attributes
+    (stock bonsai, the baseline of the ratios; also with our readable-only connection class);
+  - ``LdapDirectory.search``: the plugin (pool, paging, entry conversion), same filter;
+  - SCIM: ``GET /Users?filter=userName eq "…"`` signed, through the local transport, the dispatcher,
+    the SCIM handler and the plugin (requester and agent share this process and its one core);
+and prints each rate and its ratio to raw (target for SCIM at ``--concurrency``: >= 0.7). It also
+measures the CPU burnt while a reply is pending (slapd paused 2 s): stock bonsai vs our
+readable-only connection. Prints result lines; asserts nothing.
 """
 
 from __future__ import annotations
@@ -14,43 +21,16 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import bonsai
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench.common import result
+from bench.slapd import ROOT_DN, ROOT_PW, SUFFIX, ThrowawaySlapd, local_agent, uid
 from plugins.directory import Entry
-from plugins.ldap import LdapDirectory, LdapSettings
+from plugins.ldap import LdapDirectory
 from plugins.ldap.connection import ReadableOnlyConnection
-
-REPO = Path(__file__).resolve().parents[1]
-SUFFIX = "dc=example,dc=com"
-ROOT_DN, ROOT_PW = f"cn=admin,{SUFFIX}", "secret"
-
-
-def write_ldif(path: Path, users: int) -> None:
-    with path.open("w") as out:
-        for i in range(users):
-            uid = f"user{i:06d}"
-            out.write(
-                f"dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: Test User {i}\n"
-                f"sn: User{i}\ngivenName: Test\nmail: {uid}@example.com\nemployeeNumber: {i}\n\n"
-            )
-
-
-def servers(state: Path, port: int, *args: str) -> None:
-    env = {
-        **os.environ,
-        "CLOUDPROV_SERVERS_DIR": str(state),
-        "CLOUDPROV_SLAPD_PORT": str(port),
-        "CLOUDPROV_SLAPD_TLS_PORT": str(port + 1),
-    }
-    subprocess.run([str(REPO / "scripts" / "servers.sh"), *args], check=True, env=env, capture_output=True)
+from service.client import ScimClient
 
 
 def client(url: str, cls: type | None = None) -> bonsai.LDAPClient:
@@ -61,14 +41,14 @@ def client(url: str, cls: type | None = None) -> bonsai.LDAPClient:
     return made
 
 
-async def raw_rate(url: str, uids: list[str], concurrency: int) -> float:
-    conns = [await client(url).connect(is_async=True) for _ in range(concurrency)]
-    queue = list(uids)
+async def raw_rate(url: str, uids: list[str], concurrency: int, cls: type | None = None) -> float:
+    conns = [await client(url, cls).connect(is_async=True) for _ in range(concurrency)]
+    queue = iter(uids)
 
     async def worker(conn: bonsai.asyncio.AIOLDAPConnection) -> None:
-        while queue:
-            uid = queue.pop()
-            await conn.search(f"ou=people,{SUFFIX}", bonsai.LDAPSearchScope.ONELEVEL, f"(uid={uid})")
+        for name in queue:
+            found = await conn.search(f"ou=people,{SUFFIX}", bonsai.LDAPSearchScope.ONELEVEL, f"(uid={name})")
+            assert len(found) == 1
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
@@ -78,15 +58,28 @@ async def raw_rate(url: str, uids: list[str], concurrency: int) -> float:
     return len(uids) / elapsed
 
 
-async def agent_rate(directory: LdapDirectory, uids: list[str], concurrency: int) -> float:
-    queue = list(uids)
+async def plugin_rate(directory: LdapDirectory, uids: list[str], concurrency: int) -> float:
+    queue = iter(uids)
 
     async def worker() -> None:
-        while queue:
-            uid = queue.pop()
+        for name in queue:
             found: list[Entry] = []
-            async for page in directory.search(f"ou=people,{SUFFIX}", f"(uid={uid})"):
+            async for page in directory.search(f"ou=people,{SUFFIX}", f"(uid={name})"):
                 found.extend(page)
+            assert len(found) == 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(uids) / (time.perf_counter() - start)
+
+
+async def scim_rate(scim: ScimClient, uids: list[str], concurrency: int) -> float:
+    queue = iter(uids)
+
+    async def worker() -> None:
+        for name in queue:
+            body = await scim.ok("GET", "/Users", {"filter": f'userName eq "{name}"'})
+            assert body["totalResults"] == 1, body
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -110,46 +103,45 @@ async def wait_cpu(url: str, pid: int, cls: type | None) -> float:
     return used
 
 
-async def measure(url: str, pid: int, users: int, queries: int, concurrency: int, state: Path) -> None:
+async def measure(slapd: ThrowawaySlapd, queries: int, concurrency: int) -> None:
     rng = random.Random(7)
-    uids = [f"user{rng.randrange(users):06d}" for _ in range(queries)]
-    settings = LdapSettings(
-        urls=(url,), bind_dn=ROOT_DN, password=ROOT_PW, base_dns=(SUFFIX,), pool_size=concurrency, state_dir=state
-    )
-    async with LdapDirectory(settings) as directory:
-        await agent_rate(directory, uids[:200], concurrency)  # warm the pool
+    uids = [uid(rng.randrange(slapd.users)) for _ in range(queries)]
+    settings = slapd.settings(pool_size=concurrency)
+    async with LdapDirectory(settings) as directory, local_agent(settings) as scim:
+        await plugin_rate(directory, uids[:200], concurrency)  # warm the pools
+        await scim_rate(scim, uids[:200], concurrency)
         for conc in (1, concurrency):
-            raw = await raw_rate(url, uids, conc)
-            ours = await agent_rate(directory, uids, conc)
-            print(
-                f"RESULT search users={users} concurrency={conc}: raw bonsai {raw:,.0f}/s, "
-                f"LdapDirectory {ours:,.0f}/s, ratio {ours / raw:.2f}"
+            raw = await raw_rate(slapd.url, uids, conc)
+            readable = await raw_rate(slapd.url, uids, conc, ReadableOnlyConnection)
+            plugin = await plugin_rate(directory, uids, conc)
+            through_agent = await scim_rate(scim, uids, conc)
+            result(
+                f"ldap_raw_vs_agent.lookup users={slapd.users} concurrency={conc}",
+                raw_per_s=round(raw),
+                raw_readable_only_per_s=round(readable),
+                plugin_per_s=round(plugin),
+                plugin_ratio=round(plugin / raw, 2),
+                scim_per_s=round(through_agent),
+                scim_ratio=round(through_agent / raw, 2),
+                scim_ratio_to_readable_only=round(through_agent / readable, 2),
+                **({"target_scim_ratio": 0.7} if conc == concurrency else {}),
             )
-    stock = await wait_cpu(url, pid, None)
-    fixed = await wait_cpu(url, pid, ReadableOnlyConnection)
-    print(f"RESULT wait CPU over 2 s on a paused server: stock bonsai {stock:.2f} s, ours {fixed:.3f} s")
+    stock = await wait_cpu(slapd.url, slapd.pid, None)
+    fixed = await wait_cpu(slapd.url, slapd.pid, ReadableOnlyConnection)
+    result("ldap_raw_vs_agent.wait_cpu_2s", stock_bonsai_s=round(stock, 2), ours_s=round(fixed, 3))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=4_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--port", type=int, default=3390)
     parser.add_argument("--keep", action="store_true", help="leave the benchmark slapd running")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="cloudprov-bench-"))
-    ldif = state / "users.ldif"
-    write_ldif(ldif, args.users)
-    started = time.perf_counter()
-    servers(state, args.port, "load-slapd", str(ldif))
-    print(f"loaded {args.users} users with slapadd in {time.perf_counter() - started:.1f} s (state {state})")
-    pid = int((state / "slapd" / "slapd.pid").read_text())
-    try:
-        asyncio.run(measure(f"ldap://127.0.0.1:{args.port}", pid, args.users, args.queries, args.concurrency, state))
-    finally:
-        if not args.keep:
-            servers(state, args.port, "stop", "slapd")
+    with ThrowawaySlapd(args.users, args.port, keep=args.keep) as slapd:
+        print(f"loaded {args.users} users with slapadd in {slapd.load_seconds:.1f} s (state {slapd.state})")
+        asyncio.run(measure(slapd, args.queries, args.concurrency))
 
 
 if __name__ == "__main__":
