@@ -9,6 +9,7 @@ seconds (bounded LRU); our own renames and deletes invalidate them at once.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -26,6 +27,14 @@ CACHE_SIZE = 10_000
 #: More DNs to resolve than this at once are looked up by searches, ``SEARCH_CHUNK`` RDN values a search.
 SEARCH_FROM = 32
 SEARCH_CHUNK = 250
+#: A DN of plain ASCII names: no spaces, escapes, quotes, OIDs or multi-valued RDNs.
+_PLAIN_DN = re.compile(r"[A-Za-z][A-Za-z0-9-]*=[A-Za-z0-9._@-]+(?:,[A-Za-z][A-Za-z0-9-]*=[A-Za-z0-9._@-]+)*")
+
+
+def normalized(dn: str) -> str:
+    """``dnlib.normalize(dn)``, without parsing the common plain DN, whose comparison form is its lower case
+    (a full read of a large directory normalises every DN it lists)."""
+    return dn.lower() if _PLAIN_DN.fullmatch(dn) else dnlib.normalize(dn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +88,11 @@ class References:
         self._lookups = asyncio.Semaphore(16)
 
     def _remember(self, ref: Ref) -> None:
-        self._by_dn.put(dnlib.normalize(ref.dn), ref)
+        self._by_dn.put(normalized(ref.dn), ref)
         self._by_id.put(ref.id, ref)
 
     def forget(self, ref: Ref) -> None:
-        self._by_dn.pop(dnlib.normalize(ref.dn))
+        self._by_dn.pop(normalized(ref.dn))
         self._by_id.pop(ref.id)
 
     def ref_of(self, entry: Entry, mapping: ResourceMapping | None = None) -> Ref | None:
@@ -132,7 +141,7 @@ class References:
         missing: dict[str, str] = {}
         for dn in dns:
             try:
-                key = dnlib.normalize(dn)
+                key = normalized(dn)
             except InvalidDNError:
                 continue
             ref = self._by_dn.get(key)
@@ -166,7 +175,7 @@ class References:
             rdns = dnlib.parse(dn)
             if rdns and len(rdns[0].avas) == 1:
                 ava, parent = rdns[0].avas[0], dnlib.to_string(rdns[1:])
-                key = (dnlib.normalize(parent), ava.attribute.lower())
+                key = (normalized(parent), ava.attribute.lower())
                 wanted.setdefault(key, (parent, []))[1].append(ava.value)
 
         async def look_up(parent: str, attribute: str, values: list[str]) -> None:
@@ -177,7 +186,7 @@ class References:
                         parent, f"(|{terms})", scope=Scope.ONELEVEL, attributes=attributes, page_size=len(values)
                     ):
                         for entry in page:
-                            key = dnlib.normalize(entry.dn)
+                            key = normalized(entry.dn)
                             if key in missing and (ref := self.ref_of(entry)) is not None:
                                 found[key] = ref
                 except DirectoryError:

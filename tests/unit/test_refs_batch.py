@@ -6,7 +6,8 @@ from typing import Any
 
 from agent.scim import refs as refs_module
 from agent.scim.profile import load_profile
-from agent.scim.refs import References
+from agent.scim.refs import References, normalized
+from plugins import dn as dnlib
 from plugins.memory import MemoryDirectory, MemorySettings
 
 BASE = "dc=example,dc=com"
@@ -63,3 +64,30 @@ async def test_few_dns_are_read_one_by_one() -> None:
         assert len(found) == 5
         assert directory.gets == 5
         assert directory.searches == 0
+
+
+def test_the_fast_normal_form_is_the_normal_form() -> None:
+    plain = [
+        "uid=user000001,ou=people,dc=example,dc=com",
+        "CN=Group-0001,OU=Groups,DC=Example,DC=Com",
+        "uid=a.b_c@d,ou=x",
+        "o=x",
+    ]
+    tricky = [
+        "uid=a b,ou=people,dc=example,dc=com",
+        "uid=a  b ,ou=people",
+        "cn=a+sn=b,ou=people",
+        "cn=Smith\\, John,ou=people",
+        "2.5.4.3=x,ou=people",
+        "uid=#04024142,ou=people",
+        "uid=Ärger,ou=people",
+        'cn=\\"quoted\\",ou=people',
+        "uid = a , ou = people",
+        "",
+    ]
+    for dn in plain + tricky:
+        assert normalized(dn) == dnlib.normalize(dn), dn
+    for dn in plain:
+        assert refs_module._PLAIN_DN.fullmatch(dn)
+    for dn in tricky:
+        assert not refs_module._PLAIN_DN.fullmatch(dn)
