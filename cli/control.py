@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,11 +26,13 @@ from agent.logging import configure
 if TYPE_CHECKING:
     from service.config import ServiceSettings
     from service.control.app import ControlPlaneServer
+    from service.health import ServiceHealth
 
 
 def cmd_service_run(args: argparse.Namespace) -> int:
     from service.config import ServiceConfigError, load_service_settings
     from service.control.app import ControlPlaneServer
+    from service.health import ServiceHealth
 
     try:
         settings = load_service_settings(args.config)
@@ -43,9 +46,13 @@ def cmd_service_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with ControlPlaneServer(settings) as server:
+        async with ControlPlaneServer(settings) as server, contextlib.AsyncExitStack() as stack:
+            health = None
+            if settings.health.enabled:
+                health = ServiceHealth(settings.health, server=server, expect_scheduler=settings.provisioning.enabled)
+                await stack.enter_async_context(health.serving())
             if settings.provisioning.enabled:
-                await run_provisioning(settings, server, stop)
+                await run_provisioning(settings, server, stop, health)
             else:
                 await stop.wait()
 
@@ -53,8 +60,11 @@ def cmd_service_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_provisioning(settings: ServiceSettings, server: ControlPlaneServer, stop: asyncio.Event) -> None:
-    """The provisioning scheduler next to the control plane: its endpoints, its active signing key."""
+async def run_provisioning(
+    settings: ServiceSettings, server: ControlPlaneServer, stop: asyncio.Event, health: ServiceHealth | None = None
+) -> None:
+    """The provisioning scheduler next to the control plane: its endpoints, its active signing key
+    (``health``: fed by the scheduler's cycle and progress hooks, told while the scheduler runs)."""
     from service.provisioning.jobs import Scheduler
     from service.provisioning.state import StateStore
     from service.provisioning.wiring import JobWiring
@@ -77,8 +87,16 @@ async def run_provisioning(settings: ServiceSettings, server: ControlPlaneServer
             rules_for=wiring.rules_for,
             replica=section.replica,
             poll=section.poll,
+            on_progress=health.on_progress if health is not None else None,
+            on_cycle=health.on_cycle if health is not None else None,
         )
-        await scheduler.run(stop)
+        if health is not None:
+            health.attach(state)
+        try:
+            await scheduler.run(stop)
+        finally:
+            if health is not None:
+                health.detach()
 
 
 def cmd_agent_register(args: argparse.Namespace) -> int:

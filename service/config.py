@@ -82,6 +82,25 @@ class ProvisioningSection(Section):
     poll: float = Field(default=1.0, gt=0, description="Seconds between looks for jobs that are due.")
 
 
+class HealthSection(Section):
+    """The health and metrics HTTP server (``/healthz``, ``/readyz``, ``/metrics``) of ``cloudprov service run``."""
+
+    enabled: bool = Field(default=True, description="Serve /healthz, /readyz and /metrics on their own port.")
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104  # probes come from the kubelet over the pod IP, not loopback
+        description="Address to listen on: 0.0.0.0 so a kubelet can probe a container; 127.0.0.1 on a shared VM.",
+    )
+    port: int = Field(default=8082, ge=0, le=65535, description="Port to listen on (0: a free port, logged at start).")
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between event-loop heartbeats.")
+    max_loop_lag: float = Field(
+        default=10.0, gt=0, description="/healthz fails when the last heartbeat is this many seconds overdue."
+    )
+    check_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between store and listener checks for /readyz (the result is cached)."
+    )
+    check_timeout: float = Field(default=5.0, gt=0, description="Seconds one store or listener check may take.")
+
+
 class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -92,6 +111,7 @@ class ServiceSettings(Section):
     store: StoreSection = Field(default_factory=StoreSection)
     admin: AdminSection = Field(default_factory=AdminSection)
     provisioning: ProvisioningSection = Field(default_factory=ProvisioningSection)
+    health: HealthSection = Field(default_factory=HealthSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     @property
