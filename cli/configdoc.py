@@ -2,8 +2,9 @@
 
 What it is
     ``render()`` walks ``AgentSettings`` section by section and the settings model of every built-in
-    directory plugin (``memory``, ``ldap``), nested models included, and writes one table per model:
-    key, type, default, environment variable, description (the ``description=`` of each field).
+    directory plugin (``memory``, ``ldap``), then the service's ``ServiceSettings``, nested models
+    included, and writes one table per model: key, type, default, environment variable, description
+    (the ``description=`` of each field).
 
 Usage
     ``python -m cli.configdoc`` rewrites ``docs/configuration.md``; ``python -m cli.configdoc --check``
@@ -31,6 +32,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from agent.config import ENV_PREFIX, AgentSettings
+from service.config import ENV_PREFIX as SERVICE_ENV_PREFIX
+from service.config import ServiceSettings
 
 TARGET = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 PLUGINS = ("memory", "ldap")
@@ -46,6 +49,13 @@ variable `CLOUDPROV__SECTION__KEY` (nested keys add `__KEY` parts; values are re
 so `[a, b]` is a list); the environment wins over the file. String values may use `${NAME}` and
 `${NAME:-default}`; secrets and keys may be `file:/path` to read a mounted file (trailing newline
 dropped). `cloudprov config check agent.yaml` validates a file and names each faulty key.
+"""
+
+SERVICE_HEADER = """# Service (`cloudprov service run`)
+
+The service reads its own YAML file (`cloudprov service run -c service.yaml`) with the same rules:
+`${NAME}` / `${NAME:-default}` references, `file:/path` secrets, and environment variables
+`CLOUDPROV_SERVICE__SECTION__KEY` that win over the file.
 """
 
 
@@ -145,6 +155,15 @@ def render() -> str:
         if doc := _doc(settings_class):
             out.append(doc + "\n")
         out += [*_table(settings_class, "directory", ENV_PREFIX + "DIRECTORY"), ""]
+    out.append(SERVICE_HEADER)
+    for section, field in ServiceSettings.model_fields.items():
+        model = _nested_model(field.annotation)
+        if model is None:
+            continue
+        out.append(f"## service `{section}`\n")
+        if doc := _doc(model):
+            out.append(doc + "\n")
+        out += [*_table(model, section, SERVICE_ENV_PREFIX + section.upper()), ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from agent.config import AgentSettings
 from cli import configdoc
+from service.config import ServiceSettings
 
 
 def test_configuration_reference_matches_the_models() -> None:
@@ -28,6 +29,21 @@ def test_reference_names_every_setting_with_its_environment_variable() -> None:
             assert f"`CLOUDPROV__{section.upper()}__{name.upper()}`" in text
     assert "`directory.faults.error_rate`" in text
     assert "`directory.bind_dn`" in text
+
+
+def test_reference_names_every_service_setting_with_its_environment_variable() -> None:
+    """Every field of every ServiceSettings section is in the service part with its CLOUDPROV_SERVICE__ variable."""
+    pytest.importorskip("bonsai", reason="the ldap plugin's settings are part of the reference")
+    text = configdoc.render()
+    service_part = text.split("# Service (`cloudprov service run`)", 1)[1]
+    for section, field in ServiceSettings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type)
+        assert f"## service `{section}`" in service_part
+        for name in model.model_fields:
+            assert f"`{section}.{name}`" in service_part
+            assert f"`CLOUDPROV_SERVICE__{section.upper()}__{name.upper()}`" in service_part
+    assert "`health.port` | int | `8082`" in service_part
 
 
 def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
