@@ -17,6 +17,7 @@ import yaml
 
 from agent.config import AgentSettings, env_overrides, load_settings
 from agent.metrics import METRIC_NAMES
+from service.health import METRIC_NAMES as SERVICE_METRIC_NAMES
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -188,12 +189,24 @@ def test_systemd_unit_is_hardened() -> None:
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
+def _dashboard_metrics(prefix: str) -> set[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "cloudprov-agent.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    return {name for expr in exprs for name in re.findall(prefix + r"_[a-z_]+", expr)}
+
+
 def test_grafana_dashboard_uses_only_metrics_the_agent_exposes() -> None:
     """Every metric the Grafana dashboard queries is one agent/metrics.py exposes, and it queries most of them."""
     dashboard = json.loads((DEPLOY / "grafana" / "cloudprov-agent.json").read_text())
-    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    used = {name for expr in exprs for name in re.findall(r"cloudprov_agent_[a-z_]+", expr)}
+    used = _dashboard_metrics("cloudprov_agent")
     assert used <= METRIC_NAMES, used - METRIC_NAMES
     assert len(used) >= len(METRIC_NAMES) - 2
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_grafana_dashboard_uses_only_metrics_the_service_exposes() -> None:
+    """Every cloudprov_service_* metric the dashboard queries is one service/health.py exposes, and it queries all."""
+    used = _dashboard_metrics("cloudprov_service")
+    assert used <= SERVICE_METRIC_NAMES, used - SERVICE_METRIC_NAMES
+    assert used == SERVICE_METRIC_NAMES
