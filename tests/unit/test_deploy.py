@@ -17,6 +17,7 @@ import yaml
 
 from agent.config import AgentSettings, env_overrides, load_settings
 from agent.metrics import METRIC_NAMES
+from service.config import load_service_settings
 from service.health import METRIC_NAMES as SERVICE_METRIC_NAMES
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -115,8 +116,31 @@ def test_agent_config_map_is_a_valid_agent_configuration(tmp_path: Path) -> None
     assert settings.signing.public_keys["k1"] == secrets["signing-k1.pub"]
 
 
+def test_service_probes_and_scrape_target_use_the_configured_health_port(tmp_path: Path) -> None:
+    """The service ConfigMap is a valid service configuration; probes and the scrape annotation use its health port."""
+    configmap = _documents(KUBERNETES / "service" / "configmap.yaml")[0]
+    text = configmap["data"]["service.yaml"].replace("/run/secrets/cloudprov/", f"{tmp_path}/")
+    for name in ("key-secret", "admin-token"):
+        (tmp_path / name).write_text(f"{name}-value\n")
+    (tmp_path / "service.yaml").write_text(text)
+    settings = load_service_settings(tmp_path / "service.yaml", env={"POSTGRES_URL": "postgresql://db/cloudprov"})
+    assert settings.store_url == settings.provisioning_state_url == "postgresql://db/cloudprov"
+    assert settings.admin.token is not None
+    assert settings.admin.token.get_secret_value() == "admin-token-value"
+    pod = _documents(KUBERNETES / "service" / "deployment.yaml")[0]["spec"]["template"]
+    container = next(c for c in pod["spec"]["containers"] if c["name"] == "service")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.control.port, "health": settings.health.port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(settings.health.port)
+    service = _documents(KUBERNETES / "service" / "service.yaml")[0]
+    assert {"name": "health", "port": settings.health.port, "targetPort": "health"} in service["spec"]["ports"]
+
+
 def test_compose_file_has_the_whole_stack() -> None:
-    """compose.yaml runs service, agent, RabbitMQ and OpenLDAP; the agent is non-root, read-only and health-gated."""
+    """compose.yaml runs service, agent, RabbitMQ and OpenLDAP; the agent is non-root, read-only and health-gated;
+    the service's environment is a valid service configuration and its healthcheck uses its health port."""
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     assert {"service", "agent", "rabbitmq", "openldap"} <= set(services)
@@ -130,6 +154,9 @@ def test_compose_file_has_the_whole_stack() -> None:
         assert "healthcheck" in services[name]
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./secrets/")
+    service = services["service"]
+    settings = load_service_settings(env={k: str(v) for k, v in service["environment"].items()})
+    assert f":{settings.health.port}/healthz" in " ".join(service["healthcheck"]["test"])
     overrides = env_overrides({k: str(v) for k, v in agent["environment"].items()})
     assert set(overrides) <= set(AgentSettings.model_fields)
     for section, values in overrides.items():
