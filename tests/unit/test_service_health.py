@@ -4,6 +4,11 @@ known sync cycles (scraped over HTTP and parsed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +205,42 @@ async def test_metrics_after_known_cycles(h: AgentHarness, tmp_path: Path) -> No
     names = {name for name, _labels in samples if not name.endswith("_created")}
     assert names <= METRIC_NAMES, names - METRIC_NAMES
     assert METRIC_NAMES - names <= {"cloudprov_service_change_failures_total"}
+
+
+async def test_service_run_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`cloudprov service run` starts the health server: /readyz turns 200, /metrics answers, SIGTERM exits 0."""
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        f"control: {{port: 0, public_hosts: [127.0.0.1], state_dir: {tmp_path / 'state'}}}\n"
+        "provisioning: {poll: 0.05}\n"
+        "health: {host: 127.0.0.1, port: 0, check_interval: 0.05}\n"
+        "logging: {format: json}\n"
+    )
+    script = Path(sys.executable).with_name("cloudprov")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    proc = await asyncio.create_subprocess_exec(
+        *command, "service", "run", "-c", str(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert proc.stdout is not None
+        health = ServiceHealth(_settings())
+        async with asyncio.timeout(30):
+            while health.port is None:
+                line = await proc.stdout.readline()
+                assert line, "service run exited before its health server listened"
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "health server listening":
+                        health.port = int(event["port"])
+        rest = asyncio.create_task(proc.stdout.read())  # keep the pipe drained
+        assert await _until(health, 200) == {"ready": True, "reasons": []}
+        assert (await _get(health, "/healthz"))[0] == 200
+        assert "cloudprov_service_ready 1.0" in (await _get(health, "/metrics"))[1]
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+        await rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
