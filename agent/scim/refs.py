@@ -172,11 +172,15 @@ class References:
         (``SEARCH_CHUNK`` to a filter) instead of one read per DN (a group of 50,000 members)."""
         wanted: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (parent, attribute) normalised
         for dn in missing.values():
-            rdns = dnlib.parse(dn)
-            if rdns and len(rdns[0].avas) == 1:
-                ava, parent = rdns[0].avas[0], dnlib.to_string(rdns[1:])
-                key = (normalized(parent), ava.attribute.lower())
-                wanted.setdefault(key, (parent, []))[1].append(ava.value)
+            if _PLAIN_DN.fullmatch(dn):  # no escapes: split the string, do not parse it
+                rdn, _, parent = dn.partition(",")
+                attribute, _, value = rdn.partition("=")
+            else:
+                rdns = dnlib.parse(dn)
+                if not rdns or len(rdns[0].avas) != 1:
+                    continue
+                attribute, value, parent = rdns[0].avas[0].attribute, rdns[0].avas[0].value, dnlib.to_string(rdns[1:])
+            wanted.setdefault((normalized(parent), attribute.lower()), (parent, []))[1].append(value)
 
         async def look_up(parent: str, attribute: str, values: list[str]) -> None:
             terms = "".join(f"({attribute}={escape_value(value)})" for value in values)

@@ -91,3 +91,15 @@ def test_the_fast_normal_form_is_the_normal_form() -> None:
         assert refs_module._PLAIN_DN.fullmatch(dn)
     for dn in tricky:
         assert not refs_module._PLAIN_DN.fullmatch(dn)
+
+
+async def test_escaped_and_plain_member_dns_are_both_found_by_search() -> None:
+    async with CountingDirectory(MemorySettings()) as directory:
+        dns = await _users(directory, 40)
+        odd = f"uid=Smith\\, J,ou=people,{BASE}"
+        await directory.add(odd, {"objectClass": ["inetOrgPerson"], "uid": ["Smith, J"], "cn": ["J"], "sn": ["S"]})
+        references = References(directory, load_profile("openldap"), BASE)
+        directory.gets = 0
+        found = await references.refs_for([*dns, odd])
+        assert len(found) == 41
+        assert directory.gets == 0
