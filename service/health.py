@@ -191,6 +191,9 @@ class ServiceHealth:
             staged = len(await self.state.staged_deletes(job.id))
             jobs[job.id] = (job.state == "quarantined", job.failures, staged)
         self.jobs = jobs
+        for gone in (set(self.rates) | set(self.synced_as_of)) - set(jobs):  # deleted jobs leave no series
+            self.rates.pop(gone, None)
+            self.synced_as_of.pop(gone, None)
 
     def not_ready_reasons(self) -> list[str]:
         return list(self.problems)

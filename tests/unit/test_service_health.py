@@ -168,6 +168,9 @@ async def test_metrics_after_known_cycles(h: AgentHarness, tmp_path: Path) -> No
         await scheduler.aclose()
         await health.check_once()
         samples = await _scrape(health)
+        await state.delete_job("a")
+        await health.check_once()
+        after_delete = await _scrape(health)
 
     outcomes = [(job_id, r.kind, r.outcome) for job_id, r in reports]
     assert outcomes == [
@@ -205,6 +208,12 @@ async def test_metrics_after_known_cycles(h: AgentHarness, tmp_path: Path) -> No
     names = {name for name, _labels in samples if not name.endswith("_created")}
     assert names <= METRIC_NAMES, names - METRIC_NAMES
     assert METRIC_NAMES - names <= {"cloudprov_service_change_failures_total"}
+    gauges = {
+        f"cloudprov_service_{name}"
+        for name in ("objects_per_second", "lag_seconds", "job_quarantined", "job_failures", "staged_deletions")
+    }
+    left = {name for name, labels in after_delete if ("job_id", "a") in labels and name in gauges}
+    assert left == set(), "a deleted job's gauges are gone (its counters stay)"
 
 
 async def test_service_run_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
