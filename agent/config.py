@@ -10,47 +10,35 @@ also be ``file:/path`` to read them from a mounted file. Environment variables n
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+from protocol import configfile
+from protocol.configfile import ConfigFileError, read_file_ref
+
 ENV_PREFIX = "CLOUDPROV__"
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigFileError):
     """The configuration is invalid; the message lists each faulty key and what is wrong with it."""
 
 
-def _read_file_ref(value: Any) -> Any:
-    """``file:/run/secrets/x`` → the file's content without the trailing newline."""
-    if isinstance(value, str) and value.startswith("file:"):
-        path = Path(value.removeprefix("file:"))
-        try:
-            return path.read_text().rstrip("\n")
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
-    return value
-
-
 #: A secret: literal, ``${ENV}`` or ``file:/path``; never printed (``SecretStr``).
-Secret = Annotated[SecretStr, BeforeValidator(_read_file_ref)]
+Secret = Annotated[SecretStr, BeforeValidator(read_file_ref)]
 #: A non-secret value that may still come from a mounted file (public keys, CA bundles).
-FileOrText = Annotated[str, BeforeValidator(_read_file_ref)]
+FileOrText = Annotated[str, BeforeValidator(read_file_ref)]
 
 
 class Section(BaseModel):
@@ -91,7 +79,7 @@ class DirectorySection(BaseModel):
     def _read_secret_files(cls, data: Any) -> Any:
         """Plugin settings may be ``file:/run/secrets/…`` too (a bind password): read them here."""
         if isinstance(data, dict):
-            return {key: _read_file_ref(value) if key != "plugin" else value for key, value in data.items()}
+            return {key: read_file_ref(value) if key != "plugin" else value for key, value in data.items()}
         return data
 
 
@@ -196,87 +184,14 @@ class AgentSettings(Section):
     health: HealthSection = Field(default_factory=HealthSection)
 
 
-def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
-    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"{where}: environment variable {name} is not set (referenced as ${{{name}}})")
-
-    return _ENV_REF.sub(substitute, value)
-
-
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``CLOUDPROV__TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}`` (``[a, b]`` and ``{k: v}`` as YAML)."""
-    tree: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [part.lower() for part in name.removeprefix(ENV_PREFIX).split("__") if part]
-        if not path:
-            continue
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        # Scalars stay text (pydantic converts "5" or "true" where the field wants it, and an id such
-        # as "0042" stays "0042"); only YAML lists and mappings are parsed.
-        try:
-            parsed = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            parsed = raw
-        node[path[-1]] = parsed if isinstance(parsed, list | dict) else raw
-    return tree
-
-
-def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling and section)"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+    return configfile.env_overrides(env, ENV_PREFIX)
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AgentSettings:
     """Read, interpolate and validate the agent's YAML file (None: defaults plus env overrides)."""
-    env = os.environ if env is None else env
-    source = str(path) if path else "defaults"
-    data: Any = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
-    data = merge(interpolate(data, env), env_overrides(env))
     try:
-        return AgentSettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        return configfile.load_model(AgentSettings, path, os.environ if env is None else env, ENV_PREFIX)
+    except ConfigFileError as error:
+        raise ConfigError(str(error)) from None

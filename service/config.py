@@ -10,35 +10,24 @@ variables ``CLOUDPROV_SERVICE__SECTION__KEY`` override the file. ``load_service_
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+
+from protocol.configfile import ConfigFileError, load_model, read_file_ref
 
 ENV_PREFIX = "CLOUDPROV_SERVICE__"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DAY = 86_400.0
 
 
-class ServiceConfigError(Exception):
+class ServiceConfigError(ConfigFileError):
     """The service configuration is invalid; the message lists each faulty key."""
 
 
-def _file_ref(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("file:"):
-        path = Path(value.removeprefix("file:"))
-        try:
-            return path.read_text().rstrip("\n")
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
-    return value
-
-
 #: A secret: literal, ``${ENV}`` or ``file:/path``; never printed.
-Secret = Annotated[SecretStr, BeforeValidator(_file_ref)]
+Secret = Annotated[SecretStr, BeforeValidator(read_file_ref)]
 
 
 class Section(BaseModel):
@@ -123,70 +112,9 @@ class ServiceSettings(Section):
         return self.provisioning.state_url or f"sqlite:///{self.control.state_dir / 'provisioning.db'}"
 
 
-def _interpolate(value: Any, env: Mapping[str, str], where: str) -> Any:
-    if isinstance(value, dict):
-        return {k: _interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ServiceConfigError(f"{where}: environment variable {name} is not set")
-
-    return _ENV_REF.sub(substitute, value)
-
-
-def _overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name.removeprefix(ENV_PREFIX).split("__") if p]
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        if path:
-            node[path[-1]] = yaml.safe_load(raw) if raw else raw
-    return tree
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        is_tree = isinstance(value, Mapping) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if is_tree else value
-    return merged
-
-
 def load_service_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServiceSettings:
     """Read, interpolate and validate the service's YAML file (None: defaults plus env overrides)."""
-    env = os.environ if env is None else env
-    source = str(path) if path else "defaults"
-    data: Any = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise ServiceConfigError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ServiceConfigError(f"{source}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ServiceConfigError(f"{source}: the top level must be a mapping of sections")
-    data = _merge(_interpolate(data, env, ""), _overrides(env))
     try:
-        return ServiceSettings.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{source}: invalid configuration"]
-        for item in exc.errors():
-            key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-            message = (
-                "unknown key (check its spelling and section)" if item["type"] == "extra_forbidden" else item["msg"]
-            )
-            lines.append(f"  {key}: {message}")
-        raise ServiceConfigError("\n".join(lines)) from None
+        return load_model(ServiceSettings, path, os.environ if env is None else env, ENV_PREFIX)
+    except ConfigFileError as error:
+        raise ServiceConfigError(str(error)) from None

@@ -1,0 +1,130 @@
+"""The configuration file format the agent and the service both read.
+
+One YAML mapping of sections. String values may reference the environment as ``${NAME}`` or
+``${NAME:-default}``; secrets (and keys, CA bundles) may be ``file:/path`` to read a mounted file.
+Environment variables named ``<PREFIX>SECTION__KEY`` override the file: scalars stay text (pydantic
+converts ``"5"`` or ``"true"`` where a field wants a number or a flag, and an id such as ``0042``
+stays ``0042``); ``[a, b]`` and ``{k: v}`` are parsed as YAML. Every failure is a
+``ConfigFileError`` whose message names the file and each faulty key with its problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from protocol.errors import ProtocolError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigFileError(ProtocolError):
+    """The configuration is invalid; the message lists each faulty key and what is wrong with it."""
+
+
+def read_file_ref(value: Any) -> Any:
+    """``file:/run/secrets/x`` → the file's content without the trailing newline (other values as given)."""
+    if isinstance(value, str) and value.startswith("file:"):
+        path = Path(value.removeprefix("file:"))
+        try:
+            return path.read_text().rstrip("\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+    return value
+
+
+def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigFileError(f"{where}: environment variable {name} is not set (referenced as ${{{name}}})")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def env_overrides(env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    """``<prefix>TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}``."""
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(prefix):
+            continue
+        path = [part.lower() for part in name.removeprefix(prefix).split("__") if part]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            parsed = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            parsed = raw
+        node[path[-1]] = parsed if isinstance(parsed, list | dict) else raw
+    return tree
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def read_config(path: str | Path | None, env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    """The YAML file at ``path`` (None: empty), interpolated, with environment overrides laid over it."""
+    source = str(path) if path else "defaults"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigFileError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigFileError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigFileError(
+                f"{source}: the top level must be a mapping of sections, not {type(data).__name__}"
+            )
+    return merge(interpolate(data, env), env_overrides(env, prefix))
+
+
+def load_model(model: type[Model], path: str | Path | None, env: Mapping[str, str], prefix: str) -> Model:
+    """Read the file (see ``read_config``) and validate it into ``model``."""
+    data = read_config(path, env, prefix)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigFileError(format_validation_error(exc, str(path) if path else "defaults")) from None
