@@ -30,6 +30,7 @@ from transports.base import (
     TransportClosedError,
 )
 from transports.reconnect import Backoff, Reconnector
+from transports.replies import PendingReplies
 
 log = structlog.get_logger("cloudprov.transport.amqp")
 
@@ -53,11 +54,10 @@ class AmqpRequester(Requester):
         self._channel: AbstractChannel | None = None
         self._generation = 0
         self._declared: set[str] = set()
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._buffer = chunking.Reassembler(max_message_size=self.max_message_size * 64)
         self._closed = False
-        self.late_replies = 0
         self._log = log.bind(transport="amqp", side="requester", url=safe_url(url), requester_id=self.requester_id)
+        self._pending = PendingReplies(self._log)
 
     @classmethod
     def from_url(cls, url: str, *, options: Mapping[str, Any] | None = None) -> Self:
@@ -121,20 +121,18 @@ class AmqpRequester(Requester):
             await message.ack()
         if payload is None:
             return
-        future = self._pending.get(request_id)
-        if future is None or future.done():
-            self.late_replies += 1
-            self._log.info("late or duplicate reply dropped", request_id=request_id)
-            return
-        future.set_result(payload)
+        self._pending.resolve(request_id, payload)
+
+    @property
+    def late_replies(self) -> int:
+        """Replies that came after their request gave up, or twice."""
+        return self._pending.late
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(TransportClosedError("requester closed while awaiting the reply"))
+        self._pending.fail_all(TransportClosedError("requester closed while awaiting the reply"))
         if self._reconnector is not None:
             await self._reconnector.aclose()
         connection, self._connection = self._connection, None
@@ -149,19 +147,15 @@ class AmqpRequester(Requester):
             [frame] = chunking.encode(payload, self.max_message_size, split=False)
         except chunking.PayloadTooLargeError as exc:
             raise MessageTooLargeError(str(exc)) from exc
-        if request_id in self._pending:
-            raise ValueError(f"request {request_id} is already in flight")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
         deadline = time.monotonic() + timeout
-        try:
-            await self._send(domain, request_id, frame, deadline)
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())):
-                return await future
-        except TimeoutError:
-            raise RequestTimeoutError(f"no reply to request {request_id} within {timeout:.1f}s") from None
-        finally:
-            self._pending.pop(request_id, None)
+        with self._pending.expect(request_id) as future:
+            try:
+                await self._send(domain, request_id, frame, deadline)
+                remaining = max(0.0, deadline - time.monotonic())
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + remaining):
+                    return await future
+            except TimeoutError:
+                raise RequestTimeoutError(f"no reply to request {request_id} within {timeout:.1f}s") from None
 
     async def _send(self, domain: str, request_id: str, frame: chunking.Frame, deadline: float) -> None:
         assert self._reconnector is not None

@@ -21,6 +21,7 @@ from transports.base import (
     TransportClosedError,
 )
 from transports.reconnect import Backoff
+from transports.replies import PendingReplies
 from transports.servicebus.senders import SenderPool
 from transports.servicebus.settings import (
     RECOVERABLE_ERRORS,
@@ -50,13 +51,12 @@ class ServiceBusRequester(Requester):
         self._receiver: ServiceBusReceiver | None = None
         self._senders_: SenderPool | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._buffer = chunking.Reassembler(max_message_size=64 * 1024 * 1024)
         self._closed = False
-        self.late_replies = 0
         self._log = log.bind(
             transport="sb", side="requester", endpoint=safe_endpoint(url, self.settings), requester_id=self.requester_id
         )
+        self._pending = PendingReplies(self._log)
 
     @classmethod
     def from_url(cls, url: str, *, options: Mapping[str, Any] | None = None) -> Self:
@@ -117,20 +117,18 @@ class ServiceBusRequester(Requester):
             return
         if payload is None:
             return
-        future = self._pending.get(request_id)
-        if future is None or future.done():
-            self.late_replies += 1
-            self._log.info("late or duplicate reply dropped", request_id=request_id)
-            return
-        future.set_result(payload)
+        self._pending.resolve(request_id, payload)
+
+    @property
+    def late_replies(self) -> int:
+        """Replies that came after their request gave up, or twice."""
+        return self._pending.late
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(TransportClosedError("requester closed while awaiting the reply"))
+        self._pending.fail_all(TransportClosedError("requester closed while awaiting the reply"))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,10 +151,6 @@ class ServiceBusRequester(Requester):
             [frame] = chunking.encode(payload, self.max_message_size, split=False)
         except chunking.PayloadTooLargeError as exc:
             raise MessageTooLargeError(str(exc)) from exc
-        if request_id in self._pending:
-            raise ValueError(f"request {request_id} is already in flight")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
         deadline = time.monotonic() + timeout
         message = ServiceBusMessage(
             frame.body,
@@ -166,11 +160,10 @@ class ServiceBusRequester(Requester):
             reply_to=self.reply_queue,
             content_type="application/json",
         )
-        try:
-            async with asyncio.timeout(timeout):
-                await self._senders.send(self.settings.queue_name(domain), message, deadline)
-                return await future
-        except TimeoutError:
-            raise RequestTimeoutError(f"no reply to request {request_id} within {timeout:.1f}s") from None
-        finally:
-            self._pending.pop(request_id, None)
+        with self._pending.expect(request_id) as future:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._senders.send(self.settings.queue_name(domain), message, deadline)
+                    return await future
+            except TimeoutError:
+                raise RequestTimeoutError(f"no reply to request {request_id} within {timeout:.1f}s") from None
