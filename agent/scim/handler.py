@@ -44,6 +44,7 @@ from agent.scim.values import text
 from plugins import dn as dnlib
 from plugins.directory import (
     AttrValue,
+    ConstraintError,
     Directory,
     DirectoryError,
     Entry,
@@ -310,7 +311,7 @@ class ScimHandler:
         members = await self._member_changes(mapping, entry, operations)
         if members is not None:
             if members:
-                await self.directory.modify(entry.dn, members)
+                await self._modify_members(mapping, entry, members)
             updated = await self.directory.get(entry.dn, mapping.ldap_attributes)
             if updated is None:
                 raise not_found(f"{mapping.name} {scim_id!r} disappeared while it was being changed")
@@ -362,18 +363,27 @@ class ScimHandler:
     async def _placeholder_changes(
         self, entry: Entry, changes: list[Modification], attribute: str, placeholder: str
     ) -> list[Modification]:
-        """Keep the "no members" placeholder exactly where a group has no other member, in the same modify."""
-        added = [v for c in changes if c.op is ModOp.ADD for v in c.values]
-        if added:
-            held = await self._holds(entry, attribute, placeholder)
-            return [Modification(ModOp.DELETE, attribute, (placeholder,))] if held else []
-        removed = {text(v) for c in changes for v in c.values} | {placeholder}
-        others = "".join(f"(!({attribute}={escape_value(v)}))" for v in sorted(removed))
-        query = f"(&({attribute}=*){others})"
-        async for page in self.directory.search(entry.dn, query, scope=Scope.BASE, attributes=["objectClass"]):
-            if page:
-                return []
-        return [Modification(ModOp.ADD, attribute, (placeholder,))]
+        """Drop the "no members" placeholder, in the same modify, when real members are added."""
+        if any(c.op is ModOp.ADD for c in changes) and await self._holds(entry, attribute, placeholder):
+            return [Modification(ModOp.DELETE, attribute, (placeholder,))]
+        return []
+
+    async def _modify_members(self, mapping: ResourceMapping, entry: Entry, changes: list[Modification]) -> None:
+        """Apply member changes; if the server refuses a group left without members, keep the placeholder.
+
+        Whether other members remain cannot be asked with a filter ((!(member=x)) is false while x is
+        one of several values), and reading a 50,000-member group to find out is what value-level
+        changes avoid: so the modify is tried as it is, and only a refusal (groupOfNames must have a
+        member) is retried, atomically, with the placeholder added.
+        """
+        try:
+            await self.directory.modify(entry.dn, changes)
+        except ConstraintError:
+            placeholder = members_placeholder(mapping)
+            if placeholder is None or not any(c.op is ModOp.DELETE for c in changes):
+                raise
+            attribute, value = placeholder
+            await self.directory.modify(entry.dn, [*changes, Modification(ModOp.ADD, attribute, (value,))])
 
     async def _holds(self, entry: Entry, attribute: str, value: str) -> bool:
         """Whether ``entry`` has ``value`` in ``attribute``, asked of the server (no full read of a big group)."""

@@ -74,26 +74,10 @@ async def agent_target() -> AsyncIterator[ScimTarget]:
             yield target
 
 
-#: agent.scim keeps openldap's empty-DN "no members" placeholder in step by asking whether other members
-#: remain with ``(!(member=x))`` terms, which are false while the entry still holds x: removing some
-#: (not all) members adds the placeholder, and the next removal fails with attributeOrValueExists.
-AGENT_PLACEHOLDER_BUG = "agent.scim re-adds the empty-DN member placeholder on a partial removal (reported)"
-
-
 class TestScimTargetOverAgent(TargetBehaviour):
     @pytest.fixture
     def target(self, agent_target: ScimTarget) -> ScimTarget:
         return agent_target
-
-    @pytest.mark.xfail(strict=True, reason=AGENT_PLACEHOLDER_BUG, raises=TargetRejectedError)
-    async def test_change_members_in_many_batches(self, target: ScimTarget) -> None:
-        """More members than one batch holds are all added, then all removed (xfail: agent bug)."""
-        await super().test_change_members_in_many_batches(target)
-
-    @pytest.mark.xfail(strict=True, reason=AGENT_PLACEHOLDER_BUG, raises=TargetRejectedError)
-    async def test_members_removed_one_at_a_time_until_empty(self, target: ScimTarget) -> None:
-        """Successive removals leave exactly the others each time (xfail: agent bug)."""
-        await super().test_members_removed_one_at_a_time_until_empty(target)
 
 
 # ---------------------------------------------------------------------- scim2-server, in a process of its own
