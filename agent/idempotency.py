@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 #: Bytes of responses kept at most: redeliveries come soon after the first copy, and a full read of a
 #: large directory (pages of thousands of resources) must not keep every page it returned.
-MAX_BYTES = 16 * 1024 * 1024
+MAX_BYTES = 8 * 1024 * 1024
 
 
 class ResponseStore:

@@ -218,7 +218,7 @@ def _scan_type(text: str, pos: int) -> tuple[str, int]:
     return attribute, pos + 1
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def parse(dn: str) -> tuple[RDN, ...]:
     """Parse a DN into its RDNs, leaf first; the empty DN is the empty tuple."""
     if not isinstance(dn, str):
@@ -266,7 +266,7 @@ def _normalize_ava(ava: AVA) -> str:
     return f"{_TYPE_ALIASES.get(attribute, attribute)}={escape_value(normalize_value(ava.value))}"
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def _normalized_rdns(dn: str) -> tuple[str, ...]:
     return tuple("+".join(sorted(_normalize_ava(ava) for ava in item.avas)) for item in parse(dn))
 

@@ -12,7 +12,7 @@ What it is
 Connection URL / options
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite://:memory:`` or
     ``embedded:`` (in memory) / ``embedded:///path.db``. Options: ``synchronous`` (``NORMAL``; ``FULL``
-    syncs every commit to disk), ``busy_timeout`` (10 s), ``cache_mb`` (page cache, 64), ``page_size`` (rows per page of
+    syncs every commit to disk), ``busy_timeout`` (10 s), ``cache_mb`` (page cache, 8), ``page_size`` (rows per page of
     ``objects()``, 1000), ``history`` (true: record every change), ``unique_user_name`` (true: a User's ``userName`` is
     unique, ignoring case, as in a SCIM service).
 
@@ -104,7 +104,7 @@ class EmbeddedSettings:
     path: str = ":memory:"
     synchronous: str = "NORMAL"
     busy_timeout: float = 10.0
-    cache_mb: int = 64
+    cache_mb: int = 8
     page_size: int = 1000
     history: bool = True
     unique_user_name: bool = True
