@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,35 @@ async def test_a_timed_out_request_goes_back_to_the_domain_queue_with_a_fresh_id
     assert len(flaky.ids) == 3
     assert len(set(flaky.ids)) == 3
     assert reader.retries == 2
+
+
+async def test_quarantine_is_mailed_through_an_smtp_server(h: AgentHarness, state: StateStore) -> None:
+    """With SMTP configured, quarantine sends one e-mail, over a real SMTP exchange, naming the job and reason."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message as MessageHandler
+
+    mails: list[Any] = []
+
+    class Collect(MessageHandler):  # type: ignore[misc]
+        def handle_message(self, message: Any) -> None:
+            mails.append(message)
+
+    with socket.socket() as probe:  # aiosmtpd checks readiness on the port it was given: find a free one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Collect(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        target = MemoryTarget()
+        target.fail_after = 0
+        notify = {"smtp_host": "127.0.0.1", "smtp_port": port, "mail_to": ["ops@example.com"]}
+        engine = await engine_for(h, state, target, quarantine_after=1, notify=notify)
+        assert (await engine.run_cycle()).outcome == "failed"
+        assert (await state.job("job")).state == "quarantined"
+    finally:
+        controller.stop()
+    assert len(mails) == 1
+    mail = mails[0]
+    assert mail["To"] == "ops@example.com"
+    assert mail["Subject"] == "cloudprov: job job: quarantined"
+    assert "503" in mail.get_payload()
