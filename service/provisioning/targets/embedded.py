@@ -12,9 +12,10 @@ What it is
 Connection URL / options
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite://:memory:`` or
     ``embedded:`` (in memory) / ``embedded:///path.db``. Options: ``synchronous`` (``NORMAL``; ``FULL``
-    syncs every commit to disk), ``busy_timeout`` (10 s), ``cache_mb`` (page cache, 8), ``page_size`` (rows per page of
-    ``objects()``, 1000), ``history`` (true: record every change), ``unique_user_name`` (true: a User's ``userName`` is
-    unique, ignoring case, as in a SCIM service).
+    syncs every commit to disk), ``busy_timeout`` (10 s), ``cache_mb`` (page cache in MB, 2: SQLite's
+    own default; the OS caches the file too), ``page_size`` (rows per page of ``objects()``, 1000),
+    ``history`` (true: record every change), ``unique_user_name`` (true: a User's ``userName`` is unique,
+    ignoring case, as in a SCIM service).
 
 Guarantees
     Stdlib ``sqlite3`` on one dedicated worker thread that owns the only connection (WAL journal,
@@ -104,7 +105,7 @@ class EmbeddedSettings:
     path: str = ":memory:"
     synchronous: str = "NORMAL"
     busy_timeout: float = 10.0
-    cache_mb: int = 8
+    cache_mb: int = 2
     page_size: int = 1000
     history: bool = True
     unique_user_name: bool = True
