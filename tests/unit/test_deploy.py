@@ -216,6 +216,26 @@ def test_systemd_unit_is_hardened() -> None:
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_service_systemd_unit_is_hardened_and_its_settings_exist() -> None:
+    """The service's unit runs `service run` unprivileged and hardened, and sets only settings the service has."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((DEPLOY / "systemd" / "cloudprov-service.service").read_text())
+    service = parser["Service"]
+    assert "service run" in service["ExecStart"]
+    for key, value in {"DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict"}.items():
+        assert service[key] == value
+    assert service["CapabilityBoundingSet"] == ""
+    assert service["KillSignal"] == "SIGTERM"
+    text = (DEPLOY / "systemd" / "cloudprov-service.service").read_text()
+    env = dict(
+        line.removeprefix("Environment=").split("=", 1) for line in text.splitlines() if line.startswith("Environment=")
+    )
+    settings = load_service_settings(None, env=env)
+    assert str(settings.control.state_dir) == "/var/lib/cloudprov-service"
+    assert settings.health.host == "127.0.0.1"
+
+
 def _dashboard_metrics(prefix: str) -> set[str]:
     dashboard = json.loads((DEPLOY / "grafana" / "cloudprov-agent.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
