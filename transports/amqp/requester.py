@@ -16,10 +16,11 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from protocol import chunking
 from transports.amqp.settings import (
     CONNECTION_ERRORS,
-    RECOVERABLE_ERRORS,
     AmqpSettings,
     declare_request_queue,
+    first_connect,
     open_connection,
+    reconnector,
     safe_url,
 )
 from transports.base import (
@@ -29,7 +30,7 @@ from transports.base import (
     TransportBrokenError,
     TransportClosedError,
 )
-from transports.reconnect import Backoff, Reconnector
+from transports.reconnect import Reconnector
 from transports.replies import PendingReplies
 
 log = structlog.get_logger("cloudprov.transport.amqp")
@@ -66,16 +67,8 @@ class AmqpRequester(Requester):
     async def connect(self) -> None:
         if self._reconnector is not None:
             raise TransportClosedError("AmqpRequester.connect() called twice")
-        self._reconnector = Reconnector(
-            "amqp-requester",
-            self._open,
-            Backoff(self.settings.backoff_initial, self.settings.backoff_max),
-            RECOVERABLE_ERRORS,
-        )
-        try:
-            await self._reconnector.start()
-        except CONNECTION_ERRORS as exc:
-            raise TransportBrokenError(f"cannot connect to {safe_url(self.url)}: {type(exc).__name__}: {exc}") from exc
+        self._reconnector = reconnector("amqp-requester", self._open, self.settings)
+        await first_connect(self._reconnector, self.url)
 
     async def _open(self) -> None:
         generation = self._generation + 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -13,6 +13,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from transports.base import TransportBrokenError
+from transports.reconnect import Backoff, Reconnector
 from transports.registry import read_settings
 
 #: Errors that mean "the connection or channel broke": reconnecting may help.
@@ -112,3 +113,16 @@ async def declare_request_queue(channel: AbstractChannel, settings: AmqpSettings
             "x-dead-letter-routing-key": dead,
         },
     )
+
+
+def reconnector(name: str, open_: Callable[[], Awaitable[None]], settings: AmqpSettings) -> Reconnector:
+    """The supervisor of one side's connection: backoff from the settings, retrying the recoverable errors."""
+    return Reconnector(name, open_, Backoff(settings.backoff_initial, settings.backoff_max), RECOVERABLE_ERRORS)
+
+
+async def first_connect(supervisor: Reconnector, url: str) -> None:
+    """The first connection, failing fast with a ``TransportBrokenError`` that names the broker."""
+    try:
+        await supervisor.start()
+    except CONNECTION_ERRORS as exc:
+        raise TransportBrokenError(f"cannot connect to {safe_url(url)}: {type(exc).__name__}: {exc}") from exc

@@ -22,7 +22,9 @@ from transports.amqp.settings import (
     RECOVERABLE_ERRORS,
     AmqpSettings,
     declare_request_queue,
+    first_connect,
     open_connection,
+    reconnector,
     safe_url,
 )
 from transports.base import (
@@ -33,7 +35,7 @@ from transports.base import (
     TransportBrokenError,
     TransportClosedError,
 )
-from transports.reconnect import Backoff, Reconnector
+from transports.reconnect import Reconnector
 
 log = structlog.get_logger("cloudprov.transport.amqp")
 
@@ -105,16 +107,8 @@ class AmqpTransport(Transport):
     async def connect(self) -> None:
         if self._reconnector is not None:
             raise TransportClosedError("AmqpTransport.connect() called twice")
-        self._reconnector = Reconnector(
-            "amqp",
-            self._open,
-            Backoff(self.settings.backoff_initial, self.settings.backoff_max),
-            RECOVERABLE_ERRORS,
-        )
-        try:
-            await self._reconnector.start()
-        except CONNECTION_ERRORS as exc:
-            raise TransportBrokenError(f"cannot connect to {safe_url(self.url)}: {type(exc).__name__}: {exc}") from exc
+        self._reconnector = reconnector("amqp", self._open, self.settings)
+        await first_connect(self._reconnector, self.url)
 
     async def _open(self) -> None:
         generation = self._generation + 1
