@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from protocol import configfile
-from protocol.configfile import ConfigFileError, read_file_ref
+from protocol.configfile import ConfigFileError, HealthServer, Section, read_file_ref
 
 ENV_PREFIX = "CLOUDPROV__"
 
@@ -39,10 +39,6 @@ class ConfigError(ConfigFileError):
 Secret = Annotated[SecretStr, BeforeValidator(read_file_ref)]
 #: A non-secret value that may still come from a mounted file (public keys, CA bundles).
 FileOrText = Annotated[str, BeforeValidator(read_file_ref)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AgentSection(Section):
@@ -129,19 +125,9 @@ class LoggingSection(Section):
     )
 
 
-class HealthSection(Section):
+class HealthSection(HealthServer):
     """The health and metrics HTTP server (``/healthz``, ``/readyz``, ``/metrics``) of ``cloudprov agent run``."""
 
-    enabled: bool = Field(default=True, description="Serve /healthz, /readyz and /metrics on their own port.")
-    host: str = Field(
-        default="0.0.0.0",  # noqa: S104  # probes come from the kubelet over the pod IP, not loopback
-        description="Address to listen on: 0.0.0.0 so a kubelet can probe a container; 127.0.0.1 on a shared VM.",
-    )
-    port: int = Field(default=8081, ge=0, le=65535, description="Port to listen on (0: a free port, logged at start).")
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between event-loop heartbeats.")
-    max_loop_lag: float = Field(
-        default=10.0, gt=0, description="/healthz fails when the last heartbeat is this many seconds overdue."
-    )
     directory_check_interval: float = Field(
         default=15.0, gt=0, description="Seconds between directory pings for /readyz (the result is cached)."
     )

@@ -16,12 +16,33 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.errors import ProtocolError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """A configuration section: frozen, and an unknown key is an error (a typo is never ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthServer(Section):
+    """The health and metrics HTTP server both processes run (``/healthz``, ``/readyz``, ``/metrics``)."""
+
+    enabled: bool = Field(default=True, description="Serve /healthz, /readyz and /metrics on their own port.")
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104  # probes come from the kubelet over the pod IP, not loopback
+        description="Address to listen on: 0.0.0.0 so a kubelet can probe a container; 127.0.0.1 on a shared VM.",
+    )
+    port: int = Field(default=8081, ge=0, le=65535, description="Port to listen on (0: a free port, logged at start).")
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between event-loop heartbeats.")
+    max_loop_lag: float = Field(
+        default=10.0, gt=0, description="/healthz fails when the last heartbeat is this many seconds overdue."
+    )
 
 
 class ConfigFileError(ProtocolError):

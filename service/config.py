@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 
-from protocol.configfile import ConfigFileError, load_model, read_file_ref
+from protocol.configfile import ConfigFileError, HealthServer, Section, load_model, read_file_ref
 
 ENV_PREFIX = "CLOUDPROV_SERVICE__"
 DAY = 86_400.0
@@ -28,10 +28,6 @@ class ServiceConfigError(ConfigFileError):
 
 #: A secret: literal, ``${ENV}`` or ``file:/path``; never printed.
 Secret = Annotated[SecretStr, BeforeValidator(read_file_ref)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ControlSection(Section):
@@ -71,19 +67,10 @@ class ProvisioningSection(Section):
     poll: float = Field(default=1.0, gt=0, description="Seconds between looks for jobs that are due.")
 
 
-class HealthSection(Section):
+class HealthSection(HealthServer):
     """The health and metrics HTTP server (``/healthz``, ``/readyz``, ``/metrics``) of ``cloudprov service run``."""
 
-    enabled: bool = Field(default=True, description="Serve /healthz, /readyz and /metrics on their own port.")
-    host: str = Field(
-        default="0.0.0.0",  # noqa: S104  # probes come from the kubelet over the pod IP, not loopback
-        description="Address to listen on: 0.0.0.0 so a kubelet can probe a container; 127.0.0.1 on a shared VM.",
-    )
     port: int = Field(default=8082, ge=0, le=65535, description="Port to listen on (0: a free port, logged at start).")
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between event-loop heartbeats.")
-    max_loop_lag: float = Field(
-        default=10.0, gt=0, description="/healthz fails when the last heartbeat is this many seconds overdue."
-    )
     check_interval: float = Field(
         default=15.0, gt=0, description="Seconds between store and listener checks for /readyz (the result is cached)."
     )
