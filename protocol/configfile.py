@@ -2,6 +2,7 @@
 
 One YAML mapping of sections. String values may reference the environment as ``${NAME}`` or
 ``${NAME:-default}``; secrets (and keys, CA bundles) may be ``file:/path`` to read a mounted file.
+``write_private`` writes a secret file (keys, certificates) readable by its owner only.
 Environment variables named ``<PREFIX>SECTION__KEY`` override the file: scalars stay text (pydantic
 converts ``"5"`` or ``"true"`` where a field wants a number or a flag, and an id such as ``0042``
 stays ``0042``); ``[a, b]`` and ``{k: v}`` are parsed as YAML. Every failure is a
@@ -10,6 +11,7 @@ stays ``0042``); ``[a, b]`` and ``{k: v}`` are parsed as YAML. Every failure is 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +60,19 @@ def read_file_ref(value: Any) -> Any:
         except OSError as exc:
             raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
     return value
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the first byte (atomic replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from protocol.configfile import write_private
+
 AGENT_URI_PREFIX = "urn:cloudprov:agent:"
 
 
 class IdentityError(Exception):
     """The agent has no usable identity (not registered, or files missing or mismatched)."""
-
-
-def write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def new_key_and_csr(agent_id: str) -> tuple[bytes, str]:
