@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from protocol import configfile
-from protocol.configfile import ConfigFileError, HealthServer, Section, read_file_ref
+from protocol.configfile import ConfigFileError, HealthServer, LoggingSection, Section, read_file_ref
 
 ENV_PREFIX = "CLOUDPROV__"
 
@@ -116,13 +116,6 @@ class RetrySection(Section):
     initial_backoff: float = Field(default=0.2, ge=0, description="First wait between tries (seconds).")
     max_backoff: float = Field(default=5.0, ge=0, description="Longest wait between tries (seconds).")
     jitter: float = Field(default=0.2, ge=0, description="Random extra wait, up to this many seconds.")
-
-
-class LoggingSection(Section):
-    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Lowest level logged.")
-    format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="json in containers; console on a terminal; auto: console when the log is a TTY."
-    )
 
 
 class HealthSection(HealthServer):

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,6 +30,15 @@ class Section(BaseModel):
     """A configuration section: frozen, and an unknown key is an error (a typo is never ignored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoggingSection(Section):
+    """Logs: structured, JSON when not on a terminal (both processes)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Lowest level logged.")
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json in containers; console on a terminal; auto: console when the log is a TTY."
+    )
 
 
 class HealthServer(Section):

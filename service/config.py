@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field, SecretStr
 
-from protocol.configfile import ConfigFileError, HealthServer, Section, load_model, read_file_ref
+from protocol.configfile import ConfigFileError, HealthServer, LoggingSection, Section, load_model, read_file_ref
 
 ENV_PREFIX = "CLOUDPROV_SERVICE__"
 DAY = 86_400.0
@@ -75,11 +75,6 @@ class HealthSection(HealthServer):
         default=15.0, gt=0, description="Seconds between store and listener checks for /readyz (the result is cached)."
     )
     check_timeout: float = Field(default=5.0, gt=0, description="Seconds one store or listener check may take.")
-
-
-class LoggingSection(Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
 
 
 class ServiceSettings(Section):
