@@ -102,11 +102,11 @@ async def run_phase(
                 latencies.append(time.perf_counter() - started)
                 failures += status >= 400
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
                 group.create_task(worker())
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     stop.set()
     await runner
     round_trips = sleep.calls / requests
@@ -114,6 +114,8 @@ async def run_phase(
     figures: dict[str, float] = {"requests": requests, "rps": round(rate, 1), "failures": failures}
     figures.update(summary_ms(latencies))
     figures["round_trips_per_request"] = round(round_trips, 2)
+    # CPU per request (requester and agent together): the cost that a busy machine does not distort.
+    figures["cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
     if latency > 0:
         ideal = concurrency / (latency * max(round_trips, 1.0))
         figures["ideal_rps"] = round(ideal, 1)

@@ -18,6 +18,7 @@ from protocol.errors import ProtocolError
 
 VERSION = 1
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+MAX_PROOF_STEPS = 32  # a batch proof climbs one step per tree level: 2**32 requests is beyond any batch
 
 
 class EnvelopeError(ProtocolError):
@@ -52,10 +53,11 @@ class Request:
     key_id: str | None = None
     signature: str | None = None
     reply_to: str | None = None
+    proof: tuple[str, ...] | None = None
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "v": self.version,
             "id": self.id,
             "domain": self.domain,
@@ -65,15 +67,22 @@ class Request:
             "key_id": self.key_id,
             "sig": self.signature,
         }
+        if self.proof is not None:
+            data["proof"] = list(self.proof)
+        return data
 
     def signed_part(self) -> bytes:
-        """The canonical bytes a signature covers: every field but the signature itself."""
+        """The canonical bytes a signature covers: every field but the signature and its batch proof.
+
+        ``key_id`` is covered, so a signature cannot be re-attributed to another key.
+        """
         data = self.to_dict()
         del data["sig"]
+        data.pop("proof", None)
         return canonical(data)
 
-    def with_signature(self, key_id: str, signature: str) -> Request:
-        return replace(self, key_id=key_id, signature=signature)
+    def with_signature(self, key_id: str, signature: str, proof: tuple[str, ...] | None = None) -> Request:
+        return replace(self, key_id=key_id, signature=signature, proof=proof)
 
     def encode(self) -> bytes:
         return _dumps(self.to_dict())
@@ -166,7 +175,16 @@ def decode_request(raw: bytes | str) -> Request:
         key_id=_field(data, "key_id", str, "request", optional=True),
         signature=_field(data, "sig", str, "request", optional=True),
         reply_to=_field(data, "reply_to", str, "request", optional=True),
+        proof=_proof(data.get("proof")),
     )
+
+
+def _proof(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_PROOF_STEPS or not all(isinstance(v, str) for v in value):
+        raise EnvelopeError(f"request field 'proof' must be a list of at most {MAX_PROOF_STEPS} strings")
+    return tuple(value)
 
 
 def decode_response(raw: bytes | str) -> Response:

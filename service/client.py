@@ -1,7 +1,9 @@
 """A SCIM client that speaks to a domain's agents through any transport's ``Requester``.
 
 ``ScimClient.call(method, path, query, body)`` builds a request envelope with a fresh id and a
-deadline ``timeout`` seconds away, signs it, sends it and returns the decoded ``Response``. Helpers
+deadline ``timeout`` seconds away, signs it, sends it and returns the decoded ``Response``. Calls
+made together share one batch signature (``protocol.signing.SignatureBatcher``): the agent checks
+one Ed25519 signature per batch instead of one per request. Helpers
 cover the usual calls (``get``, ``search``, ``create``, ``patch``, ``delete``, ``changes``) and
 ``read_all`` streams every resource of a type with cursor paging.
 """
@@ -14,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from protocol.envelope import Request, Response, ScimOperation, decode_response
-from protocol.signing import Signer
+from protocol.signing import SignatureBatcher, Signer
 from transports.base import Requester
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -35,6 +37,17 @@ class ScimClient:
         self.signer = signer
         self.domain = domain
         self.timeout = timeout
+        self._batcher = SignatureBatcher()
+
+    def _unsigned(
+        self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: float | None
+    ) -> Request:
+        return Request(
+            id=uuid.uuid4().hex,
+            domain=self.domain,
+            operation=ScimOperation(method.upper(), path, dict(query or {}), body),
+            deadline=time.time() + (timeout or self.timeout),
+        )
 
     def request(
         self,
@@ -45,14 +58,8 @@ class ScimClient:
         *,
         timeout: float | None = None,
     ) -> Request:
-        """A signed request envelope (not sent)."""
-        request = Request(
-            id=uuid.uuid4().hex,
-            domain=self.domain,
-            operation=ScimOperation(method.upper(), path, dict(query or {}), body),
-            deadline=time.time() + (timeout or self.timeout),
-        )
-        return self.signer.sign(request)
+        """A signed request envelope (not sent), with a signature of its own."""
+        return self.signer.sign(self._unsigned(method, path, query, body, timeout))
 
     async def send(self, request: Request, *, timeout: float | None = None) -> Response:
         raw = await self.requester.request(self.domain, request.id, request.encode(), timeout=timeout or self.timeout)
@@ -67,7 +74,8 @@ class ScimClient:
         *,
         timeout: float | None = None,
     ) -> Response:
-        return await self.send(self.request(method, path, query, body, timeout=timeout), timeout=timeout)
+        request = await self._batcher.sign(self.signer, self._unsigned(method, path, query, body, timeout))
+        return await self.send(request, timeout=timeout)
 
     async def ok(self, method: str, path: str, query: Mapping[str, str] | None = None, body: Any = None) -> Any:
         """The body of a successful call; ``ScimCallError`` otherwise."""

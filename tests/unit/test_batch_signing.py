@@ -1,0 +1,194 @@
+"""Batch signatures: one Ed25519 signature over a Merkle root of the requests sent together."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.envelope import EnvelopeError, Request, ScimOperation, decode_request
+from protocol.signing import (
+    BATCH_CONTEXT,
+    ForgedRequestError,
+    SignatureBatcher,
+    Signer,
+    UnknownKeyError,
+    Verifier,
+    merkle_root,
+    merkle_tree,
+)
+
+NOW = 1_700_000_000.0
+SIGNER = Signer.generate("k1")
+
+
+def _request(number: int, **changes: Any) -> Request:
+    operation = ScimOperation("GET", "/Users", {"filter": f'userName eq "user{number}"'})
+    return dataclasses.replace(Request(f"r{number}", "example.com", operation, NOW + 60), **changes)
+
+
+def _verifier() -> Verifier:
+    return Verifier({"k1": SIGNER.public_key}, clock=lambda: NOW)
+
+
+def _wire(request: Request) -> Request:
+    return decode_request(request.encode())
+
+
+class CountingKey:
+    """A public key that counts the Ed25519 verifications it is asked for."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key = key
+        self.calls = 0
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.calls += 1
+        self.key.verify(signature, data)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 8, 13, 64])
+def test_every_request_of_a_batch_verifies_with_one_signature_check(size: int) -> None:
+    """Each request carries its own proof; the root's signature is checked once for the batch."""
+    signed = SIGNER.sign_batch([_request(n) for n in range(size)])
+    assert len({request.signature for request in signed}) == 1
+    verifier = _verifier()
+    key = CountingKey(SIGNER.public_key)
+    verifier.set_keys({"k1": key})  # type: ignore[dict-item]
+    for request in signed:
+        verifier.verify(_wire(request))
+    assert key.calls == 1
+
+
+def test_a_batch_of_one_is_signed_plainly() -> None:
+    (request,) = SIGNER.sign_batch([_request(1)])
+    assert request.proof is None
+    _verifier().verify(_wire(request))
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda r: dataclasses.replace(r, operation=ScimOperation("DELETE", "/Users/abc")),
+        lambda r: dataclasses.replace(r, domain="other.example"),
+        lambda r: dataclasses.replace(r, deadline=r.deadline + 1),
+        lambda r: dataclasses.replace(r, proof=r.proof[:-1]),
+        lambda r: dataclasses.replace(r, proof=(*r.proof, r.proof[0])),
+        lambda r: dataclasses.replace(r, proof=({"l": "r", "r": "l"}[r.proof[0][0]] + r.proof[0][1:], *r.proof[1:])),
+        lambda r: dataclasses.replace(r, proof=("r:AAAA", *r.proof[1:])),
+        lambda r: dataclasses.replace(r, proof=("x:" + r.proof[0][2:], *r.proof[1:])),
+        lambda r: dataclasses.replace(r, proof=None),
+    ],
+    ids=["operation", "domain", "deadline", "short-proof", "long-proof", "side", "bad-hash", "bad-side", "no-proof"],
+)
+def test_a_changed_request_or_proof_is_forged_even_after_its_batch_verified(tamper: Any) -> None:
+    """A verified root does not vouch for anything that does not hash to it."""
+    signed = SIGNER.sign_batch([_request(n) for n in range(5)])
+    verifier = _verifier()
+    verifier.verify(_wire(signed[0]))
+    with pytest.raises(ForgedRequestError):
+        verifier.verify(_wire(tamper(signed[3])))
+
+
+def test_a_proof_from_another_batch_is_forged() -> None:
+    first = SIGNER.sign_batch([_request(n) for n in range(4)])
+    second = SIGNER.sign_batch([_request(n) for n in range(10, 14)])
+    verifier = _verifier()
+    verifier.verify(_wire(first[0]))
+    verifier.verify(_wire(second[0]))
+    mixed = dataclasses.replace(first[1], proof=second[1].proof)
+    with pytest.raises(ForgedRequestError):
+        verifier.verify(_wire(mixed))
+    with pytest.raises(ForgedRequestError):
+        verifier.verify(_wire(dataclasses.replace(first[1], signature=second[1].signature)))
+
+
+def test_a_root_signature_never_verifies_as_a_plain_request_signature() -> None:
+    """The context prefix keeps the two kinds of signed message apart."""
+    signed = SIGNER.sign_batch([_request(n) for n in range(2)])
+    with pytest.raises(ForgedRequestError):
+        _verifier().verify(_wire(dataclasses.replace(signed[0], proof=None)))
+    assert not BATCH_CONTEXT.startswith(b"{")
+
+
+def test_revoking_the_key_revokes_verified_batches() -> None:
+    """A cached root is trusted only while its key is: replacing the keys forgets every root."""
+    signed = SIGNER.sign_batch([_request(n) for n in range(3)])
+    verifier = _verifier()
+    verifier.verify(_wire(signed[0]))
+    verifier.set_keys({})
+    with pytest.raises(UnknownKeyError):
+        verifier.verify(_wire(signed[1]))
+    verifier.set_keys({"k1": Signer.generate("k1").public_key})  # the same id, another key
+    with pytest.raises(ForgedRequestError):
+        verifier.verify(_wire(signed[2]))
+
+
+def test_the_root_cache_is_bounded() -> None:
+    verifier = _verifier()
+    verifier.max_roots = 3
+    for batch in range(6):
+        for request in SIGNER.sign_batch([_request(batch * 10 + n) for n in range(2)]):
+            verifier.verify(_wire(request))
+    assert len(verifier._roots) == 3
+
+
+def test_a_malformed_proof_is_an_envelope_error() -> None:
+    raw = _request(1).with_signature("k1", "c2ln", ("r:AAAA",)).to_dict()
+    for proof in ["r:AAAA", [1, 2], ["r:AAAA"] * 33]:
+        raw["proof"] = proof
+        with pytest.raises(EnvelopeError, match="proof"):
+            decode_request(json.dumps(raw).encode())
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=70))
+def test_every_proof_climbs_to_the_root(leaves: list[bytes]) -> None:
+    root, proofs = merkle_tree(leaves)
+    assert all(merkle_root(leaf, proof) == root for leaf, proof in zip(leaves, proofs, strict=True))
+
+
+async def test_requests_signed_in_one_loop_turn_share_a_signature() -> None:
+    batcher = SignatureBatcher()
+    signed = await asyncio.gather(*(batcher.sign(SIGNER, _request(n)) for n in range(20)))
+    assert len({request.signature for request in signed}) == 1
+    assert all(request.proof for request in signed)
+    verifier = _verifier()
+    for request in signed:
+        verifier.verify(_wire(request))
+    alone = await batcher.sign(SIGNER, _request(99))
+    assert alone.proof is None
+    verifier.verify(_wire(alone))
+
+
+async def test_batches_are_bounded_and_grouped_by_signer() -> None:
+    other = Signer.generate("k2")
+    batcher = SignatureBatcher(max_batch=8)
+    signed = await asyncio.gather(
+        *(batcher.sign(SIGNER, _request(n)) for n in range(20)), batcher.sign(other, _request(50))
+    )
+    mine = signed[:20]
+    assert len({request.signature for request in mine}) == 3  # 8 + 8 + 4
+    assert signed[20].key_id == "k2"
+    assert signed[20].proof is None
+    verifier = Verifier({"k1": SIGNER.public_key, "k2": other.public_key}, clock=lambda: NOW)
+    for request in signed:
+        verifier.verify(_wire(request))
+
+
+async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
+    batcher = SignatureBatcher()
+    waiting = [asyncio.ensure_future(batcher.sign(SIGNER, _request(n))) for n in range(4)]
+    await asyncio.sleep(0)  # every caller is now waiting for the flush
+    waiting[1].cancel()
+    done = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    verifier = _verifier()
+    for request in (done[0], done[2], done[3]):
+        assert isinstance(request, Request)
+        verifier.verify(_wire(request))
