@@ -9,10 +9,11 @@ produced it and how long each stage took. Both encode as UTF-8 JSON objects; ``d
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from protocol.errors import ProtocolError
 
@@ -85,6 +86,7 @@ class Request:
         return replace(self, key_id=key_id, signature=signature, proof=proof)
 
     def encode(self) -> bytes:
+        _refuse_non_finite(self.operation.body)
         return _dumps(self.to_dict())
 
 
@@ -114,21 +116,34 @@ class Response:
 
 
 def canonical(data: Any) -> bytes:
-    """Deterministic JSON: sorted keys, no whitespace, UTF-8, finite numbers only."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 (orjson; NaN and infinity encode as null)."""
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return orjson.dumps(data)
+
+
+def _refuse_non_finite(value: Any) -> None:
+    """orjson writes NaN and infinity as null; in a request body that would silently clear a value."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not JSON compliant: a request body holds only finite numbers")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _refuse_non_finite(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_non_finite(item)
 
 
 def _load_object(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):
+            raise EnvelopeError(f"{what} nests too deeply (more than 1,024 levels)") from None
         raise EnvelopeError(f"{what} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise EnvelopeError(f"{what} nests too deeply") from None
     if not isinstance(data, dict):
         raise EnvelopeError(f"{what} must be a JSON object, not {type(data).__name__}")
     version = data.get("v")
