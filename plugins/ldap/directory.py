@@ -12,7 +12,9 @@ Settings: ``LdapSettings`` (``plugins/ldap/settings.py``). Guarantees:
   the DC's settings), and the accesslog delta checks the filter itself;
 - on OpenLDAP, searches start as one plain search limited to a page; when more entries exist, or
   none, they run again as a paged search (AD: paged from the start), streamed page by page with
-  manual paging; a missing base raises ``NoSuchObjectError``;
+  manual paging; the next page is asked for before the current one is converted and handed over (the
+  server builds it meanwhile) and abandoned if the consumer stops early; a missing base raises
+  ``NoSuchObjectError``;
   ranged attributes (``member;range=0-1499``) come back complete under their plain name; the
   ``binary_attributes`` are ``bytes``;
 - ``modify`` sends one LDAP modify (atomic); ``rename`` is one modrdn that removes the old RDN value;
@@ -50,7 +52,15 @@ from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, translate
 from plugins.ldap.pool import ConnectionPool
 from plugins.ldap.retry import retrying
 from plugins.ldap.settings import LdapSettings
-from plugins.ldap.values import Range, encode_unicode_pwd, fold_modifications, is_unicode_pwd, parse_range, to_entry
+from plugins.ldap.values import (
+    Range,
+    encode_unicode_pwd,
+    fold_modifications,
+    is_unicode_pwd,
+    parse_range,
+    to_entries,
+    to_entry,
+)
 
 compat.install()
 
@@ -63,6 +73,14 @@ _OP: dict[ModOp, int] = {
     ModOp.REPLACE: bonsai.LDAPModOp.REPLACE,
 }
 _FAILURES = (bonsai.LDAPError, OSError, TimeoutError)
+
+
+def _abandon(conn: Any, msg_id: int) -> None:
+    """Abandon an operation whose answer nobody will read (libldap then drops it when it arrives)."""
+    try:
+        conn.abandon(msg_id)
+    except _FAILURES:
+        conn.close()  # cannot tell what the connection holds: the pool will not lend it again
 
 
 class _NotOpen:
@@ -247,21 +265,30 @@ class LdapDirectory(Directory):
         async with AsyncExitStack() as stack:
             conn, (found, page) = await self._open_paged(stack, what, first_page)
             yielded = False
+            msg_id: int | None = None
             try:
                 while True:
-                    entries = [to_entry(item) for item in found]
-                    for entry in entries:
+                    # Ask for the next page before converting this one: the server builds it meanwhile.
+                    msg_id = page.acquire_next_page() if page is not None else None
+                    entries, optioned = to_entries(found)
+                    fetched = None
+                    if optioned and msg_id is not None:  # ranged retrieval searches on this connection
+                        fetched, msg_id = await conn.get_result(msg_id, timeout), None
+                    for entry in optioned:
                         await self._complete_ranges(conn, entry)
                     if entries:
                         yielded = True
                         yield entries
-                    msg_id = page.acquire_next_page() if page is not None else None
-                    if msg_id is None:
+                    if msg_id is not None:
+                        fetched, msg_id = await conn.get_result(msg_id, timeout), None
+                    if fetched is None:
                         break
-                    page = await conn.get_result(msg_id, timeout)
-                    found = list(page)
+                    page, found = fetched, list(fetched)
             except _FAILURES as exc:
                 raise translate(exc, context=what) from exc
+            finally:
+                if msg_id is not None:  # the consumer stopped early: drop the page asked for in advance
+                    _abandon(conn, msg_id)
         if not yielded:
             yield []
 

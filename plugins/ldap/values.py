@@ -17,12 +17,13 @@ Settings: none. Guarantees:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.directory import Attributes, AttrValue, Entry, Modification, ModOp
 
+_items = dict.items
 _RANGE = re.compile(r"^(?P<name>[^;]+(?:;(?!range=)[^;]+)*);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
 
 
@@ -36,12 +37,36 @@ def to_value(value: Any) -> AttrValue:
 
 def to_entry(found: Any) -> Entry:
     """A ``plugins.directory.Entry`` from a bonsai ``LDAPEntry``."""
-    pairs = (
-        (name, [v if type(v) is str or type(v) is bytes else to_value(v) for v in values])
-        for name, values in dict.items(found)  # bonsai's items(exclude_dn=True) costs a generator more
-        if name != "dn"
-    )
-    return Entry(str(found.dn), Attributes.adopt(pairs))
+    return to_entries((found,))[0][0]
+
+
+def to_entries(found: Iterable[Any]) -> tuple[list[Entry], list[Entry]]:
+    """``Entry`` objects from bonsai ``LDAPEntry`` objects, and those among them with an attribute name
+    that carries options (``member;range=0-1499``), which may need ranged retrieval.
+
+    One pass per page: a full read converts every entry it lists, so this loop is kept flat.
+    """
+    entries: list[Entry] = []
+    optioned: list[Entry] = []
+    for item in found:
+        pairs: list[tuple[str, list[AttrValue]]] = []
+        options = False
+        for name, values in _items(item):  # bonsai's items(exclude_dn=True) costs a generator more
+            if name == "dn":
+                continue
+            if ";" in name:
+                options = True
+            if len(values) == 1:
+                value = values[0]
+                kind = type(value)
+                pairs.append((name, [value if kind is str or kind is bytes else to_value(value)]))
+            else:
+                pairs.append((name, [v if type(v) is str or type(v) is bytes else to_value(v) for v in values]))
+        entry = Entry(str(item.dn), Attributes.adopt(pairs))
+        entries.append(entry)
+        if options:
+            optioned.append(entry)
+    return entries, optioned
 
 
 @dataclass(frozen=True, slots=True)
