@@ -19,7 +19,7 @@ import asyncio
 import gc
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -149,32 +149,40 @@ class MemoryDirectory(Directory):
             yield []
             return
         size = min(page_size, self.settings.page_size_limit)
+        project = self._projection(attributes)
         for start in range(0, len(found), size):
             if start:
                 await self._round_trip("search (next page)")
-            yield [Entry(dn, self._project(attrs, attributes)) for dn, attrs in found[start : start + size]]
+            yield [Entry(dn, project(attrs)) for dn, attrs in found[start : start + size]]
 
     async def get(self, dn: str, attributes: Sequence[str] | None = None) -> Entry | None:
         await self._round_trip("get")
         record = self._store.find(dn)
-        return None if record is None else Entry(record.dn, self._project(record.attributes, attributes))
+        return None if record is None else Entry(record.dn, self._projection(attributes)(record.attributes))
 
-    def _project(self, attrs: Attributes, selection: Sequence[str] | None) -> Attributes:
+    def _projection(self, selection: Sequence[str] | None) -> Callable[[Attributes], Attributes]:
+        """A copy of the selected attributes of an entry; the selection is worked out once per search."""
         hidden = self._operational.hidden
         if selection is None:
-            anchor = self._operational.anchor.lower()
-            return Attributes(
-                (name, list(values))
-                for name, values in attrs.items()
-                if name.lower() not in hidden or name.lower() == anchor
-            )
+            concealed = hidden - {self._operational.anchor.lower()}
+
+            def everything(attrs: Attributes) -> Attributes:
+                return Attributes(
+                    (name, list(values)) for name, values in attrs.items() if name.lower() not in concealed
+                )
+
+            return everything
         wanted = {name.lower() for name in selection} or {"*"}
         every_user, every_operational = "*" in wanted, "+" in wanted
-        chosen = Attributes()
-        for name, values in attrs.items():
-            key = name.lower()
-            if key in wanted or (every_operational if key in hidden else every_user):
-                chosen.set(name, list(values))
+
+        def chosen(attrs: Attributes) -> Attributes:
+            picked = Attributes()
+            for name, values in attrs.items():
+                key = name.lower()
+                if key in wanted or (every_operational if key in hidden else every_user):
+                    picked.set(name, list(values))
+            return picked
+
         return chosen
 
     # ---------------------------------------------------------------------------------- writes
