@@ -1,4 +1,4 @@
-"""The ``amqp`` transport: SCIM requests over RabbitMQ (AMQP 0-9-1, aio-pika).
+"""The ``amqp`` transport: SCIM requests over RabbitMQ (AMQP 0-9-1, aio-pika; per message aiormq, see ``wire``).
 
 What it is
     ``AmqpTransport`` (the agent's side) consumes one durable **quorum** queue per domain and

@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Self
 
-import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from protocol import chunking
+from transports.amqp import wire
 from transports.amqp.settings import (
     CONNECTION_ERRORS,
     AmqpSettings,
@@ -41,7 +41,8 @@ class AmqpRequester(Requester):
 
     The reply queue is durable with an idle expiry (``reply_queue_expires``) rather than exclusive,
     so replies published while this requester reconnects (or the broker restarts) wait for it;
-    it is consumed with an exclusive consumer, so no other process takes them.
+    it is consumed with an exclusive consumer, so no other process takes them. Replies are acked
+    together: one ``basic.ack`` with ``multiple`` for all that arrived in one read from the socket.
     """
 
     def __init__(self, url: str, settings: AmqpSettings | None = None) -> None:
@@ -59,6 +60,7 @@ class AmqpRequester(Requester):
         self._closed = False
         self._log = log.bind(transport="amqp", side="requester", url=safe_url(url), requester_id=self.requester_id)
         self._pending = PendingReplies(self._log)
+        self._ack_upto: tuple[Any, int] | None = None  # (aiormq channel, highest delivery tag) not acked yet
 
     @classmethod
     def from_url(cls, url: str, *, options: Mapping[str, Any] | None = None) -> Self:
@@ -83,7 +85,7 @@ class AmqpRequester(Requester):
                 durable=True,
                 arguments={"x-expires": int(self.settings.reply_queue_expires * 1000)},
             )
-            await queue.consume(self._on_reply, exclusive=True)
+            await wire.consume(channel, queue.name, self._on_reply, exclusive=True)
         except BaseException:
             await connection.close()
             raise
@@ -103,18 +105,39 @@ class AmqpRequester(Requester):
 
         return closed
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        request_id = message.correlation_id or ""
+    async def _on_reply(self, message: wire.DeliveredMessage) -> None:
+        props = message.header.properties
+        request_id = props.correlation_id or ""
         try:
-            payload = self._buffer.add(message.body, message.headers)
+            payload = self._buffer.add(message.body, props.headers)
         except chunking.ChunkError as exc:
             self._log.warning("malformed reply dropped", request_id=request_id, error=str(exc))
             payload = None
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await message.ack()
-        if payload is None:
+        if payload is not None:
+            self._pending.resolve(request_id, payload)
+        await self._ack(message)
+
+    async def _ack(self, message: wire.DeliveredMessage) -> None:
+        """Ack this reply and every earlier one on its channel, once per batch of replies.
+
+        aiormq runs each delivery's callback in its own task, in delivery order, and every reply is
+        acked (malformed, late or not). The first callback of a batch yields once, so that the
+        callbacks of the other replies read with it run; then one ``multiple`` ack covers them all.
+        """
+        tag = message.delivery_tag
+        if tag is None:
             return
-        self._pending.resolve(request_id, payload)
+        pending = self._ack_upto
+        self._ack_upto = (message.channel, tag)
+        if pending is not None and pending[0] is message.channel:
+            return  # the batch's first callback acks this one too
+        await asyncio.sleep(0)
+        upto = self._ack_upto
+        if upto is None or upto[0] is not message.channel:
+            return
+        self._ack_upto = None
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await message.channel.basic_ack(upto[1], multiple=True)
 
     @property
     def late_replies(self) -> int:
@@ -143,23 +166,16 @@ class AmqpRequester(Requester):
         deadline = time.monotonic() + timeout
         with self._pending.expect(request_id) as future:
             try:
-                await self._send(domain, request_id, frame, deadline)
-                remaining = max(0.0, deadline - time.monotonic())
-                async with asyncio.timeout_at(asyncio.get_running_loop().time() + remaining):
+                async with asyncio.timeout(timeout):  # one timer for publish, confirm and reply
+                    await self._send(domain, request_id, frame, deadline)
                     return await future
             except TimeoutError:
                 raise RequestTimeoutError(f"no reply to request {request_id} within {timeout:.1f}s") from None
 
     async def _send(self, domain: str, request_id: str, frame: chunking.Frame, deadline: float) -> None:
         assert self._reconnector is not None
-        message = aio_pika.Message(
-            frame.body,
-            headers=dict(frame.headers),
-            message_id=request_id,
-            correlation_id=request_id,
-            reply_to=self.reply_queue,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
+        props = wire.properties(
+            correlation_id=request_id, headers=frame.headers, message_id=request_id, reply_to=self.reply_queue
         )
         queue_name = self.settings.queue_name(domain)
         while True:
@@ -174,9 +190,7 @@ class AmqpRequester(Requester):
                 if domain not in self._declared:
                     await declare_request_queue(channel, self.settings, domain)
                     self._declared.add(domain)
-                await channel.default_exchange.publish(
-                    message, queue_name, timeout=max(0.1, deadline - time.monotonic())
-                )
+                await wire.publish(channel, queue_name, frame.body, props)
             except CONNECTION_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     raise TimeoutError from exc

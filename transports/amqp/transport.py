@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from protocol import chunking
+from transports.amqp import wire
 from transports.amqp.settings import (
     CONNECTION_ERRORS,
     DEAD_LETTER_COUNT,
@@ -51,14 +51,15 @@ class _Link:
 
 
 class AmqpDelivery(Delivery):
-    """A request message from a domain's quorum queue."""
+    """A request message from a domain's quorum queue (``message`` as aiormq delivered it)."""
 
-    def __init__(self, transport: AmqpTransport, message: AbstractIncomingMessage, generation: int, queue: str) -> None:
+    def __init__(self, transport: AmqpTransport, message: wire.DeliveredMessage, generation: int, queue: str) -> None:
         self._transport = transport
         self.message = message
         self.generation = generation
         self.queue = queue
-        headers = message.headers or {}
+        props = message.header.properties
+        headers = props.headers or {}
         try:
             self.payload = chunking.decode_frame(
                 message.body, chunking.cp_headers(headers), max_message_size=transport.max_message_size
@@ -69,9 +70,9 @@ class AmqpDelivery(Delivery):
         if isinstance(returned, int) and not isinstance(returned, bool) and returned >= 0:
             self.delivery_count = returned + 1
         else:
-            self.delivery_count = 2 if message.redelivered else 1
-        self.request_id = message.correlation_id or message.message_id or ""
-        self.reply_to = message.reply_to or ""
+            self.delivery_count = 2 if getattr(message.delivery, "redelivered", False) else 1
+        self.request_id = props.correlation_id or props.message_id or ""
+        self.reply_to = props.reply_to or ""
 
     async def reply(self, payload: bytes) -> None:
         await self._transport._reply(self, payload)
@@ -122,7 +123,7 @@ class AmqpTransport(Transport):
             for domain in self.domains:
                 queue = await declare_request_queue(channel, self.settings, domain)
                 if self._consuming:
-                    tag = await queue.consume(self._on_message(generation, queue.name))
+                    tag = await wire.consume(channel, queue.name, self._on_message(generation, queue.name))
                     consumers.append((queue, tag))
         except BaseException:
             await connection.close()
@@ -142,11 +143,10 @@ class AmqpTransport(Transport):
 
         return closed
 
-    def _on_message(self, generation: int, queue: str) -> Callable[[AbstractIncomingMessage], Any]:
-        async def received(message: AbstractIncomingMessage) -> None:
+    def _on_message(self, generation: int, queue: str) -> Callable[[wire.DeliveredMessage], Any]:
+        async def received(message: wire.DeliveredMessage) -> None:
             if not self._consuming or generation != self._generation:
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await message.nack(requeue=True)
+                await _nack(message)
                 return
             self._inbox.put_nowait(AmqpDelivery(self, message, generation, queue))
 
@@ -164,8 +164,7 @@ class AmqpTransport(Transport):
         while not self._inbox.empty():  # received but never handed out: give them back now
             delivery = self._inbox.get_nowait()
             if delivery is not None and delivery.generation == self._generation:
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await delivery.message.nack(requeue=True)
+                await _nack(delivery.message)
         self._inbox.put_nowait(None)
 
     async def close(self) -> None:
@@ -215,15 +214,13 @@ class AmqpTransport(Transport):
             raise TransportClosedError("AmqpTransport is closed")
         return self._link.channel
 
-    async def _publish(self, message: aio_pika.Message, routing_key: str) -> None:
+    async def _publish(self, routing_key: str, body: bytes, props: Any) -> None:
         """Publish with a broker confirm, riding out a reconnect for up to ``publish_timeout``."""
         deadline = time.monotonic() + self.settings.publish_timeout
         while True:
             channel = await self._channel(deadline)
             try:
-                await channel.default_exchange.publish(
-                    message, routing_key, timeout=max(0.1, deadline - time.monotonic())
-                )
+                await wire.publish(channel, routing_key, body, props, timeout=max(0.1, deadline - time.monotonic()))
             except CONNECTION_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     raise TransportBrokenError(f"publish to {routing_key!r} failed: {exc}") from exc
@@ -234,30 +231,34 @@ class AmqpTransport(Transport):
                 return
 
     async def _reply(self, delivery: AmqpDelivery, payload: bytes) -> None:
-        rlog = self._log.bind(request_id=delivery.request_id, queue=delivery.queue)
         if not delivery.reply_to:
-            rlog.warning("request has no reply_to; reply dropped")
+            self._log.warning(
+                "request has no reply_to; reply dropped", request_id=delivery.request_id, queue=delivery.queue
+            )
             return
         if not delivery.reply_to.startswith(self.settings.reply_prefix):
-            rlog.error("reply_to outside the reply prefix; reply dropped", reply_to=delivery.reply_to)
+            self._log.error(
+                "reply_to outside the reply prefix; reply dropped",
+                request_id=delivery.request_id,
+                queue=delivery.queue,
+                reply_to=delivery.reply_to,
+            )
             return
         try:
             frames = chunking.encode(payload, self.max_message_size)
         except chunking.PayloadTooLargeError as exc:
             raise MessageTooLargeError(str(exc)) from exc
         for frame in frames:
-            await self._publish(
-                aio_pika.Message(
-                    frame.body,
-                    headers=dict(frame.headers),
-                    correlation_id=delivery.request_id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    content_type="application/json",
-                ),
-                delivery.reply_to,
-            )
+            props = wire.properties(correlation_id=delivery.request_id, headers=frame.headers)
+            await self._publish(delivery.reply_to, frame.body, props)
         if len(frames) > 1:
-            rlog.info("reply split into chunks", chunks=len(frames), size=len(payload))
+            self._log.info(
+                "reply split into chunks",
+                request_id=delivery.request_id,
+                queue=delivery.queue,
+                chunks=len(frames),
+                size=len(payload),
+            )
 
     @property
     def in_hand(self) -> int:
@@ -271,19 +272,22 @@ class AmqpTransport(Transport):
             self._in_hand.discard(delivery)
 
     async def _settle_now(self, delivery: AmqpDelivery, outcome: Settlement, reason: str) -> None:
-        slog = self._log.bind(request_id=delivery.request_id, queue=delivery.queue, outcome=outcome.value)
         link = self._link
         if link is None or delivery.generation != link.generation or link.channel.is_closed:
-            slog.warning("settlement lost with its connection; the broker redelivers the message")
+            self._settle_log(delivery, outcome).warning(
+                "settlement lost with its connection; the broker redelivers the message"
+            )
             return
         message = delivery.message
+        tag = message.delivery_tag or 0
         try:
             if outcome is Settlement.ACK:
-                await message.ack()
+                await message.channel.basic_ack(tag)
             elif outcome is Settlement.RETRY:
-                await message.nack(requeue=True)
+                await message.channel.basic_nack(tag, requeue=True)
             else:
-                headers = dict(message.headers or {})
+                props = message.header.properties
+                headers = dict(props.headers or {})
                 headers.update(
                     {
                         DEAD_LETTER_REASON: reason[:1000],
@@ -291,19 +295,33 @@ class AmqpTransport(Transport):
                         DEAD_LETTER_QUEUE: delivery.queue,
                     }
                 )
-                await link.channel.default_exchange.publish(
-                    aio_pika.Message(
-                        message.body,
-                        headers=headers,
-                        correlation_id=message.correlation_id,
-                        message_id=message.message_id,
-                        reply_to=message.reply_to,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
+                await wire.publish(
+                    link.channel,
                     delivery.queue + self.settings.dead_letter_suffix,
+                    message.body,
+                    wire.properties(
+                        correlation_id=props.correlation_id,
+                        headers=headers,
+                        message_id=props.message_id,
+                        reply_to=props.reply_to,
+                        content_type=None,
+                    ),
                     timeout=self.settings.publish_timeout,
                 )
-                await message.ack()
-                slog.warning("dead-lettered", reason=reason, delivery_count=delivery.delivery_count)
+                await message.channel.basic_ack(tag)
+                self._settle_log(delivery, outcome).warning(
+                    "dead-lettered", reason=reason, delivery_count=delivery.delivery_count
+                )
         except CONNECTION_ERRORS as exc:
-            slog.warning("settlement lost with its connection; the broker redelivers the message", error=str(exc))
+            self._settle_log(delivery, outcome).warning(
+                "settlement lost with its connection; the broker redelivers the message", error=str(exc)
+            )
+
+    def _settle_log(self, delivery: AmqpDelivery, outcome: Settlement) -> Any:
+        return self._log.bind(request_id=delivery.request_id, queue=delivery.queue, outcome=outcome.value)
+
+
+async def _nack(message: wire.DeliveredMessage) -> None:
+    """Give a delivery back to its queue now (it comes again, counted)."""
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await message.channel.basic_nack(message.delivery_tag or 0, requeue=True)

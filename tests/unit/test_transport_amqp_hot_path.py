@@ -1,0 +1,81 @@
+"""The ``amqp`` transport's hot path without a broker: message properties and batched reply acks."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp.header import ContentHeader
+
+from transports.amqp import AmqpRequester, wire
+
+
+@dataclass
+class FakeChannel:
+    """Records the acks an aiormq channel would send."""
+
+    acks: list[tuple[int, bool]] = field(default_factory=list)
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self.acks.append((delivery_tag, multiple))
+
+
+def reply(channel: Any, tag: int, request_id: str, body: bytes = b"{}") -> DeliveredMessage:
+    props = wire.properties(correlation_id=request_id)
+    deliver = aiormq.spec.Basic.Deliver(consumer_tag="c", delivery_tag=tag, routing_key="r")
+    return DeliveredMessage(delivery=deliver, header=ContentHeader(properties=props), body=body, channel=channel)
+
+
+def test_properties_are_persistent_json_without_an_empty_header_table() -> None:
+    """Requests and replies are persistent; a plain payload carries no headers table at all."""
+    props = wire.properties(correlation_id="r1", message_id="r1", reply_to="q", headers={})
+    assert (props.delivery_mode, props.content_type, props.headers) == (2, "application/json", None)
+    assert wire.properties(correlation_id="r1", headers={"cp-encoding": "deflate"}).headers == {
+        "cp-encoding": "deflate"
+    }
+
+
+async def test_replies_read_together_are_acked_once_and_all_resolved() -> None:
+    """Replies arriving in one batch resolve their requests and are acked by one multiple ack."""
+    requester = AmqpRequester("amqp://guest:guest@127.0.0.1:5672/")
+    channel = FakeChannel()
+    with requester._pending.expect("a") as a, requester._pending.expect("b") as b:
+        await asyncio.gather(
+            requester._on_reply(reply(channel, 1, "a")),
+            requester._on_reply(reply(channel, 2, "b")),
+            requester._on_reply(reply(channel, 3, "late")),
+        )
+        assert (a.result(), b.result()) == (b"{}", b"{}")
+    assert channel.acks == [(3, True)]
+    assert requester.late_replies == 1
+    await requester._on_reply(reply(channel, 4, "again"))
+    assert channel.acks == [(3, True), (4, True)]
+
+
+async def test_a_reply_on_a_new_channel_is_acked_there() -> None:
+    """After a reconnect, a reply is acked on the channel that delivered it, never on the old one."""
+    requester = AmqpRequester("amqp://guest:guest@127.0.0.1:5672/")
+    old, new = FakeChannel(), FakeChannel()
+    await asyncio.gather(requester._on_reply(reply(old, 7, "x")), requester._on_reply(reply(new, 1, "y")))
+    assert (old.acks, new.acks) == ([], [(1, True)])
+
+
+def test_delivery_reads_the_aiormq_message() -> None:
+    """An agent-side delivery takes request id, reply queue and redelivery from aiormq's message."""
+    from transports.amqp import AmqpDelivery
+
+    transport = SimpleNamespace(max_message_size=1024)
+    props = wire.properties(correlation_id="r1", reply_to="cloudprov.replies.x")
+    deliver = aiormq.spec.Basic.Deliver(consumer_tag="c", delivery_tag=5, redelivered=True, routing_key="q")
+    message = DeliveredMessage(delivery=deliver, header=ContentHeader(properties=props), body=b"{}", channel=None)
+    delivery = AmqpDelivery(transport, message, 1, "q")  # type: ignore[arg-type]
+    assert (delivery.request_id, delivery.reply_to, delivery.delivery_count, delivery.payload) == (
+        "r1",
+        "cloudprov.replies.x",
+        2,
+        b"{}",
+    )
