@@ -264,8 +264,7 @@ class ScimHandler:
         dn = entry.dn
         rdn_value = self._rdn_value(mapping, new)
         _fill_required(mapping, values, rdn_value)  # a replace must not clear what the object class requires
-        current_rdn = dnlib.parse(dn)[0].get(mapping.rdn_attribute)
-        if current_rdn is None or current_rdn != rdn_value:
+        if _needs_rename(mapping, entry, values, rdn_value):
             await self._check_unique(mapping, rdn_value, own_dn=dn)
             ref = self.refs.ref_of(entry, mapping)
             if ref is not None:
@@ -413,6 +412,28 @@ class ScimHandler:
 
 def _error_body(error: ScimError) -> tuple[int, Any]:
     return error.status, error.to_body()
+
+
+def _needs_rename(
+    mapping: ResourceMapping, entry: Entry, values: dict[str, list[AttrValue]], rdn_value: str
+) -> bool:
+    """Whether writing ``values`` over ``entry`` moves it to the RDN ``rdn_value``.
+
+    Only when the RDN follows the attribute it is made from (``rdn_from``) and that attribute
+    changed, or when the write would drop the RDN's own value. An RDN an administrator chose (an AD
+    user named ``CN=Ada Lovelace`` with userName ``ada@example.com``) stays as it is: a PATCH of the
+    title must not rename the user.
+    """
+    current = dnlib.parse(entry.dn)[0].get(mapping.rdn_attribute)
+    if current is None:
+        return False
+    source = mapping.find(mapping.rdn_from)
+    held = [text(value) for value in entry.get(source.ldap)] if source is not None else []
+    follows = any(current.lower() == value.lower() for value in held)
+    if follows and rdn_value not in held:
+        return True
+    written = values.get(mapping.rdn_attribute)
+    return written is not None and all(text(value).lower() != current.lower() for value in written)
 
 
 def _fill_required(mapping: ResourceMapping, attributes: dict[str, list[AttrValue]], rdn_value: str) -> None:

@@ -603,6 +603,33 @@ class ScimSuite(abc.ABC):
         group = await scim.ok("GET", f"/Groups/{people['eng']['id']}")
         assert ben["id"] in member_ids(group)
 
+    async def test_an_rdn_the_administrator_chose_survives_patches(
+        self, scim: Scim, people: dict[str, dict[str, Any]]
+    ) -> None:
+        """An AD user named apart from its userName (``CN=Ann Alpha``) is not renamed by a PATCH.
+
+        Neither a PATCH of the title nor one of userName moves it: only an RDN made from userName
+        follows userName.
+        """
+        if scim.profile.users.rdn_attribute.lower() != "cn":
+            pytest.skip("in this profile the RDN is the userName attribute itself")
+        ann = people["ann"]
+        entry = await scim.handler.refs.find(scim.profile.users, ann["id"], [scim.profile.users.id_attribute])
+        assert entry is not None
+        chosen = f"{scim.ns}Ann Alpha"
+        dn = await scim.directory.rename(entry.dn, f"cn={chosen}")
+        title = patch_body({"op": "replace", "path": "title", "value": "Principal"})
+        assert (await scim.ok("PATCH", f"/Users/{ann['id']}", body=title))["title"] == "Principal"
+        moved = await scim.handler.refs.find(scim.profile.users, ann["id"], [scim.profile.users.id_attribute])
+        assert moved is not None
+        assert moved.dn == dn
+        renamed = patch_body({"op": "replace", "path": "userName", "value": f"{scim.ns}ann.alpha"})
+        patched = await scim.ok("PATCH", f"/Users/{ann['id']}", body=renamed)
+        assert patched["userName"] == f"{scim.ns}ann.alpha"
+        kept = await scim.handler.refs.find(scim.profile.users, ann["id"], [scim.profile.users.id_attribute])
+        assert kept is not None
+        assert kept.dn == dn
+
     async def test_put_rename_onto_taken_name_is_409(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
         """Renaming onto another user's userName is 409 and changes nothing."""
         ben = people["ben"]
