@@ -30,6 +30,7 @@ from transports.servicebus.settings import (
     close_quietly,
     make_client,
     open_bounded,
+    return_what_has_arrived,
     safe_endpoint,
     sb_properties,
 )
@@ -79,6 +80,7 @@ class ServiceBusRequester(Requester):
         receiver = self._client.get_queue_receiver(
             self.reply_queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=100
         )
+        return_what_has_arrived(receiver)
         await open_bounded(receiver, self.settings.connect_timeout, f"receiver on {self.reply_queue!r}")
         return receiver
 
