@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -71,6 +71,44 @@ class AttrMap:
         object.__setattr__(self, "extension", self.path.startswith("enterprise:"))
 
 
+class Shape(enum.Enum):
+    """Where an attribute's LDAP values go in the SCIM resource a read builds."""
+
+    SIMPLE = "simple"  # resource[name] = the first value
+    SUB = "sub"  # resource[name][sub] = the first value
+    TYPED = "typed"  # resource[name] gets {"value": v, "type": type} for every value
+    REFERENCE = "reference"  # resolved DNs: every one for members, else the first
+    META = "meta"  # meta[sub] = the first value
+
+
+class ReadStep(NamedTuple):
+    """One mapping as a read applies it, worked out once per mapping (a full read applies it per entry)."""
+
+    ldap: str
+    fallback: str | None
+    shape: Shape
+    name: str
+    sub: str | None
+    type: str | None
+    kind: Kind
+    extension: bool
+
+
+def read_step(attr: AttrMap) -> ReadStep:
+    name, sub, kind = attr.parts
+    if name == "meta" and sub:
+        shape = Shape.META
+    elif attr.kind is Kind.REFERENCE:
+        shape = Shape.REFERENCE
+    elif kind is not None:
+        shape = Shape.TYPED
+    elif sub is not None:
+        shape = Shape.SUB
+    else:
+        shape = Shape.SIMPLE
+    return ReadStep(attr.ldap, attr.fallback, shape, name, sub, kind, attr.kind, attr.extension)
+
+
 @dataclass(frozen=True, slots=True)
 class ResourceMapping:
     """How one SCIM resource type lives in the directory."""
@@ -95,6 +133,11 @@ class ResourceMapping:
     #: What ``members``' LDAP attribute holds while a group has no members, for object classes that
     #: require one (groupOfNames MUSTs ``member``); never shown in SCIM. None: an empty group has none.
     empty_members: str | None = None
+    #: ``attributes`` as reads apply them (derived; ``replace`` recomputes it).
+    read_plan: tuple[ReadStep, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read_plan", tuple(read_step(a) for a in self.attributes))
 
     def find(self, path: str) -> AttrMap | None:
         lowered = path.lower()
