@@ -3,9 +3,9 @@
 Index paging (RFC 7644 §3.4.2.4) streams the directory's pages and counts every match for
 ``totalResults`` while keeping only the requested window. Cursor paging (the
 draft-ietf-scim-cursor-pagination extension: ``cursor`` empty to start, ``nextCursor`` in the
-response) keeps one directory search open per cursor, so reading a whole directory page after page
-costs one pass, not one pass per page. Open cursors are bounded (``scim.max_cursors``) and expire
-after ``scim.cursor_ttl`` seconds idle.
+response) keeps one directory search open per cursor (directory pages as big as the first request's
+``count``), so reading a whole directory page after page costs one pass, not one pass per page.
+Open cursors are bounded (``scim.max_cursors``) and expire after ``scim.cursor_ttl`` seconds idle.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.scim.discovery import LIST_SCHEMA
@@ -28,6 +28,9 @@ from protocol.errors import ScimError, invalid_value
 
 if TYPE_CHECKING:
     from agent.scim.handler import ScimHandler
+
+#: Directory page size of a list request (a cursor read asks for pages as big as its ``count``).
+_DIRECTORY_PAGE = 500
 
 
 def _int(query: dict[str, str], name: str, default: int) -> int:
@@ -42,12 +45,18 @@ def _int(query: dict[str, str], name: str, default: int) -> int:
 
 @dataclass
 class _Cursor:
-    stream: AsyncIterator[Resource]
+    stream: AsyncIterator[list[Resource]]
     mapping: ResourceMapping
     returned: int
     touched: float
     lock: asyncio.Lock
-    pending: Resource | None = None
+    pending: list[Resource] = field(default_factory=list)  # read from the directory, not yet returned
+
+
+def _projected(
+    resources: list[Resource], attributes: list[AttrPath] | None, excluded: list[AttrPath] | None
+) -> list[Resource]:
+    return [project(resource, attributes, excluded) for resource in resources]
 
 
 class Lister:
@@ -59,19 +68,25 @@ class Lister:
     def project(self, resource: Resource, query: dict[str, str]) -> Resource:
         return project(resource, parse_paths(query.get("attributes")), parse_paths(query.get("excludedAttributes")))
 
-    async def _matches(self, mapping: ResourceMapping, query: dict[str, str]) -> AsyncIterator[Resource]:
-        """Every resource of ``mapping`` that matches the request's filter, in directory order."""
+    async def _matches(
+        self, mapping: ResourceMapping, query: dict[str, str], page_size: int
+    ) -> AsyncIterator[list[Resource]]:
+        """Every resource of ``mapping`` that matches the request's filter, in directory order, a
+        directory page at a time (a page may be empty)."""
         node = scimfilter.parse_filter(query["filter"]) if query.get("filter") else None
         if node is not None:
             scimeval.check(node)
         ldap_filter, exact = await translate(node, mapping, self.handler.refs)
         handler = self.handler
         async for page in handler.directory.search(
-            handler.base, ldap_filter, attributes=mapping.ldap_attributes, page_size=500
+            handler.base, ldap_filter, attributes=mapping.ldap_attributes, page_size=page_size
         ):
-            for resource in await handler.resources(mapping, page):
-                if exact or node is None or scimeval.matches(node, resource):
-                    yield resource
+            resources = await handler.resources(mapping, page)
+            page.clear()  # ours once yielded: the entries go now, not once the response is sent
+            if exact or node is None:
+                yield resources
+            else:
+                yield [resource for resource in resources if scimeval.matches(node, resource)]
 
     async def search(self, mapping: ResourceMapping, query: dict[str, str]) -> tuple[int, Any]:
         attributes = parse_paths(query.get("attributes"))
@@ -82,10 +97,11 @@ class Lister:
         start = max(_int(query, "startIndex", 1), 1)
         total = 0
         window: list[Resource] = []
-        async for resource in self._matches(mapping, query):
-            total += 1
-            if total >= start and len(window) < count:
-                window.append(project(resource, attributes, excluded))
+        async for resources in self._matches(mapping, query, _DIRECTORY_PAGE):
+            for resource in resources:
+                total += 1
+                if total >= start and len(window) < count:
+                    window.append(project(resource, attributes, excluded))
         return 200, {
             "schemas": [LIST_SCHEMA],
             "totalResults": total,
@@ -125,17 +141,25 @@ class Lister:
                 raise ScimError(400, f"cursor {token!r} is unknown or expired; start again", "invalidCursor")
         else:
             token = secrets.token_urlsafe(16)
-            cursor = _Cursor(self._matches(mapping, query), mapping, 0, time.monotonic(), asyncio.Lock())
+            # directory pages as big as the client's: a whole read is one pass with few round trips
+            stream = self._matches(mapping, query, max(count, _DIRECTORY_PAGE))
+            cursor = _Cursor(stream, mapping, 0, time.monotonic(), asyncio.Lock())
             self._cursors[token] = cursor
             self._expire()
         async with cursor.lock:
             page: list[Resource] = []
             try:
                 while len(page) < count:
-                    resource = cursor.pending if cursor.pending is not None else await anext(cursor.stream)
-                    cursor.pending = None
-                    page.append(project(resource, attributes, excluded))
-                cursor.pending = await anext(cursor.stream)
+                    if not cursor.pending:
+                        cursor.pending = await anext(cursor.stream)
+                        continue
+                    taken = cursor.pending[: count - len(page)]
+                    cursor.pending = cursor.pending[len(taken) :]
+                    page.extend(
+                        taken if attributes is None and excluded is None else _projected(taken, attributes, excluded)
+                    )
+                while not cursor.pending:  # is there more? (the page is full)
+                    cursor.pending = await anext(cursor.stream)
                 exhausted = False
             except StopAsyncIteration:
                 exhausted = True

@@ -25,7 +25,7 @@ Settings: ``LdapSettings`` (``plugins/ldap/settings.py``). Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -246,7 +246,7 @@ class LdapDirectory(Directory):
 
         plain_first = self.flavor == "openldap"
 
-        async def first_page(conn: Any) -> tuple[list[Any], Any]:
+        async def first_page(conn: Any) -> tuple[Iterable[Any], Any]:
             # One plain search bounded to a page first: most searches (lookups by name or id) find a few
             # entries, and the paged-results control costs a fifth of such a lookup. More than a page
             # exist: the server says sizeLimitExceeded and the search starts again, paged. Nothing
@@ -260,7 +260,7 @@ class LdapDirectory(Directory):
                 except bonsai.SizeLimitError:
                     pass
             page = await conn.paged_search(base, int(scope), ldap_filter, attrs, timeout=timeout, page_size=size)
-            return list(page), page
+            return page, page  # iterating bonsai's page hands its entries over one by one
 
         async with AsyncExitStack() as stack:
             conn, (found, page) = await self._open_paged(stack, what, first_page)
@@ -271,6 +271,7 @@ class LdapDirectory(Directory):
                     # Ask for the next page before converting this one: the server builds it meanwhile.
                     msg_id = page.acquire_next_page() if page is not None else None
                     entries, optioned = to_entries(found)
+                    found = ()
                     fetched = None
                     if optioned and msg_id is not None:  # ranged retrieval searches on this connection
                         fetched, msg_id = await conn.get_result(msg_id, timeout), None
@@ -283,7 +284,7 @@ class LdapDirectory(Directory):
                         fetched, msg_id = await conn.get_result(msg_id, timeout), None
                     if fetched is None:
                         break
-                    page, found = fetched, list(fetched)
+                    page = found = fetched
             except _FAILURES as exc:
                 raise translate(exc, context=what) from exc
             finally:
