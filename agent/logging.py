@@ -1,9 +1,10 @@
 """Structured logging with structlog: JSON when not on a terminal, secrets redacted in every line.
 
-``configure`` is called once at start. Per-request context (``request_id``, ``domain``,
-``transport``) is bound with ``structlog.contextvars`` by the dispatcher, so every line a request
-causes carries it. The redaction processor masks values of keys that look like secrets and
-credentials embedded in URLs.
+``configure`` is called once at start; ``set_level`` changes the lowest level logged while the
+process runs (the control plane's ``logging.level``), for loggers made before and after.
+Per-request context (``request_id``, ``domain``, ``transport``) is bound with
+``structlog.contextvars`` by the dispatcher, so every line a request causes carries it. The
+redaction processor masks values of keys that look like secrets and credentials embedded in URLs.
 """
 
 from __future__ import annotations
@@ -51,14 +52,33 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+_LEVEL_OF_METHOD = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40}
+_threshold = logging.INFO
+
+
+def set_level(level: str) -> None:
+    """Log ``level`` (debug, info, warning, error) and above from now on."""
+    global _threshold
+    _threshold = logging.getLevelName(level.upper())
+
+
+def _level_gate(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drop events below the current level (cached loggers keep no level of their own)."""
+    if _LEVEL_OF_METHOD.get(method, logging.CRITICAL) < _threshold:
+        raise structlog.DropEvent
+    return event
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the process (``stream``, stderr by default; JSON unless ``console`` or a TTY
     with ``auto``). ``cloudprov agent run`` logs to stdout, where container runtimes collect logs."""
     stream = sys.stderr if stream is None else stream
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    set_level(level)
     structlog.configure(
         processors=[
+            _level_gate,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -66,7 +86,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             redact_secrets,  # after the traceback is rendered to text, so exception messages are masked too
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # the level: _level_gate
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )

@@ -23,6 +23,7 @@ import structlog
 
 from agent.config import AgentSettings
 from agent.dispatcher import Dispatcher
+from agent.logging import set_level
 from agent.scim.handler import ScimHandler
 from agent.scim.profile import load_profile
 from plugins.directory import Directory
@@ -79,6 +80,16 @@ class Agent:
         if self._dispatcher is None:
             raise AgentNotStartedError("the dispatcher exists once the agent runs")
         return self._dispatcher
+
+    def apply_settings(self, settings: AgentSettings) -> None:
+        """Put settings that may change while running to work (``agent.lifecycle.remote.LIVE_KEYS``)."""
+        self.settings = settings
+        set_level(settings.logging.level)
+        self.verifier.clock_skew = settings.signing.clock_skew
+        self.verifier.max_lifetime = settings.signing.max_lifetime
+        if self._dispatcher is not None:
+            self._dispatcher.settings = settings.dispatcher
+            self._dispatcher.handler.settings = settings.scim
 
     def not_ready_reasons(self) -> list[str]:
         """Why the agent cannot take work now (empty: ready)."""

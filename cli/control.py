@@ -164,6 +164,19 @@ async def _admin_call(args: argparse.Namespace, method: str, path: str, body: An
         return response.status, await response.json()
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → (key, value): VALUE as JSON when it parses (``500``, ``true``), else as text; empty → null."""
+    key, equals, raw = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    if raw == "":
+        return key, None
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def _admin(method: str, path: str, body: Any = None) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -271,6 +284,14 @@ def add_control_commands(commands: Any) -> None:
     )
     rotate.add_argument("--grace", type=float, help="seconds the old key stays valid (default: key_grace_period)")
     rotate.set_defaults(func=_admin("POST", "/v1/admin/keys/rotate", lambda a: {"grace": a.grace}))
+
+    pushed = actions.add_parser(
+        "settings",
+        help="agent settings handed out at bootstrap (KEY=VALUE, VALUE as JSON or text; KEY= removes)",
+        epilog=f"{example} settings logging.level=debug scim.max_page_size=500 signing.clock_skew=",
+    )
+    pushed.add_argument("pairs", nargs="+", metavar="KEY=VALUE", type=_setting)
+    pushed.set_defaults(func=_admin("PATCH", "/v1/admin/settings", lambda a: dict(a.pairs)))
 
     endpoints = actions.add_parser(
         "endpoints",

@@ -11,6 +11,8 @@ Settings
     ``AgentSettings.control_plane`` (see ``agent.config.ControlPlaneSection``).
 
 Guarantees
+    - Settings from a bootstrap (a new ``settings_version``) are laid over the file settings and
+      the live ones applied at once (``agent.lifecycle.remote``); the others are logged as skipped.
     - Signing keys from a bootstrap replace the trusted keys (a key left out is revoked at once);
       an empty key list is never applied (it would refuse every request).
     - New endpoints or domains: the new transport connects and consumes first (each endpoint of
@@ -44,6 +46,7 @@ import structlog
 from agent.config import AgentSettings, ControlPlaneSection
 from agent.lifecycle.client import ControlPlaneRefusedError, LifecycleError, call
 from agent.lifecycle.identity import Identity, new_key_and_csr
+from agent.lifecycle.remote import overlay
 from protocol.signing import load_public_key
 from transports.base import Transport
 from transports.registry import create_transport
@@ -121,6 +124,7 @@ class Lifecycle:
         self.revoked: str | None = None
         self.settings_version: int | None = None
         self.remote_settings: dict[str, Any] = {}
+        self.file_settings = agent.settings  # what remote settings are laid over (a dropped key returns to it)
         self.bootstraps = 0
         self.failures = 0
         self.refresh = asyncio.Event()
@@ -178,10 +182,7 @@ class Lifecycle:
             _log.warning("bootstrap listed no signing keys; keeping the current ones")
         self.bootstrap_interval = float(document.get("bootstrap_interval") or self.settings.bootstrap_interval)
         self.heartbeat_interval = float(document.get("heartbeat_interval") or self.settings.heartbeat_interval)
-        if document.get("settings_version") != self.settings_version:
-            self.settings_version = document.get("settings_version")
-            self.remote_settings = dict(document.get("settings") or {})
-            _log.info("settings from the control plane", version=self.settings_version)
+        self._apply_settings(document)
         domains = sorted(document.get("domains") or [])
         if not domains:
             if self.domains:
@@ -190,6 +191,18 @@ class Lifecycle:
             self.agent.dispatcher.domains = set()
             return
         await self._switch(domains, choose_endpoints(document))
+
+    def _apply_settings(self, document: dict[str, Any]) -> None:
+        if document.get("settings_version") == self.settings_version:
+            return
+        self.settings_version = document.get("settings_version")
+        self.remote_settings = dict(document.get("settings") or {})
+        settings, skipped = overlay(self.file_settings, self.remote_settings)
+        self.agent.apply_settings(settings)
+        applied = sorted(set(self.remote_settings) - set(skipped))
+        _log.info("settings from the control plane", version=self.settings_version, applied=applied)
+        for key, reason in skipped.items():
+            _log.warning("control-plane setting skipped", key=key, reason=reason)
 
     async def _switch(self, domains: list[str], endpoints: list[dict[str, Any]]) -> None:
         if not endpoints:  # the control plane names no endpoints: stay where we are, with the new domains
@@ -251,6 +264,7 @@ class Lifecycle:
             self.agent.verifier.set_keys(keys)
         if document.get("domains"):
             self._set_domains(sorted(document["domains"]))
+        self._apply_settings(document)
         _log.info("restored the last bootstrap", key_ids=sorted(keys), domains=self.domains)
 
     async def run_bootstrap(self) -> None:

@@ -27,6 +27,7 @@ from protocol import scimeval, scimfilter
 from protocol.errors import ScimError, invalid_value
 
 if TYPE_CHECKING:
+    from agent.config import ScimSection
     from agent.scim.handler import ScimHandler
 
 #: Directory page size of a list request (a cursor read asks for pages as big as its ``count``).
@@ -62,8 +63,11 @@ def _projected(
 class Lister:
     def __init__(self, handler: ScimHandler) -> None:
         self.handler = handler
-        self.settings = handler.settings
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+
+    @property
+    def settings(self) -> ScimSection:
+        return self.handler.settings  # live: the control plane may change the page sizes
 
     def project(self, resource: Resource, query: dict[str, str]) -> Resource:
         return project(resource, parse_paths(query.get("attributes")), parse_paths(query.get("excludedAttributes")))

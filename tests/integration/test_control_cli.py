@@ -44,6 +44,14 @@ async def test_admin_and_register_commands(tmp_path: Path, capsys: pytest.Captur
         code, out, _ = await _cli(capsys, *admin, "agents", "list")
         assert json.loads(out)["agents"][0]["status"] == "revoked"
 
+        code, out, _ = await _cli(capsys, *admin, "settings", "scim.max_page_size=50", "logging.level=debug")
+        assert json.loads(out)["settings"] == {"scim.max_page_size": 50, "logging.level": "debug"}
+        code, out, _ = await _cli(capsys, *admin, "settings", "logging.level=")
+        assert json.loads(out)["settings"] == {"scim.max_page_size": 50}
+        with pytest.raises(SystemExit):  # argparse names the bad pair and exits 2
+            await _cli(capsys, *admin, "settings", "no-equals-sign")
+        assert "'no-equals-sign' is not KEY=VALUE" in capsys.readouterr().err
+
         outsider = [*admin[:4], "wrong", *admin[5:]]
         code, _, err = await _cli(capsys, *outsider, "agents", "list")
         assert (code, "admin_unauthorized" in err) == (2, True)

@@ -323,3 +323,45 @@ async def test_certificate_renewal_replaces_the_old_certificate(tmp_path: Path) 
             stale, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "s", "sent_at": 0}
         )
         assert (status, body["error"]) == (401, "certificate_superseded")
+
+
+async def test_settings_from_the_control_plane_apply_to_the_running_agent(tmp_path: Path) -> None:
+    """Live keys take effect at the next bootstrap, bad or restart-only keys are skipped, a dropped key reverts."""
+    async with control_plane(tmp_path / "cp") as server:
+        state = tmp_path / "agent"
+        await register_agent(server, state, "agent-1")
+        admin = admin_for(server)
+        broker = "settings-live"
+        await admin("PUT", f"/v1/admin/domains/{DOMAIN}/endpoints", {"endpoints": [{"url": f"local://{broker}"}]})
+        settings = agent_settings(state, server.url, "agent-1", bootstrap_interval=60)
+        async with lifecycle_agent(settings) as running:
+            await running.bootstrapped()
+            status, _ = await admin(
+                "PATCH",
+                "/v1/admin/settings",
+                {
+                    "scim.max_page_size": 2,
+                    "signing.clock_skew": 5,
+                    "dispatcher.max_deliveries": 0,  # invalid: skipped, the rest still applies
+                    "transport.url": "amqp://elsewhere",  # needs a restart: skipped
+                    "no.such": 1,
+                },
+            )
+            assert status == 200
+            await running.bootstrap_now()
+            agent = running.agent
+            assert running.lifecycle.remote_settings["scim.max_page_size"] == 2
+            assert agent.verifier.clock_skew == 5
+            assert agent.dispatcher.settings.max_deliveries == settings.dispatcher.max_deliveries
+            assert agent.settings.transport.url == settings.transport.url
+            client, requester = await _scim_client(server, broker)
+            async with requester:
+                page = await client.search("/Users", count="50")
+                assert page["itemsPerPage"] == 2  # the agent caps count at the new max_page_size
+                assert page["totalResults"] == 5
+
+                status, _ = await admin("PATCH", "/v1/admin/settings", {"scim.max_page_size": None})
+                assert status == 200
+                await running.bootstrap_now()
+                assert (await client.search("/Users", count="50"))["itemsPerPage"] == 5
+            assert agent.verifier.clock_skew == 5  # still set by the control plane
