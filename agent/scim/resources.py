@@ -51,7 +51,10 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     attributes = entry.attributes
     first = attributes.first
     anchor = first(mapping.id_attribute)
-    scim_id = anchor_to_id(anchor, mapping.id_binary) if anchor is not None else ""
+    if type(anchor) is str and not mapping.id_binary:
+        scim_id = anchor
+    else:
+        scim_id = anchor_to_id(anchor, mapping.id_binary) if anchor is not None else ""
     resource: Resource = {"schemas": [mapping.schema], "id": scim_id}
     meta: dict[str, Any] = {"resourceType": mapping.name, "location": f"{mapping.endpoint}/{scim_id}"}
     extension: dict[str, Any] = {}

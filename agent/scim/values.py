@@ -40,12 +40,9 @@ def id_to_anchor(scim_id: str, binary: bool) -> AttrValue | None:
 
 def generalized_to_iso(value: str) -> str | None:
     """``20240131120000Z`` / ``20240131120000.0Z`` → ``2024-01-31T12:00:00Z`` (None if unparseable)."""
-    digits = value[:14]
-    if len(digits) != 14 or not digits.isdigit() or value[14:15] not in {"Z", ".", ",", ""}:
+    if len(value) < 15 or value[14] not in "Z.," or value[-1] != "Z" or not value[:14].isdigit():
         return None
-    if value[14:15] == "" or not value.endswith("Z"):
-        return None
-    return f"{digits[0:4]}-{digits[4:6]}-{digits[6:8]}T{digits[8:10]}:{digits[10:12]}:{digits[12:14]}Z"
+    return f"{value[0:4]}-{value[4:6]}-{value[6:8]}T{value[8:10]}:{value[10:12]}:{value[12:14]}Z"
 
 
 def iso_to_generalized(value: str) -> str | None:

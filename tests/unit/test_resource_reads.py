@@ -1,4 +1,5 @@
-"""``to_resource`` (the read plan) builds exactly what the straightforward per-attribute reading builds."""
+"""Code that runs once per listed entry (``to_resource``'s read plan, generalized time) gives exactly
+what the straightforward step-by-step code gives."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.scim.profile import ENTERPRISE, LDAP_ENTRY, Kind, ResourceMapping, load_profile
 from agent.scim.refs import Ref
 from agent.scim.resources import reference_dns, reference_value, to_resource
-from agent.scim.values import anchor_to_id, text, to_scim
+from agent.scim.values import anchor_to_id, generalized_to_iso, text, to_scim
 from plugins import dn as dnlib
 from plugins.directory import Attributes, AttrValue, Entry, InvalidDNError
 
@@ -114,3 +116,38 @@ def test_reference_dns_are_every_reference_value(mapping: ResourceMapping, entri
     if mapping.empty_members is not None:
         expected.discard(mapping.empty_members)
     assert reference_dns(mapping, entries) == expected
+
+
+def _iso_by_the_letter(value: str) -> str | None:
+    """Generalized time → ISO 8601 spelled out step by step (the oracle for the fast version)."""
+    digits = value[:14]
+    if len(digits) != 14 or not digits.isdigit() or value[14:15] not in {"Z", ".", ",", ""}:
+        return None
+    if value[14:15] == "" or not value.endswith("Z"):
+        return None
+    return f"{digits[0:4]}-{digits[4:6]}-{digits[6:8]}T{digits[8:10]}:{digits[10:12]}:{digits[12:14]}Z"
+
+
+@pytest.mark.parametrize(
+    ("value", "iso"),
+    [
+        ("20240131120000Z", "2024-01-31T12:00:00Z"),
+        ("20240131120000.0Z", "2024-01-31T12:00:00Z"),
+        ("20240131120000,5Z", "2024-01-31T12:00:00Z"),
+        ("20240131120000", None),
+        ("20240131120000+0100", None),
+        ("2024013112000Z", None),
+        ("20240131120000ZZ", "2024-01-31T12:00:00Z"),
+        ("", None),
+    ],
+)
+def test_generalized_time_examples(value: str, iso: str | None) -> None:
+    """UTC generalized time (fractions allowed) becomes ISO 8601; anything else is not converted."""
+    assert generalized_to_iso(value) == iso
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789Z.,+-x²", max_size=20) | st.from_regex(r"\A[0-9]{14}[Z.,][0-9]{0,3}Z?\Z"))
+def test_generalized_time_conversion_matches_the_spelled_out_rules(value: str) -> None:
+    """The fast check accepts and converts exactly what the step-by-step rules do."""
+    assert generalized_to_iso(value) == _iso_by_the_letter(value)
