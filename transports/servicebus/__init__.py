@@ -19,7 +19,8 @@ Connection URL / options
     ``reply_prefix`` (``cloudprov.replies.``), ``requester_id`` (random), ``prefetch`` (32),
     ``max_message_size`` (262144: Standard tier; 1048576 or more on Premium), ``max_lock_renewal``
     (600 s), ``connect_timeout`` (20 s), ``operation_timeout`` (30 s), ``receive_wait`` (5 s),
-    ``backoff_initial``/``backoff_max`` (0.5 s / 30 s), ``retry_total`` (2: the SDK's own retries).
+    ``socket_timeout`` (0.02 s: an idle read's wait, which holds up a settlement on the same
+    connection), ``backoff_initial``/``backoff_max`` (0.5 s / 30 s), ``retry_total`` (2: the SDK's own retries).
 
 Guarantees
     - At least once. A request is completed only when the dispatcher acks it; ``retry_later``

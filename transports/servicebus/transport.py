@@ -29,7 +29,6 @@ from transports.servicebus.settings import (
     close_quietly,
     make_client,
     open_bounded,
-    return_what_has_arrived,
     safe_endpoint,
     sb_properties,
     serialize_lock_renewal,
@@ -134,7 +133,6 @@ class ServiceBusTransport(Transport):
             queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, auto_lock_renewer=self._renewer
         )
         serialize_lock_renewal(receiver)
-        return_what_has_arrived(receiver)
         await open_bounded(receiver, self.settings.connect_timeout, f"receiver on {queue!r}")
         self._healthy.add(domain)
         return receiver
