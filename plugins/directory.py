@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar, Self
@@ -135,6 +135,12 @@ class Attributes(Mapping[str, list[AttrValue]]):
     def copy(self) -> Attributes:
         clone = Attributes()
         clone._data = {key: (spelled, list(values)) for key, (spelled, values) in self._data.items()}
+        return clone
+
+    def picked(self, keep: Callable[[str], bool]) -> Attributes:
+        """A copy of the attributes whose lower-case name ``keep`` accepts (the value lists copied too)."""
+        clone = Attributes()
+        clone._data = {key: (spelled, list(values)) for key, (spelled, values) in self._data.items() if keep(key)}
         return clone
 
 

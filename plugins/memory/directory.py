@@ -165,25 +165,14 @@ class MemoryDirectory(Directory):
         hidden = self._operational.hidden
         if selection is None:
             concealed = hidden - {self._operational.anchor.lower()}
-
-            def everything(attrs: Attributes) -> Attributes:
-                return Attributes(
-                    (name, list(values)) for name, values in attrs.items() if name.lower() not in concealed
-                )
-
-            return everything
+            return lambda attrs: attrs.picked(lambda key: key not in concealed)
         wanted = {name.lower() for name in selection} or {"*"}
         every_user, every_operational = "*" in wanted, "+" in wanted
 
-        def chosen(attrs: Attributes) -> Attributes:
-            picked = Attributes()
-            for name, values in attrs.items():
-                key = name.lower()
-                if key in wanted or (every_operational if key in hidden else every_user):
-                    picked.set(name, list(values))
-            return picked
+        def chosen(key: str) -> bool:
+            return key in wanted or (every_operational if key in hidden else every_user)
 
-        return chosen
+        return lambda attrs: attrs.picked(chosen)
 
     # ---------------------------------------------------------------------------------- writes
 
