@@ -5,7 +5,7 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
   *writability* too: a connected socket is always writable, so the event loop spun a core while a
   reply was pending. Once the connection is open, we wait for readability only (plus one immediate
   check, because libldap may already hold the reply in its buffers). Opening (connect, TLS, bind)
-  keeps bonsai's own code path.
+  keeps bonsai's own code path. Replies are parsed with the garbage collector paused (``gcpause.py``).
 - One outstanding operation per connection, as in bonsai; the pool enforces it.
 - ``make_client`` sets manual paging (bonsai's automatic paging breaks on Samba when the last page is
   exactly full), raw binary attributes, certificate checking (``demand`` unless disabled) and the CA.
@@ -20,6 +20,7 @@ import bonsai
 from bonsai._bonsai import ldapconnection as c_connection
 from bonsai.asyncio import AIOLDAPConnection
 
+from plugins.ldap.gcpause import collector_paused
 from plugins.ldap.settings import LdapSettings
 
 #: Binary whatever the settings say: the delta code depends on them.
@@ -44,7 +45,8 @@ class ReadableOnlyConnection(AIOLDAPConnection):
             result = await super()._poll(msg_id, timeout)  # type: ignore[no-untyped-call]
             self._opened = True
             return result
-        result = c_connection.get_result(self, msg_id)
+        with collector_paused():  # a page of entries parsed in one call: see gcpause.py
+            result = c_connection.get_result(self, msg_id)
         if result is not None:
             return result
         loop = asyncio.get_running_loop()
@@ -71,7 +73,8 @@ class ReadableOnlyConnection(AIOLDAPConnection):
             return
         msg_id, done = pending
         try:
-            answer = c_connection.get_result(self, msg_id)
+            with collector_paused():
+                answer = c_connection.get_result(self, msg_id)
         except BaseException as exc:  # handed to the awaiting operation
             done.set_exception(exc)
             return

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.directory import Attributes, AttrValue, Entry, Modification, ModOp
+from plugins.ldap.gcpause import collector_paused
 
 _items = dict.items
 _RANGE = re.compile(r"^(?P<name>[^;]+(?:;(?!range=)[^;]+)*);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
@@ -46,8 +47,13 @@ def to_entries(found: Iterable[Any]) -> tuple[list[Entry], list[Entry]]:
 
     One pass per page: a full read converts every entry it lists, so this loop is kept flat. Given
     bonsai's page itself (not a list of it), each bonsai entry is freed as soon as it is converted,
-    which keeps the garbage collector's work on a page of 1,000 entries small.
+    and the garbage collector is paused meanwhile (``gcpause.py``).
     """
+    with collector_paused():
+        return _convert(found)
+
+
+def _convert(found: Iterable[Any]) -> tuple[list[Entry], list[Entry]]:
     entries: list[Entry] = []
     optioned: list[Entry] = []
     for item in found:

@@ -1,0 +1,42 @@
+"""``collector_paused``: the garbage collector is off inside and as it was outside."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from plugins.ldap.gcpause import collector_paused
+
+
+@pytest.fixture
+def collector_on() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if not was:
+        gc.disable()
+
+
+def test_paused_inside_and_running_again_after(collector_on: None) -> None:
+    """Inside the block the collector does not run; after it, it runs again."""
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_running_again_after_an_error(collector_on: None) -> None:
+    """An exception leaving the block does not leave the collector off."""
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("parse failed")
+    assert gc.isenabled()
+
+
+def test_a_collector_the_application_disabled_stays_disabled(collector_on: None) -> None:
+    """The block never turns on a collector that was off when it began."""
+    gc.disable()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+    gc.enable()
