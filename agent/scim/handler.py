@@ -30,7 +30,7 @@ from agent.scim.errors import scim_error
 from agent.scim.listing import Lister
 from agent.scim.patch import PatchOperation, apply_patch, parse_operations
 from agent.scim.profile import Kind, Profile, ResourceMapping
-from agent.scim.refs import Ref, References
+from agent.scim.refs import REMEMBER_PAGE, Ref, References
 from agent.scim.resources import (
     Resource,
     ci_get,
@@ -169,8 +169,9 @@ class ScimHandler:
         """SCIM resources for a page of entries, references resolved in one batch."""
         dns = reference_dns(mapping, entries)
         refs = await self.refs.refs_for(dns) if dns else {}
-        for entry in entries:
-            self.refs.ref_of(entry, mapping)
+        if len(entries) <= REMEMBER_PAGE:
+            for entry in entries:
+                self.refs.ref_of(entry, mapping)
         return [to_resource(mapping, entry, refs) for entry in entries]
 
     async def resource(self, mapping: ResourceMapping, entry: Entry) -> Resource:

@@ -24,6 +24,9 @@ from plugins.ldapfilter import escape_value
 #: References cached at most (by DN and by id): big batches are resolved by searches, not from here,
 #: and a full read of a large directory must not leave two entries per object behind.
 CACHE_SIZE = 10_000
+#: Listed entries are remembered only from pages up to this size: a large page (a full read) would
+#: only push the cache's useful references out, at a tenth of the read's CPU.
+REMEMBER_PAGE = 100
 #: More DNs to resolve than this at once are looked up by searches, ``SEARCH_CHUNK`` RDN values a search.
 SEARCH_FROM = 32
 SEARCH_CHUNK = 250
