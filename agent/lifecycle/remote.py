@@ -66,6 +66,9 @@ def overlay(base: AgentSettings, remote: Mapping[str, Any]) -> tuple[AgentSettin
 
 
 def _known(section_name: str, field_name: str) -> bool:
+    """Whether ``section.field`` names a setting (any key of a section that takes extra keys: the directory's)."""
     section = AgentSettings.model_fields.get(section_name)
-    annotation = section.annotation if section is not None else None
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel) and field_name in annotation.model_fields
+    model = section.annotation if section is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or not field_name:
+        return False
+    return field_name in model.model_fields or model.model_config.get("extra") == "allow"

@@ -38,6 +38,7 @@ def test_live_keys_are_laid_over_the_file_settings_and_the_rest_is_untouched() -
         ("signing.clock_skew", -1, "greater than or equal to 0"),
         ("transport.url", "amqp://elsewhere", "needs an agent restart"),
         ("dispatcher.max_in_flight", 8, "needs an agent restart"),
+        ("directory.urls", ["ldaps://dc2"], "needs an agent restart"),  # a plugin setting
         ("scim", {"max_page_size": 5}, "not an agent setting"),
         ("no.such", 1, "not an agent setting"),
     ],
