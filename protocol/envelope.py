@@ -154,6 +154,8 @@ def _load_object(raw: bytes | str, what: str) -> dict[str, Any]:
 
 def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str, *, optional: bool = False) -> Any:
     value = data.get(name)
+    if type(value) is kind:  # the usual case, first (never bool: no field asks for a bool)
+        return value
     if value is None and optional:
         return None
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):

@@ -182,10 +182,15 @@ def merkle_root(leaf: bytes, proof: tuple[str, ...]) -> bytes:
     node = leaf
     for step in proof:
         side, colon, text = step.partition(":")
-        sibling = base64.b64decode(text, validate=True)
-        if not colon or side not in ("l", "r") or len(sibling) != 32:
+        sibling = binascii.a2b_base64(text, strict_mode=True)  # binascii.Error is a ValueError
+        if not colon or len(sibling) != 32:
             raise ValueError(f"malformed proof step {step[:60]!r}")
-        node = _node(sibling, node) if side == "l" else _node(node, sibling)
+        if side == "l":
+            node = hashlib.sha256(b"\x01" + sibling + node).digest()
+        elif side == "r":
+            node = hashlib.sha256(b"\x01" + node + sibling).digest()
+        else:
+            raise ValueError(f"malformed proof step {step[:60]!r}")
     return node
 
 

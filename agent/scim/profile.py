@@ -133,11 +133,17 @@ class ResourceMapping:
     #: What ``members``' LDAP attribute holds while a group has no members, for object classes that
     #: require one (groupOfNames MUSTs ``member``); never shown in SCIM. None: an empty group has none.
     empty_members: str | None = None
-    #: ``attributes`` as reads apply them (derived; ``replace`` recomputes it).
+    #: ``attributes`` as reads apply them (derived, like ``ldap_attributes``; ``replace`` recomputes both).
     read_plan: tuple[ReadStep, ...] = field(init=False, repr=False, compare=False)
+    #: The LDAP attributes to fetch to build a full resource (every search and get asks for them).
+    ldap_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read_plan", tuple(read_step(a) for a in self.attributes))
+        names = {self.id_attribute, "objectClass", self.rdn_attribute}
+        names.update(a.ldap for a in self.attributes)
+        names.update(a.fallback for a in self.attributes if a.fallback)
+        object.__setattr__(self, "ldap_attributes", tuple(sorted(names, key=str.lower)))
 
     def find(self, path: str) -> AttrMap | None:
         lowered = path.lower()
@@ -147,14 +153,6 @@ class ResourceMapping:
         """Every mapping of SCIM attribute ``name`` (all types and sub-attributes)."""
         lowered = name.lower()
         return [a for a in self.attributes if a.parts[0].lower() == lowered]
-
-    @property
-    def ldap_attributes(self) -> list[str]:
-        """The LDAP attributes to fetch to build a full resource."""
-        names = {self.id_attribute, "objectClass", self.rdn_attribute}
-        names.update(a.ldap for a in self.attributes)
-        names.update(a.fallback for a in self.attributes if a.fallback)
-        return sorted(names, key=str.lower)
 
 
 @dataclass(frozen=True, slots=True)
