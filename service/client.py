@@ -3,7 +3,9 @@
 ``ScimClient.call(method, path, query, body)`` builds a request envelope with a fresh id and a
 deadline ``timeout`` seconds away, signs it, sends it and returns the decoded ``Response``. Calls
 made together share one batch signature (``protocol.signing.SignatureBatcher``): the agent checks
-one Ed25519 signature per batch instead of one per request. Helpers
+one Ed25519 signature per batch instead of one per request. A call made while others are in flight
+waits up to ``batch_linger`` seconds for them to join its batch (their replies trickle in one by one
+and each makes its caller send again). Helpers
 cover the usual calls (``get``, ``search``, ``create``, ``patch``, ``delete``, ``changes``) and
 ``read_all`` streams every resource of a type with cursor paging.
 """
@@ -20,6 +22,8 @@ from protocol.signing import SignatureBatcher, Signer
 from transports.base import Requester
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+#: Seconds a call may wait for the client's other calls in flight to join its batch signature.
+DEFAULT_BATCH_LINGER = 0.001
 
 
 class ScimCallError(Exception):
@@ -32,12 +36,21 @@ class ScimCallError(Exception):
 
 
 class ScimClient:
-    def __init__(self, requester: Requester, signer: Signer, domain: str, *, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        requester: Requester,
+        signer: Signer,
+        domain: str,
+        *,
+        timeout: float = 600.0,
+        batch_linger: float = DEFAULT_BATCH_LINGER,
+    ) -> None:
         self.requester = requester
         self.signer = signer
         self.domain = domain
         self.timeout = timeout
-        self._batcher = SignatureBatcher()
+        self._batcher = SignatureBatcher(linger=batch_linger)
+        self._in_flight = 0
 
     def _unsigned(
         self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: float | None
@@ -74,8 +87,14 @@ class ScimClient:
         *,
         timeout: float | None = None,
     ) -> Response:
-        request = await self._batcher.sign(self.signer, self._unsigned(method, path, query, body, timeout))
-        return await self.send(request, timeout=timeout)
+        self._in_flight += 1
+        try:
+            request = await self._batcher.sign(
+                self.signer, self._unsigned(method, path, query, body, timeout), expected=self._in_flight - 1
+            )
+            return await self.send(request, timeout=timeout)
+        finally:
+            self._in_flight -= 1
 
     async def ok(self, method: str, path: str, query: Mapping[str, str] | None = None, body: Any = None) -> Any:
         """The body of a successful call; ``ScimCallError`` otherwise."""

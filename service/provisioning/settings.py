@@ -39,6 +39,13 @@ class JobSettings(BaseModel):
 
     timeout: float = Field(default=600.0, gt=0, description="Seconds a request to an agent may take.")
     attempts: int = Field(default=3, ge=1, description="Tries of a request that timed out (each a new request).")
+    batch_linger: float = Field(
+        default=0.001,
+        ge=0,
+        le=1,
+        description="Seconds a request may wait for the job's other requests in flight to share its batch "
+        "signature (0: requests sent in one event-loop turn share one, no wait).",
+    )
     page_size: int = Field(default=1000, ge=1, le=10_000, description="Resources per page of a full sync.")
     change_batch: int = Field(default=1000, ge=1, le=10_000, description="Changes per /Changes request.")
     out_of_scope: Literal["disable", "delete"] = Field(

@@ -26,7 +26,7 @@ from typing import Any, Self
 
 from protocol.envelope import Response
 from protocol.signing import Signer
-from service.client import ScimClient
+from service.client import DEFAULT_BATCH_LINGER, ScimClient
 from service.control.keys import new_signing_key, signer_of
 from service.provisioning.rules import Rules, rules_from_settings
 from service.provisioning.settings import JobSettings
@@ -57,10 +57,11 @@ class CurrentKeyClient(ScimClient):
         *,
         signer_source: SignerSource,
         timeout: float = 600.0,
+        batch_linger: float = DEFAULT_BATCH_LINGER,
         refresh: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(requester, signer, domain, timeout=timeout)
+        super().__init__(requester, signer, domain, timeout=timeout, batch_linger=batch_linger)
         self.signer_source = signer_source
         self.refresh = refresh
         self.clock = clock
@@ -129,6 +130,7 @@ class JobWiring:
             job.domain,
             signer_source=self.signer,
             timeout=settings.timeout,
+            batch_linger=settings.batch_linger,
             refresh=self.key_refresh,
             clock=self.clock,
         )

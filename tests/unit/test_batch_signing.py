@@ -192,3 +192,40 @@ async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
     for request in (done[0], done[2], done[3]):
         assert isinstance(request, Request)
         verifier.verify(_wire(request))
+
+
+async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
+    """Callers with others in flight wait for them: replies arriving one turn apart still share a signature."""
+    batcher = SignatureBatcher(linger=60.0)
+    first = asyncio.ensure_future(batcher.sign(SIGNER, _request(0), expected=2))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not first.done()  # two more are expected: it waits for them
+    second = asyncio.ensure_future(batcher.sign(SIGNER, _request(1), expected=2))
+    await asyncio.sleep(0)
+    third = asyncio.ensure_future(batcher.sign(SIGNER, _request(2), expected=2))
+    # the last expected request completes the batch: signed at the end of this turn, not after 60 s
+    signed = await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10)
+    assert len({request.signature for request in signed}) == 1
+    verifier = _verifier()
+    for request in signed:
+        verifier.verify(_wire(request))
+
+
+async def test_a_request_with_nothing_else_in_flight_does_not_linger() -> None:
+    batcher = SignatureBatcher(linger=60.0)
+    alone = await asyncio.wait_for(batcher.sign(SIGNER, _request(0)), timeout=10)
+    assert alone.proof is None
+    _verifier().verify(_wire(alone))
+
+
+async def test_a_lingering_batch_is_signed_when_the_wait_runs_out() -> None:
+    batcher = SignatureBatcher(linger=0.01)
+    signed = await asyncio.wait_for(
+        asyncio.gather(batcher.sign(SIGNER, _request(0), expected=5), batcher.sign(SIGNER, _request(1), expected=5)),
+        timeout=10,
+    )
+    assert len({request.signature for request in signed}) == 1  # both waited together, the rest never came
+    verifier = _verifier()
+    for request in signed:
+        verifier.verify(_wire(request))
