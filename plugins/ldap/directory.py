@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 import bonsai
@@ -47,7 +48,7 @@ from plugins.directory import (
     UnavailableError,
 )
 from plugins.ldap import compat
-from plugins.ldap.connection import make_client
+from plugins.ldap.connection import binary_among, binary_attributes, make_client
 from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, translate
 from plugins.ldap.pool import ConnectionPool
 from plugins.ldap.retry import retrying
@@ -83,6 +84,18 @@ def _abandon(conn: Any, msg_id: int) -> None:
         conn.close()  # cannot tell what the connection holds: the pool will not lend it again
 
 
+@dataclass(frozen=True, slots=True)
+class _Search:
+    """One search as sent: ``binary`` names the binary attributes it can return (None: any)."""
+
+    base: str
+    scope: int
+    ldap_filter: str
+    attrs: list[str]
+    size: int
+    binary: list[str] | None
+
+
 class _NotOpen:
     """Placeholder pool: fails loudly when the directory is used before ``open``."""
 
@@ -111,6 +124,8 @@ class LdapDirectory(Directory):
         self._base_dn: str | None = settings.base_dns[0] if settings.base_dns else None
         self.root_dse: Entry | None = None
         self._tracker: Any = None
+        self._binary_names = binary_attributes(settings)
+        self._binary_by_attrs: dict[tuple[str, ...], list[str] | None] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -240,36 +255,68 @@ class LdapDirectory(Directory):
     ) -> AsyncIterator[list[Entry]]:
         attrs = list(attributes) if attributes is not None else self.default_attributes()
         size = max(1, min(page_size, self.settings.page_size))
-        timeout = self.settings.operation_timeout
         ldap_filter = self.scoped(base, ldap_filter)
+        asked = _Search(base, int(scope), ldap_filter, attrs, size, self._binary_for(attrs))
         what = f"search {base!r} {ldap_filter}"
-
-        plain_first = self.flavor == "openldap"
-
-        async def first_page(conn: Any) -> tuple[Iterable[Any], Any]:
+        if self.flavor == "openldap":
             # One plain search bounded to a page first: most searches (lookups by name or id) find a few
             # entries, and the paged-results control costs a fifth of such a lookup. More than a page
-            # exist: the server says sizeLimitExceeded and the search starts again, paged. Nothing
-            # found: paged again too, because bonsai's plain search answers a missing base with [].
-            # Only where the server honours the client's size limit (Samba ignores it: AD always pages).
-            if plain_first:
-                try:
-                    found = await conn.search(base, int(scope), ldap_filter, attrs, timeout=timeout, sizelimit=size)
-                    if 0 < len(found) <= size:
-                        return list(found), None
-                except bonsai.SizeLimitError:
-                    pass
-            page = await conn.paged_search(base, int(scope), ldap_filter, attrs, timeout=timeout, page_size=size)
-            return page, page  # iterating bonsai's page hands its entries over one by one
+            # exist, or none: the search runs again, paged (see _plain_page). Only where the server
+            # honours the client's size limit (Samba ignores it: AD always pages).
+            found = await self.call(what, lambda conn: self._plain_page(conn, asked))
+            if found:
+                yield found
+                return
+        async for page in self._paged(what, asked):
+            yield page
+
+    async def _plain_page(self, conn: Any, asked: _Search) -> list[Entry]:
+        """The entries of a plain search limited to ``size``; [] when more exist (the server says
+        sizeLimitExceeded) or none, because bonsai's plain search answers a missing base with []."""
+        conn.binary = asked.binary
+        try:
+            found = await conn.search(
+                asked.base,
+                asked.scope,
+                asked.ldap_filter,
+                asked.attrs,
+                timeout=self.settings.operation_timeout,
+                sizelimit=asked.size,
+            )
+        except bonsai.SizeLimitError:
+            return []
+        finally:
+            conn.binary = None
+        if len(found) > asked.size:
+            return []
+        entries, optioned = to_entries(found)
+        for entry in optioned:
+            await self._complete_ranges(conn, entry)
+        return entries
+
+    async def _paged(self, what: str, asked: _Search) -> AsyncIterator[list[Entry]]:
+        """A paged search streamed page by page on one connection (manual paging)."""
+        timeout = self.settings.operation_timeout
+
+        async def first_page(conn: Any) -> Any:
+            conn.binary = asked.binary
+            try:
+                return await conn.paged_search(
+                    asked.base, asked.scope, asked.ldap_filter, asked.attrs, timeout=timeout, page_size=asked.size
+                )
+            except BaseException:
+                conn.binary = None
+                raise
 
         async with AsyncExitStack() as stack:
-            conn, (found, page) = await self._open_paged(stack, what, first_page)
+            conn, page = await self._open_paged(stack, what, first_page)
+            found: Iterable[Any] = page  # iterating bonsai's page hands its entries over one by one
             yielded = False
             msg_id: int | None = None
             try:
                 while True:
                     # Ask for the next page before converting this one: the server builds it meanwhile.
-                    msg_id = page.acquire_next_page() if page is not None else None
+                    msg_id = page.acquire_next_page()
                     entries, optioned = to_entries(found)
                     found = ()
                     fetched = None
@@ -290,8 +337,20 @@ class LdapDirectory(Directory):
             finally:
                 if msg_id is not None:  # the consumer stopped early: drop the page asked for in advance
                     _abandon(conn, msg_id)
+                conn.binary = None
         if not yielded:
             yield []
+
+    def _binary_for(self, attrs: list[str]) -> list[str] | None:
+        """The binary attributes a search for ``attrs`` can return (None: any), remembered per list."""
+        key = tuple(attrs)
+        try:
+            return self._binary_by_attrs[key]
+        except KeyError:
+            if len(self._binary_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
+                self._binary_by_attrs.clear()
+            known = self._binary_by_attrs[key] = binary_among(self._binary_names, attrs)
+            return known
 
     def scoped(self, base: str, ldap_filter: str) -> str:
         """``ldap_filter`` ANDed with ``scope_filter`` when ``base`` overlaps the scope (is in, or holds, a

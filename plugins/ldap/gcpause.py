@@ -8,22 +8,28 @@ Settings: none. Guarantees:
   collected 23 objects in all, ~3.7 s of a 16 s read). Paused around the two bursts: 18 full passes.
 - only around synchronous code (no ``await`` inside, so no other task runs meanwhile); the previous
   state comes back on exit, errors included; a collector disabled by the application stays disabled.
+- cheap enough for every reply, one-entry lookups included (a class, not a generator-based context
+  manager: 0.3 instead of 2 us).
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+class collector_paused:  # noqa: N801 - used like the function it replaces
+    """``with collector_paused():`` the collector is off inside and as it was outside."""
+
+    __slots__ = ("_resume",)
+
+    def __enter__(self) -> None:
+        self._resume = gc.isenabled()
+        if self._resume:
+            gc.disable()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._resume:
+            gc.enable()

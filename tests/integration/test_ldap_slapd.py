@@ -203,6 +203,24 @@ async def test_binary_values_round_trip(directory: LdapDirectory, ou: str) -> No
     assert sorted(entry.get("description")) == ["12", "TRUE"]  # not bool / int
 
 
+async def test_binary_values_come_back_as_bytes_whatever_a_search_asks_for(tmp_path: Path, ou: str) -> None:
+    """A search naming its attributes parses against the binary ones it named; the next operation on
+    the same connection (one in the pool) gets the whole binary list back."""
+    blob = b"12345"  # would parse as the number 12345 if treated as text
+    async with LdapDirectory(slapd_settings(tmp_path, pool_size=1)) as one:
+        await one.add(f"uid=blob,{ou}", person("blob", jpegPhoto=[blob], employeeNumber=["12345"]))
+        named = await collect(one.search(ou, "(uid=blob)", attributes=["cn", "JPEGPHOTO", "employeeNumber"]))
+        assert named[0].get("jpegPhoto") == [blob]
+        assert named[0].get("employeeNumber") == ["12345"]
+        others = await collect(one.search(ou, "(uid=blob)", attributes=["cn", "employeeNumber"]))
+        assert "jpegPhoto" not in others[0].attributes
+        again = await one.get(f"uid=blob,{ou}")
+        assert again is not None
+        assert again.get("jpegPhoto") == [blob]
+        listed = await collect(one.search(ou, "(uid=blob)"))
+        assert listed[0].get("jpegPhoto") == [blob]
+
+
 # ---------------------------------------------------------------- hostile data
 HOSTILE = [
     'comma, plus+ quote" backslash\\ less< greater> semi; equals= hash#',
