@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import bonsai
@@ -67,29 +67,19 @@ class ConnectionPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """A connection for one operation at a time; broken ones never return to the pool."""
-        if self._closed:
-            raise UnavailableError("the LDAP connection pool is closed")
-        async with self._slots:
-            conn, generation, url = await self._take()
-            self._busy.add(conn)
-            reusable = False
-            try:
-                yield conn
-                reusable = True
-            except BaseException as exc:
-                reusable = connection_is_reusable(exc)
-                if not reusable:
-                    self._generation += 1  # the server may have restarted: distrust the idle ones
-                raise
-            finally:
-                self._busy.discard(conn)
-                if reusable and not self._closed and not conn.closed and generation == self._generation:
-                    self._idle.append(_Idle(conn, generation, self._clock(), url))
-                else:
-                    conn.close()
+    def connection(self) -> _Lease:
+        """A connection for one operation at a time (``async with``); broken ones never return to the pool."""
+        return _Lease(self)
+
+    def _give_back(self, conn: Any, generation: int, url: str, error: BaseException | None) -> None:
+        self._busy.discard(conn)
+        reusable = error is None or connection_is_reusable(error)
+        if not reusable:
+            self._generation += 1  # the server may have restarted: distrust the idle ones
+        if reusable and not self._closed and not conn.closed and generation == self._generation:
+            self._idle.append(_Idle(conn, generation, self._clock(), url))
+        else:
+            conn.close()
 
     async def _take(self) -> tuple[Any, int, str]:
         now = self._clock()
@@ -127,6 +117,40 @@ class ConnectionPool:
         self._closed = True
         while self._idle:
             self._idle.pop().conn.close()
+
+
+class _Lease:
+    """``async with pool.connection() as conn``: a slot and a connection, given back on exit.
+
+    A class rather than a generator-based context manager: every operation takes one, and the
+    generator's machinery cost as much as the rest of the pool's bookkeeping.
+    """
+
+    __slots__ = ("_conn", "_generation", "_pool", "_url")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> Any:
+        pool = self._pool
+        if pool._closed:
+            raise UnavailableError("the LDAP connection pool is closed")
+        await pool._slots.acquire()
+        try:
+            self._conn, self._generation, self._url = await pool._take()
+        except BaseException:
+            pool._slots.release()
+            raise
+        pool._busy.add(self._conn)
+        return self._conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self._pool._give_back(self._conn, self._generation, self._url, exc)
+        finally:
+            self._pool._slots.release()
 
 
 def _healthy(conn: Any) -> bool:
