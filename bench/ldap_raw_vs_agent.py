@@ -1,15 +1,20 @@
 """Benchmark: raw bonsai searches against slapd vs the same lookups through our stack, in one run.
 
-    .venv/bin/python -m bench.ldap_raw_vs_agent [--users 10000] [--queries 4000] [--concurrency 16]
+    .venv/bin/python -m bench.ldap_raw_vs_agent [--users 10000] [--queries 4000] [--concurrency 16] [--rounds 5]
 
 A throwaway slapd (``bench/slapd.py``: own state folder and port, ``--users`` loaded with slapadd) is
 started and stopped. For concurrency 1 and ``--concurrency`` it measures lookups of one user by uid:
   - raw bonsai: one connection per worker, ``(uid=…)`` under ou=people, no paging, default attributes
     (stock bonsai, the baseline of the ratios; also with our readable-only connection class);
-  - ``LdapDirectory.search``: the plugin (pool, paging, entry conversion), same filter;
+  - ``LdapDirectory.search``: the plugin (pool, paging, entry conversion), same filter, asking for the
+    attributes the SCIM GET asks for (the openldap profile's user attributes);
   - SCIM: ``GET /Users?filter=userName eq "…"`` signed, through the local transport, the dispatcher,
     the SCIM handler and the plugin (requester and agent share this process and its one core);
-and prints each rate and its ratio to raw (target for SCIM at ``--concurrency``: >= 0.7). It also
+and prints each rate and its ratio to raw (target for SCIM at ``--concurrency``: >= 0.7), and the CPU
+this process spent per lookup (``*_cpu_us``: for raw, bonsai alone; the differences are our layers).
+The variants take turns, ``--rounds`` times over a share of the queries each, and each figure is
+the median over the rounds: on a shared, noisy machine a variant measured minutes after another
+is not comparable, turns a few seconds apart are. It also
 measures the CPU burnt while a reply is pending (slapd paused 2 s): stock bonsai vs our
 readable-only connection. Prints result lines; asserts nothing.
 """
@@ -21,10 +26,14 @@ import asyncio
 import os
 import random
 import signal
+import statistics
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NamedTuple
 
 import bonsai
 
+from agent.scim.profile import PROFILES
 from bench.common import result
 from bench.slapd import ROOT_DN, ROOT_PW, SUFFIX, ThrowawaySlapd, local_agent, uid
 from plugins.directory import Entry
@@ -41,7 +50,18 @@ def client(url: str, cls: type | None = None) -> bonsai.LDAPClient:
     return made
 
 
-async def raw_rate(url: str, uids: list[str], concurrency: int, cls: type | None = None) -> float:
+class Timing(NamedTuple):
+    per_s: float
+    cpu_us: float  # CPU of this process per lookup
+
+
+async def timed(count: int, workers: list[Coroutine[Any, Any, None]]) -> Timing:
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*workers)
+    return Timing(count / (time.perf_counter() - start), (time.process_time() - cpu) / count * 1e6)
+
+
+async def raw_rate(url: str, uids: list[str], concurrency: int, cls: type | None = None) -> Timing:
     conns = [await client(url, cls).connect(is_async=True) for _ in range(concurrency)]
     queue = iter(uids)
 
@@ -50,30 +70,27 @@ async def raw_rate(url: str, uids: list[str], concurrency: int, cls: type | None
             found = await conn.search(f"ou=people,{SUFFIX}", bonsai.LDAPSearchScope.ONELEVEL, f"(uid={name})")
             assert len(found) == 1
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
-    elapsed = time.perf_counter() - start
+    timing = await timed(len(uids), [worker(c) for c in conns])
     for conn in conns:
         conn.close()
-    return len(uids) / elapsed
+    return timing
 
 
-async def plugin_rate(directory: LdapDirectory, uids: list[str], concurrency: int) -> float:
+async def plugin_rate(directory: LdapDirectory, uids: list[str], concurrency: int) -> Timing:
     queue = iter(uids)
+    attributes = PROFILES["openldap"].users.ldap_attributes
 
     async def worker() -> None:
         for name in queue:
             found: list[Entry] = []
-            async for page in directory.search(f"ou=people,{SUFFIX}", f"(uid={name})"):
+            async for page in directory.search(f"ou=people,{SUFFIX}", f"(uid={name})", attributes=attributes):
                 found.extend(page)
             assert len(found) == 1
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(uids) / (time.perf_counter() - start)
+    return await timed(len(uids), [worker() for _ in range(concurrency)])
 
 
-async def scim_rate(scim: ScimClient, uids: list[str], concurrency: int) -> float:
+async def scim_rate(scim: ScimClient, uids: list[str], concurrency: int) -> Timing:
     queue = iter(uids)
 
     async def worker() -> None:
@@ -81,9 +98,7 @@ async def scim_rate(scim: ScimClient, uids: list[str], concurrency: int) -> floa
             body = await scim.ok("GET", "/Users", {"filter": f'userName eq "{name}"'})
             assert body["totalResults"] == 1, body
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(uids) / (time.perf_counter() - start)
+    return await timed(len(uids), [worker() for _ in range(concurrency)])
 
 
 async def wait_cpu(url: str, pid: int, cls: type | None) -> float:
@@ -103,28 +118,41 @@ async def wait_cpu(url: str, pid: int, cls: type | None) -> float:
     return used
 
 
-async def measure(slapd: ThrowawaySlapd, queries: int, concurrency: int) -> None:
+async def measure(slapd: ThrowawaySlapd, queries: int, concurrency: int, rounds: int) -> None:
     rng = random.Random(7)
     uids = [uid(rng.randrange(slapd.users)) for _ in range(queries)]
     settings = slapd.settings(pool_size=concurrency)
     async with LdapDirectory(settings) as directory, local_agent(settings) as scim:
         await plugin_rate(directory, uids[:200], concurrency)  # warm the pools
         await scim_rate(scim, uids[:200], concurrency)
+
+        def variants(conc: int) -> dict[str, Callable[[list[str]], Awaitable[Timing]]]:
+            return {
+                "raw": lambda share: raw_rate(slapd.url, share, conc),
+                "raw_readable_only": lambda share: raw_rate(slapd.url, share, conc, ReadableOnlyConnection),
+                "plugin": lambda share: plugin_rate(directory, share, conc),
+                "scim": lambda share: scim_rate(scim, share, conc),
+            }
+
         for conc in (1, concurrency):
-            raw = await raw_rate(slapd.url, uids, conc)
-            readable = await raw_rate(slapd.url, uids, conc, ReadableOnlyConnection)
-            plugin = await plugin_rate(directory, uids, conc)
-            through_agent = await scim_rate(scim, uids, conc)
+            timings: dict[str, list[Timing]] = {name: [] for name in variants(conc)}
+            for turn in range(rounds):
+                share = uids[turn::rounds]
+                for name, run in variants(conc).items():
+                    timings[name].append(await run(share))
+            rate = {name: statistics.median(t.per_s for t in got) for name, got in timings.items()}
+            cpu = {name: statistics.median(t.cpu_us for t in got) for name, got in timings.items()}
             result(
                 f"ldap_raw_vs_agent.lookup users={slapd.users} concurrency={conc}",
-                raw_per_s=round(raw),
-                raw_readable_only_per_s=round(readable),
-                plugin_per_s=round(plugin),
-                plugin_ratio=round(plugin / raw, 2),
-                scim_per_s=round(through_agent),
-                scim_ratio=round(through_agent / raw, 2),
-                scim_ratio_to_readable_only=round(through_agent / readable, 2),
+                raw_per_s=round(rate["raw"]),
+                raw_readable_only_per_s=round(rate["raw_readable_only"]),
+                plugin_per_s=round(rate["plugin"]),
+                plugin_ratio=round(rate["plugin"] / rate["raw"], 2),
+                scim_per_s=round(rate["scim"]),
+                scim_ratio=round(rate["scim"] / rate["raw"], 2),
+                scim_ratio_to_readable_only=round(rate["scim"] / rate["raw_readable_only"], 2),
                 **({"target_scim_ratio": 0.7} if conc == concurrency else {}),
+                **{f"{name}_cpu_us": round(us) for name, us in cpu.items()},
             )
     stock = await wait_cpu(slapd.url, slapd.pid, None)
     fixed = await wait_cpu(slapd.url, slapd.pid, ReadableOnlyConnection)
@@ -136,12 +164,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=4_000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5, help="turns each variant takes (medians reported)")
     parser.add_argument("--port", type=int, default=3390)
     parser.add_argument("--keep", action="store_true", help="leave the benchmark slapd running")
     args = parser.parse_args()
     with ThrowawaySlapd(args.users, args.port, keep=args.keep) as slapd:
         print(f"loaded {args.users} users with slapadd in {slapd.load_seconds:.1f} s (state {slapd.state})")
-        asyncio.run(measure(slapd, args.queries, args.concurrency))
+        asyncio.run(measure(slapd, args.queries, args.concurrency, args.rounds))
 
 
 if __name__ == "__main__":
