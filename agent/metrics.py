@@ -113,8 +113,9 @@ class AgentMetrics(DispatcherMetrics):
         self._retries = Counter(f"{PREFIX}_retries", "Deliveries given back for a later try.", registry=r)
         self._replays = Counter(f"{PREFIX}_replays", "Redeliveries answered from the response store.", registry=r)
         self._errors = Counter(f"{PREFIX}_errors", "Deliveries whose processing failed unexpectedly.", registry=r)
-        for stage in STAGES:
-            self._stages.labels(stage)
+        # Labelled children are looked up once: a ``labels()`` call costs more than the observation.
+        self._stage_of = {stage: self._stages.labels(stage) for stage in (*STAGES, "other")}
+        self._answered: dict[tuple[str, int], Counter] = {}
         if agent is not None:
             r.register(_AgentStateCollector(agent, self))
 
@@ -126,13 +127,17 @@ class AgentMetrics(DispatcherMetrics):
             self._redeliveries.inc()
         enqueued = getattr(delivery, "enqueued_at", None)
         if isinstance(enqueued, (int, float)) and math.isfinite(enqueued):
-            self._stages.labels("transport_wait").observe(max(time.time() - enqueued, 0.0))
+            self._stage_of["transport_wait"].observe(max(time.time() - enqueued, 0.0))
 
     def answered(self, method: str, path: str, status: int) -> None:
-        self._requests.labels(operation_label(method, path), f"{status // 100}xx").inc()
+        key = (operation_label(method, path), status // 100)  # bounded: known endpoints, status classes
+        counter = self._answered.get(key)
+        if counter is None:
+            counter = self._answered[key] = self._requests.labels(key[0], f"{key[1]}xx")
+        counter.inc()
 
     def stage(self, stage: str, seconds: float) -> None:
-        self._stages.labels(stage if stage in STAGES else "other").observe(seconds)
+        self._stage_of.get(stage, self._stage_of["other"]).observe(seconds)
 
     def refused(self, reason: str) -> None:
         self._refused.labels(reason).inc()
