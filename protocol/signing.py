@@ -127,7 +127,8 @@ class Signer:
         return self._key
 
     def sign(self, request: Request) -> Request:
-        unsigned = request.with_signature(self.key_id, "")
+        # the key id is part of what is signed (a request built for this signer already names it)
+        unsigned = request if request.key_id == self.key_id else request.with_signature(self.key_id, "")
         signature = self._key.sign(unsigned.signed_part())
         return unsigned.with_signature(self.key_id, base64.b64encode(signature).decode())
 
@@ -135,7 +136,7 @@ class Signer:
         """``requests`` under one signature over their Merkle root, each with its proof (one alone: plain)."""
         if len(requests) == 1:
             return [self.sign(requests[0])]
-        unsigned = [request.with_signature(self.key_id, "") for request in requests]
+        unsigned = [r if r.key_id == self.key_id else r.with_signature(self.key_id, "") for r in requests]
         root, proofs = merkle_tree([_leaf(request.signed_part()) for request in unsigned])
         signature = base64.b64encode(self._key.sign(BATCH_CONTEXT + root)).decode()
         return [

@@ -60,6 +60,7 @@ class ScimClient:
             domain=self.domain,
             operation=ScimOperation(method.upper(), path, dict(query or {}), body),
             deadline=time.time() + (timeout or self.timeout),
+            key_id=self.signer.key_id,
         )
 
     def request(
