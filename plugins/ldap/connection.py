@@ -25,6 +25,7 @@ import bonsai
 from bonsai._bonsai import ldapconnection as c_connection
 from bonsai.asyncio import AIOLDAPConnection
 
+from plugins.ldap import deadlines
 from plugins.ldap.gcpause import collector_paused
 from plugins.ldap.settings import LdapSettings
 
@@ -69,6 +70,7 @@ class ReadableOnlyConnection(AIOLDAPConnection):
     def __init__(self, client: bonsai.LDAPClient, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(client, loop)  # type: ignore[no-untyped-call]
         self._narrowable = client if isinstance(client, PluginClient) else None
+        self._deadlines = deadlines.for_loop(self._loop)
 
     def _result(self, msg_id: int) -> Any:
         """bonsai's result of ``msg_id`` if it has arrived (else None), parsed with the collector
@@ -98,7 +100,7 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         if self._reader_fd < 0:
             self._reader_fd = self.fileno()
             loop.add_reader(self._reader_fd, self._on_readable)
-        expiry = loop.call_later(timeout, _expire, done) if timeout is not None else None
+        expiry = self._deadlines.start(done, timeout) if timeout is not None else None
         try:
             return await done
         except BaseException:
@@ -107,7 +109,7 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         finally:
             self._pending = None
             if expiry is not None:
-                expiry.cancel()
+                self._deadlines.cancel(done, expiry)
 
     def _on_readable(self) -> None:
         pending = self._pending
@@ -123,6 +125,12 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         if answer is not None:
             done.set_result(answer)
 
+    @property
+    def watched(self) -> bool:
+        """The event loop watches the socket: had it turned readable while idle (end of file, a notice
+        of disconnection), ``_on_readable`` would have stopped watching, so it needs no check."""
+        return self._reader_fd >= 0
+
     def _stop_reading(self) -> None:
         if self._reader_fd >= 0:
             self._loop.remove_reader(self._reader_fd)
@@ -131,11 +139,6 @@ class ReadableOnlyConnection(AIOLDAPConnection):
     def close(self) -> None:
         self._stop_reading()
         super().close()
-
-
-def _expire(done: asyncio.Future[Any]) -> None:
-    if not done.done():
-        done.set_exception(TimeoutError())
 
 
 def binary_attributes(settings: LdapSettings) -> list[str]:

@@ -7,7 +7,8 @@ Settings: ``pool_size``, ``connect_timeout``, ``max_idle``, ``failover_hold`` an
   error result); a lost connection, a timeout or a cancellation closes it, and every idle connection
   opened before that failure is dropped too (a restarted server broke them all);
 - before reuse, an idle connection whose socket is readable (the server closed it or sent a notice of
-  disconnection) or that idled longer than ``max_idle`` is closed;
+  disconnection: the event loop notices it on a watched connection, a poll checks the others) or
+  that idled longer than ``max_idle`` is closed;
 - URLs are tried in order; one that failed to connect is skipped for ``failover_hold`` seconds unless
   all have failed. Errors leave as ``plugins.directory`` errors.
 """
@@ -154,7 +155,11 @@ class _Lease:
 
 
 def _healthy(conn: Any) -> bool:
-    """An idle LDAP connection has nothing to read; a readable socket means EOF or a disconnect notice."""
+    """An idle LDAP connection has nothing to read; a readable socket means EOF or a disconnect notice.
+    A connection whose socket the event loop watches (``ReadableOnlyConnection.watched``) would have
+    noticed that already: no system call then."""
+    if getattr(conn, "watched", False):
+        return not conn.closed
     fd = conn.fileno()
     if conn.closed or fd < 0:
         return False
