@@ -7,9 +7,11 @@ What it is
     does for ours) with 1 and 100 requests in flight, then the same through ``AmqpRequester`` +
     ``AmqpTransport`` with a trivial responder (echo the request envelope as the response), then
     signed filtered SCIM GETs from ``ScimClient`` to the real agent over a memory directory (zero
-    latency). Prints msg/s, p50/p99 latency and our/raw ratio (target ≥ 0.7). Ours publishes and
-    consumes one level under aio-pika (``transports.amqp.wire``), so ours alone can beat the raw
-    row, which stays on aio-pika's public API. Then ``sb://`` against the project's Service Bus test
+    latency). Prints msg/s, p50/p99 latency, the process's CPU per message (both sides run in
+    this process; it tells a loaded machine's noise from a real change) and our/raw ratio (target
+    ≥ 0.7). Ours publishes and consumes one level under aio-pika (``transports.amqp.wire``, with
+    the connections of ``transports.amqp.connection``), so ours alone can beat the raw row, which
+    stays on aio-pika's public API. Then ``sb://`` against the project's Service Bus test
     peer (reported only: the peer is not Azure).
 
 Connection URL / options
@@ -50,8 +52,15 @@ def envelope(i: int) -> tuple[str, bytes]:
     return request_id, Request(request_id, DOMAIN, op, time.time() + 600).encode()
 
 
-async def measure(call: Call, n: int, in_flight: int) -> tuple[float, float, float]:
-    """msg/s, p50 ms, p99 ms for ``n`` calls with ``in_flight`` at a time."""
+Result = tuple[float, float, float, float]
+
+
+async def measure(call: Call, n: int, in_flight: int) -> Result:
+    """msg/s, p50 ms, p99 ms and this process's CPU µs per call for ``n`` calls with ``in_flight`` at a time.
+
+    The CPU figure covers both sides (client and responder or agent run in this process): it
+    moves far less than msg/s when other processes load the machine.
+    """
     latencies: list[float] = []
     counter = iter(range(n))
 
@@ -61,17 +70,17 @@ async def measure(call: Call, n: int, in_flight: int) -> tuple[float, float, flo
             await call(i)
             latencies.append((time.perf_counter() - start) * 1000)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     cuts = statistics.quantiles(latencies, n=100)
-    return n / elapsed, cuts[49], cuts[98]
+    return n / elapsed, cuts[49], cuts[98], cpu / n * 1e6
 
 
 # ---- raw aio-pika ---------------------------------------------------------------------------------
 
 
-async def raw_amqp(url: str, n: int, in_flight: int) -> tuple[float, float, float]:
+async def raw_amqp(url: str, n: int, in_flight: int) -> Result:
     prefix = f"bench-raw-{uuid.uuid4().hex[:8]}"
     agent_connection = await aio_pika.connect(url)
     client_connection = await aio_pika.connect(url)
@@ -147,7 +156,7 @@ async def respond(transport: Transport) -> None:
         task.add_done_callback(tasks.discard)
 
 
-async def ours(url: str, options: dict[str, object], n: int, in_flight: int) -> tuple[float, float, float]:
+async def ours(url: str, options: dict[str, object], n: int, in_flight: int) -> Result:
     async with (
         create_transport(url, domains=[DOMAIN], options=options) as transport,
         create_requester(url, options=options) as requester,
@@ -182,9 +191,7 @@ async def cleanup(url: str, options: dict[str, object], requester: Requester) ->
             await channel.queue_delete(name)
 
 
-async def agent_over(
-    url: str, options: dict[str, object], n: int, in_flight: int, users: int = 1000
-) -> tuple[float, float, float]:
+async def agent_over(url: str, options: dict[str, object], n: int, in_flight: int, users: int = 1000) -> Result:
     """Signed, filtered SCIM GETs from ``ScimClient`` to the real agent (memory directory, zero latency)."""
     from agent.config import AgentSettings
     from agent.runtime import Agent
@@ -226,10 +233,13 @@ async def agent_over(
             await runner
 
 
-def row(name: str, result: tuple[float, float, float], raw: tuple[float, float, float] | None = None) -> None:
-    rate, p50, p99 = result
+def row(name: str, result: Result, raw: Result | None = None) -> None:
+    rate, p50, p99, cpu = result
     ratio = f"{rate / raw[0]:5.2f}" if raw else "    -"
-    print(f"{name:42s} {rate:9.0f} msg/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   ratio {ratio}", flush=True)
+    print(
+        f"{name:42s} {rate:9.0f} msg/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   CPU {cpu:6.0f} us/msg   ratio {ratio}",
+        flush=True,
+    )
 
 
 async def main() -> None:
