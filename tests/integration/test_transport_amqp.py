@@ -22,7 +22,8 @@ from protocol.signing import Signer, Verifier
 from tests.conftest import server_missing
 from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
 from tests.integration.transport_support import ConsumerProcess, SettlingRequester, policy_handler
-from transports.amqp import AmqpRequester, AmqpSettings, AmqpTransport
+from transports.amqp import AmqpRequester, AmqpSettings, AmqpTransport, wire
+from transports.amqp.connection import CoalescingWriter, open_connection
 from transports.base import Requester, Transport, TransportBrokenError
 from transports.registry import create_requester, create_transport
 
@@ -254,6 +255,28 @@ async def test_malformed_and_unsigned_never_crash_the_consumer(options: dict[str
     assert len(responder.seen) == 6
     parked = await dead_letters(rabbit, settings.dead_letter_queue(DOMAIN))
     assert len(parked) == 4
+
+
+async def test_publishes_of_one_loop_turn_leave_in_one_write(rabbit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages published together go to the broker together (what lets requests share a batch signature)."""
+    frames_per_write: list[int] = []
+    flush = CoalescingWriter.flush
+
+    def counted(writer: CoalescingWriter) -> None:
+        if writer._kept:
+            frames_per_write.append(len(writer._kept))
+        flush(writer)
+
+    monkeypatch.setattr(CoalescingWriter, "flush", counted)
+    connection = await open_connection(URL, AmqpSettings(), "cloudprov-test:writes")
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(f"cloudprov-test.writes.{uuid.uuid4().hex[:10]}", exclusive=True)
+        frames_per_write.clear()
+        props = wire.properties(correlation_id="c")
+        await asyncio.gather(*(wire.publish(channel, queue.name, b"{}", props) for _ in range(30)))
+        assert 30 in frames_per_write
+        assert (await channel.declare_queue(queue.name, passive=True)).declaration_result.message_count == 30
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")

@@ -1,4 +1,4 @@
-"""The ``amqp`` transport's hot path without a broker: message properties and batched reply acks."""
+"""The ``amqp`` transport's hot path without a broker: message properties, batched reply acks, merged writes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.header import ContentHeader
 
 from transports.amqp import AmqpRequester, wire
+from transports.amqp.connection import CoalescingWriter
 
 
 @dataclass
@@ -79,3 +80,53 @@ def test_delivery_reads_the_aiormq_message() -> None:
         2,
         b"{}",
     )
+
+
+class FakeStreamWriter:
+    """Records what reaches the socket, write by write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.transport = None
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def coalescing(queued: int) -> tuple[CoalescingWriter, FakeStreamWriter, asyncio.Queue[int]]:
+    inner, queue = FakeStreamWriter(), asyncio.Queue[int]()
+    for frame in range(queued):
+        queue.put_nowait(frame)
+    return CoalescingWriter(inner, queue), inner, queue  # type: ignore[arg-type]
+
+
+async def test_frames_the_writer_takes_together_leave_in_one_write_in_order() -> None:
+    """Frames written while more wait in the write queue go out with the last of them, as one write."""
+    writer, inner, queue = coalescing(queued=3)
+    for frame in (b"publish-1", b"publish-2", b"ack"):
+        queue.get_nowait()  # as aiormq's writer does: take the frame, then write it
+        writer.write(frame)
+    assert inner.writes == [b"publish-1publish-2ack"]
+    writer.write(b"alone")
+    assert inner.writes == [b"publish-1publish-2ack", b"alone"]
+
+
+async def test_drain_and_close_send_what_is_kept_first() -> None:
+    """A frame someone waits for (drain) and the last frames before closing are never held back."""
+    writer, inner, _queue = coalescing(queued=1)
+    writer.write(b"close")
+    await writer.drain()
+    assert inner.writes == [b"close"]
+    writer.write(b"close-ok")
+    writer.close()
+    assert (inner.writes, inner.closed) == ([b"close", b"close-ok"], True)

@@ -14,12 +14,12 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from protocol import chunking
 from transports.amqp import wire
+from transports.amqp.connection import open_connection
 from transports.amqp.settings import (
     CONNECTION_ERRORS,
     AmqpSettings,
     declare_request_queue,
     first_connect,
-    open_connection,
     reconnector,
     safe_url,
 )
@@ -137,7 +137,7 @@ class AmqpRequester(Requester):
             return
         self._ack_upto = None
         with contextlib.suppress(*CONNECTION_ERRORS):
-            await message.channel.basic_ack(upto[1], multiple=True)
+            await message.channel.basic_ack(upto[1], multiple=True, wait=False)
 
     @property
     def late_replies(self) -> int:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
@@ -88,15 +87,6 @@ def ssl_context(url: str, settings: AmqpSettings) -> ssl.SSLContext | None:
     if settings.cert_file:
         context.load_cert_chain(settings.cert_file, settings.key_file)
     return context
-
-
-async def open_connection(url: str, settings: AmqpSettings, name: str) -> aio_pika.abc.AbstractConnection:
-    return await aio_pika.connect(
-        connection_url(url, settings),
-        ssl_context=ssl_context(url, settings),
-        timeout=settings.connect_timeout,
-        client_properties={"connection_name": name},
-    )
 
 
 async def declare_request_queue(channel: AbstractChannel, settings: AmqpSettings, domain: str) -> AbstractQueue:

@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from protocol import chunking
 from transports.amqp import wire
+from transports.amqp.connection import open_connection
 from transports.amqp.settings import (
     CONNECTION_ERRORS,
     DEAD_LETTER_COUNT,
@@ -23,7 +24,6 @@ from transports.amqp.settings import (
     AmqpSettings,
     declare_request_queue,
     first_connect,
-    open_connection,
     reconnector,
     safe_url,
 )
@@ -282,7 +282,7 @@ class AmqpTransport(Transport):
         tag = message.delivery_tag or 0
         try:
             if outcome is Settlement.ACK:
-                await message.channel.basic_ack(tag)
+                await message.channel.basic_ack(tag, wait=False)  # queued for the writer, sent with its turn
             elif outcome is Settlement.RETRY:
                 await message.channel.basic_nack(tag, requeue=True)
             else:

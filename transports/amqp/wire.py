@@ -7,7 +7,10 @@ What it is
     a tenth of the process's CPU for nothing we use. Here ``properties`` builds the AMQP properties
     at once, ``publish`` hands them to the aiormq channel, and ``consume`` registers a callback
     that receives aiormq's ``DeliveredMessage`` in the one task aiormq starts per delivery.
-    Declaring queues, QoS and connection handling stay on aio-pika.
+    ``publish`` does not wait for aiormq's writer to take a small message (aiormq holds the
+    channel's lock through that wait: one publish per loop turn and channel); it waits for the
+    broker's confirm. Declaring queues, QoS and connection handling stay on aio-pika
+    (``connection`` opens the connections).
 
 Connection URL / options
     None: callers pass the aio-pika channel they opened.
@@ -21,7 +24,7 @@ Guarantees
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 from aio_pika.abc import AbstractChannel
@@ -29,6 +32,9 @@ from aiormq.abc import DeliveredMessage
 
 PERSISTENT = 2
 JSON = "application/json"
+#: A body from this size on waits for the socket writer (back-pressure) while it holds the channel's
+#: publish lock; a smaller one only joins the write queue, so a loop turn's publishes leave together.
+DRAIN_FROM = 64 * 1024
 
 __all__ = ["DeliveredMessage", "consume", "properties", "publish"]
 
@@ -63,8 +69,10 @@ async def publish(
     """Publish to the default exchange; on a confirming channel, return once the broker confirms."""
     if channel.is_closed:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-    underlay = await channel.get_underlay_channel()
-    await underlay.basic_publish(body, routing_key=routing_key, properties=props, mandatory=True, timeout=timeout)
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    await underlay.basic_publish(
+        body, routing_key=routing_key, properties=props, mandatory=True, timeout=timeout, wait=len(body) >= DRAIN_FROM
+    )
 
 
 async def consume(
