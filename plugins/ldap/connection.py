@@ -6,11 +6,14 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
   reply was pending. Once the connection is open, we wait for readability only (plus one immediate
   check, because libldap may already hold the reply in its buffers). Opening (connect, TLS, bind)
   keeps bonsai's own code path. Replies are parsed with the garbage collector paused (``gcpause.py``).
-- bonsai compares every attribute name of every entry it parses with every name of the client's
-  binary list (two UTF-8 copies and two allocations per comparison: ~25 us for an entry of twelve
-  attributes against the fourteen default names, as much as the rest of its parsing). A connection
-  whose operation can return only some of them (``binary``, set by the caller for one operation)
-  parses its replies against those alone; ``binary = None`` means the whole list.
+- bonsai hands over as ``bytes`` the values of the attributes in the client's binary list and turns
+  every other value that parses as a Python integer literal into an ``int`` (``+14155552671``,
+  ``0x10``, ``1_000`` then come back as ``14155552671``, ``16``, ``1000``: not the stored text). A
+  connection's operation can name the attributes kept as bytes instead (``raw``, set by the caller
+  for one operation; None: the client's binary list); ``raw_named`` gives the names of a search
+  that lists its attributes, whose values then arrive exactly as stored (``values.to_entries``
+  decodes the text ones). The list is short on purpose: bonsai compares every attribute name of
+  every entry with every listed name (two UTF-8 copies and two allocations per comparison).
 - One outstanding operation per connection, as in bonsai; the pool enforces it.
 - ``make_client`` sets manual paging (bonsai's automatic paging breaks on Samba when the last page is
   exactly full), raw binary attributes, certificate checking (``demand`` unless disabled) and the CA.
@@ -34,18 +37,19 @@ REQUIRED_BINARY = ("objectGUID", "invocationId")
 
 
 class PluginClient(bonsai.LDAPClient):
-    """A bonsai client whose binary list a connection can narrow while it parses a reply.
+    """A bonsai client whose list of attributes kept as bytes a connection can replace while it
+    parses a reply.
 
-    bonsai reads ``raw_attributes`` once per entry it parses; ``parsing_binary`` stands in for the
-    whole list during one synchronous parse (set and cleared by ``ReadableOnlyConnection``).
+    bonsai reads ``raw_attributes`` once per entry it parses; ``parsing_raw`` stands in for the
+    binary list during one synchronous parse (set and cleared by ``ReadableOnlyConnection``).
     """
 
-    parsing_binary: list[str] | None = None
+    parsing_raw: list[str] | None = None
 
     @property
     def raw_attributes(self) -> list[str]:
-        narrowed = self.parsing_binary
-        return narrowed if narrowed is not None else super().raw_attributes
+        replaced = self.parsing_raw
+        return replaced if replaced is not None else super().raw_attributes
 
     @raw_attributes.setter
     def raw_attributes(self, value: list[str]) -> None:
@@ -64,8 +68,8 @@ class ReadableOnlyConnection(AIOLDAPConnection):
     _opened = False
     _reader_fd = -1
     _pending: tuple[int, asyncio.Future[Any]] | None = None
-    #: The binary attributes the current operation can return (None: the client's whole list).
-    binary: list[str] | None = None
+    #: The attributes whose values the current operation keeps as bytes (None: the client's binary list).
+    raw: list[str] | None = None
 
     def __init__(self, client: bonsai.LDAPClient, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(client, loop)  # type: ignore[no-untyped-call]
@@ -74,17 +78,17 @@ class ReadableOnlyConnection(AIOLDAPConnection):
 
     def _result(self, msg_id: int) -> Any:
         """bonsai's result of ``msg_id`` if it has arrived (else None), parsed with the collector
-        paused (a page of entries is parsed in one call: see gcpause.py) and the binary list narrowed."""
+        paused (a page of entries is parsed in one call: see gcpause.py) and the operation's ``raw``."""
         client = self._narrowable
         if client is None:
             with collector_paused():
                 return c_connection.get_result(self, msg_id)
-        client.parsing_binary = self.binary
+        client.parsing_raw = self.raw
         try:
             with collector_paused():
                 return c_connection.get_result(self, msg_id)
         finally:
-            client.parsing_binary = None
+            client.parsing_raw = None
 
     async def _poll(self, msg_id: int, timeout: float | None = None) -> Any:
         if not self._opened:
@@ -146,17 +150,19 @@ def binary_attributes(settings: LdapSettings) -> list[str]:
     return sorted({*settings.binary_attributes, *REQUIRED_BINARY}, key=str.lower)
 
 
-def binary_among(binary: list[str], attributes: list[str]) -> list[str] | None:
-    """The names of ``binary`` that a search asking for ``attributes`` can return; None when it can
-    return any of them (``*``, ``+``, or a name given as an OID, which comes back under its name)."""
-    asked: set[str] = set()
+def raw_named(attributes: list[str]) -> list[str] | None:
+    """The attributes to keep as bytes for a search asking for ``attributes``: all it names (options
+    dropped), so every value arrives as stored; None when it may return attributes it does not name
+    (``*``, ``+``, or a name given as an OID, which comes back under its name): the binary list."""
+    named: dict[str, str] = {}
     for name in attributes:
         if name == "1.1":  # no attributes at all
             continue
         if name in ("*", "+") or name[:1].isdigit():
             return None
-        asked.add(name.partition(";")[0].lower())
-    return [name for name in binary if name.lower() in asked]
+        plain = name.partition(";")[0]
+        named.setdefault(plain.lower(), plain)
+    return list(named.values())
 
 
 def make_client(settings: LdapSettings, url: str) -> bonsai.LDAPClient:

@@ -16,7 +16,8 @@ Settings: ``LdapSettings`` (``plugins/ldap/settings.py``). Guarantees:
   server builds it meanwhile) and abandoned if the consumer stops early; a missing base raises
   ``NoSuchObjectError``;
   ranged attributes (``member;range=0-1499``) come back complete under their plain name; the
-  ``binary_attributes`` are ``bytes``;
+  ``binary_attributes`` are ``bytes``; the values of attributes a read names come back exactly as
+  stored (``values.py``);
 - ``modify`` sends one LDAP modify (atomic); ``rename`` is one modrdn that removes the old RDN value;
   ``unicodePwd`` is written only over an encrypted connection, as AD's quoted UTF-16-LE;
 - ``changes`` uses the accesslog on OpenLDAP and uSNChanged plus an anchor scan on AD
@@ -48,7 +49,7 @@ from plugins.directory import (
     UnavailableError,
 )
 from plugins.ldap import compat
-from plugins.ldap.connection import binary_among, binary_attributes, make_client
+from plugins.ldap.connection import binary_attributes, make_client, raw_named
 from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, translate
 from plugins.ldap.pool import ConnectionPool
 from plugins.ldap.retry import retrying
@@ -86,14 +87,14 @@ def _abandon(conn: Any, msg_id: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Search:
-    """One search as sent: ``binary`` names the binary attributes it can return (None: any)."""
+    """One search as sent; ``raw``: the attributes whose values it keeps as bytes (None: the binary list)."""
 
     base: str
     scope: int
     ldap_filter: str
     attrs: list[str]
     size: int
-    binary: list[str] | None
+    raw: list[str] | None
 
 
 class _NotOpen:
@@ -124,8 +125,8 @@ class LdapDirectory(Directory):
         self._base_dn: str | None = settings.base_dns[0] if settings.base_dns else None
         self.root_dse: Entry | None = None
         self._tracker: Any = None
-        self._binary_names = binary_attributes(settings)
-        self._binary_by_attrs: dict[tuple[str, ...], list[str] | None] = {}
+        self._binary = frozenset(name.lower() for name in binary_attributes(settings))
+        self._raw_by_attrs: dict[tuple[str, ...], list[str] | None] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -256,7 +257,7 @@ class LdapDirectory(Directory):
         attrs = list(attributes) if attributes is not None else self.default_attributes()
         size = max(1, min(page_size, self.settings.page_size))
         ldap_filter = self.scoped(base, ldap_filter)
-        asked = _Search(base, int(scope), ldap_filter, attrs, size, self._binary_for(attrs))
+        asked = _Search(base, int(scope), ldap_filter, attrs, size, self._raw_for(attrs))
         what = f"search {base!r} {ldap_filter}"
         if self.flavor == "openldap":
             # One plain search bounded to a page first: most searches (lookups by name or id) find a few
@@ -273,7 +274,7 @@ class LdapDirectory(Directory):
     async def _plain_page(self, conn: Any, asked: _Search) -> list[Entry]:
         """The entries of a plain search limited to ``size``; [] when more exist (the server says
         sizeLimitExceeded) or none, because bonsai's plain search answers a missing base with []."""
-        conn.binary = asked.binary
+        conn.raw = asked.raw
         try:
             found = await conn.search(
                 asked.base,
@@ -286,10 +287,10 @@ class LdapDirectory(Directory):
         except bonsai.SizeLimitError:
             return []
         finally:
-            conn.binary = None
+            conn.raw = None
         if len(found) > asked.size:
             return []
-        entries, optioned = to_entries(found)
+        entries, optioned = to_entries(found, self._binary)
         for entry in optioned:
             await self._complete_ranges(conn, entry)
         return entries
@@ -299,13 +300,13 @@ class LdapDirectory(Directory):
         timeout = self.settings.operation_timeout
 
         async def first_page(conn: Any) -> Any:
-            conn.binary = asked.binary
+            conn.raw = asked.raw
             try:
                 return await conn.paged_search(
                     asked.base, asked.scope, asked.ldap_filter, asked.attrs, timeout=timeout, page_size=asked.size
                 )
             except BaseException:
-                conn.binary = None
+                conn.raw = None
                 raise
 
         async with AsyncExitStack() as stack:
@@ -317,7 +318,7 @@ class LdapDirectory(Directory):
                 while True:
                     # Ask for the next page before converting this one: the server builds it meanwhile.
                     msg_id = page.acquire_next_page()
-                    entries, optioned = to_entries(found)
+                    entries, optioned = to_entries(found, self._binary)
                     found = ()
                     fetched = None
                     if optioned and msg_id is not None:  # ranged retrieval searches on this connection
@@ -337,19 +338,19 @@ class LdapDirectory(Directory):
             finally:
                 if msg_id is not None:  # the consumer stopped early: drop the page asked for in advance
                     _abandon(conn, msg_id)
-                conn.binary = None
+                conn.raw = None
         if not yielded:
             yield []
 
-    def _binary_for(self, attrs: list[str]) -> list[str] | None:
-        """The binary attributes a search for ``attrs`` can return (None: any), remembered per list."""
+    def _raw_for(self, attrs: list[str]) -> list[str] | None:
+        """``raw_named(attrs)``, remembered per attribute list."""
         key = tuple(attrs)
         try:
-            return self._binary_by_attrs[key]
+            return self._raw_by_attrs[key]
         except KeyError:
-            if len(self._binary_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
-                self._binary_by_attrs.clear()
-            known = self._binary_by_attrs[key] = binary_among(self._binary_names, attrs)
+            if len(self._raw_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
+                self._raw_by_attrs.clear()
+            known = self._raw_by_attrs[key] = raw_named(attrs)
             return known
 
     def scoped(self, base: str, ldap_filter: str) -> str:
@@ -406,12 +407,16 @@ class LdapDirectory(Directory):
             return None
 
     async def _base_entry(self, conn: Any, dn: str, attrs: list[str]) -> Entry | None:
-        found = await conn.search(
-            dn, bonsai.LDAPSearchScope.BASE, "(objectClass=*)", attrs, timeout=self.settings.operation_timeout
-        )
+        conn.raw = self._raw_for(attrs)
+        try:
+            found = await conn.search(
+                dn, bonsai.LDAPSearchScope.BASE, "(objectClass=*)", attrs, timeout=self.settings.operation_timeout
+            )
+        finally:
+            conn.raw = None
         if not found:
             return None
-        entry = to_entry(found[0])
+        entry = to_entry(found[0], self._binary)
         await self._complete_ranges(conn, entry)
         return entry
 
@@ -438,7 +443,7 @@ class LdapDirectory(Directory):
         )
         if not found:
             return None
-        part = to_entry(found[0]).attributes
+        part = to_entry(found[0], self._binary).attributes
         for got in part:
             parsed = parse_range(got)
             if parsed is not None and parsed.attribute.lower() == attribute.lower():

@@ -1,9 +1,11 @@
 """Value conversions between bonsai and ``plugins.directory`` entries.
 
 Settings: none. Guarantees:
-- bonsai turns ``TRUE``/``FALSE`` and decimal strings into ``bool``/``int``; ``to_entry`` turns them
-  back into the exact text (bonsai converts only when the round trip is exact); raw (binary)
-  attributes stay ``bytes``;
+- values that bonsai kept as bytes (``connection.py``: every attribute a search names) come back
+  exactly as stored: text decoded as UTF-8 (bytes when it is not UTF-8), the ``binary`` attributes
+  as ``bytes``. Values bonsai converted (searches for ``*``) are turned back into text: ``bool`` as
+  ``TRUE``/``FALSE``, ``int`` as its decimal form, which is the stored text unless that was another
+  spelling of the number (``+7``, ``0x10``, ``1_000``: the reason searches name their attributes);
 - ranged attributes (``member;range=0-1499``) are recognised by ``parse_range`` so the directory can
   fetch the rest and merge them under the plain name;
 - ``fold_modifications`` turns a sequence of per-attribute changes into at most one REPLACE, or one
@@ -36,24 +38,32 @@ def to_value(value: Any) -> AttrValue:
     return str(value)
 
 
-def to_entry(found: Any) -> Entry:
+def to_entry(found: Any, binary: frozenset[str]) -> Entry:
     """A ``plugins.directory.Entry`` from a bonsai ``LDAPEntry``."""
-    return to_entries((found,))[0][0]
+    return to_entries((found,), binary)[0][0]
 
 
-def to_entries(found: Iterable[Any]) -> tuple[list[Entry], list[Entry]]:
+def to_entries(found: Iterable[Any], binary: frozenset[str]) -> tuple[list[Entry], list[Entry]]:
     """``Entry`` objects from bonsai ``LDAPEntry`` objects, and those among them with an attribute name
-    that carries options (``member;range=0-1499``), which may need ranged retrieval.
+    that carries options (``member;range=0-1499``), which may need ranged retrieval. ``binary``: the
+    lower-case names whose ``bytes`` stay ``bytes``; other ``bytes`` are text, decoded.
 
     One pass per page: a full read converts every entry it lists, so this loop is kept flat. Given
     bonsai's page itself (not a list of it), each bonsai entry is freed as soon as it is converted,
     and the garbage collector is paused meanwhile (``gcpause.py``).
     """
     with collector_paused():
-        return _convert(found)
+        return _convert(found, binary)
 
 
-def _convert(found: Iterable[Any]) -> tuple[list[Entry], list[Entry]]:
+def _text(value: bytes) -> AttrValue:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+def _convert(found: Iterable[Any], binary: frozenset[str]) -> tuple[list[Entry], list[Entry]]:
     entries: list[Entry] = []
     optioned: list[Entry] = []
     for item in found:
@@ -67,7 +77,12 @@ def _convert(found: Iterable[Any]) -> tuple[list[Entry], list[Entry]]:
             if len(values) == 1:
                 value = values[0]
                 kind = type(value)
-                pairs.append((name, [value if kind is str or kind is bytes else to_value(value)]))
+                if kind is bytes:
+                    pairs.append((name, [value if name.lower() in binary else _text(value)]))
+                else:
+                    pairs.append((name, [value if kind is str else to_value(value)]))
+            elif values and type(values[0]) is bytes and name.lower() not in binary:
+                pairs.append((name, [_text(v) for v in values]))
             else:
                 pairs.append((name, [v if type(v) is str or type(v) is bytes else to_value(v) for v in values]))
         entry = Entry(str(item.dn), Attributes.adopt(pairs))

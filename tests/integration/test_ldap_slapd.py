@@ -204,8 +204,8 @@ async def test_binary_values_round_trip(directory: LdapDirectory, ou: str) -> No
 
 
 async def test_binary_values_come_back_as_bytes_whatever_a_search_asks_for(tmp_path: Path, ou: str) -> None:
-    """A search naming its attributes parses against the binary ones it named; the next operation on
-    the same connection (one in the pool) gets the whole binary list back."""
+    """A search naming its attributes keeps binary ones as bytes; the next operation on the same
+    connection (one in the pool) asking for every attribute does too."""
     blob = b"12345"  # would parse as the number 12345 if treated as text
     async with LdapDirectory(slapd_settings(tmp_path, pool_size=1)) as one:
         await one.add(f"uid=blob,{ou}", person("blob", jpegPhoto=[blob], employeeNumber=["12345"]))
@@ -219,6 +219,26 @@ async def test_binary_values_come_back_as_bytes_whatever_a_search_asks_for(tmp_p
         assert again.get("jpegPhoto") == [blob]
         listed = await collect(one.search(ou, "(uid=blob)"))
         assert listed[0].get("jpegPhoto") == [blob]
+
+
+async def test_named_attributes_come_back_as_stored_even_when_they_look_like_numbers(
+    directory: LdapDirectory, ou: str
+) -> None:
+    """Phone numbers in E.164 form and other number-like text keep their exact spelling (bonsai would
+    read ``+14155552671`` as the integer 14155552671) in searches and reads that name the attributes."""
+    texts = ["0x10", "1_000", "-0", " 42", "TRUE"]
+    dn = f"uid=numbers,{ou}"
+    await directory.add(
+        dn, person("numbers", telephoneNumber=["+14155552671"], employeeNumber=["+7"], description=texts)
+    )
+    wanted = ["telephoneNumber", "employeeNumber", "description", "uid"]
+    found = await collect(directory.search(ou, "(uid=numbers)", attributes=wanted))
+    read = await directory.get(dn, wanted)
+    for entry in (found[0], read):
+        assert entry is not None
+        assert entry.get("telephoneNumber") == ["+14155552671"]
+        assert entry.get("employeeNumber") == ["+7"]
+        assert sorted(entry.get("description")) == sorted(texts)
 
 
 # ---------------------------------------------------------------- hostile data
