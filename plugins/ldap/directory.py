@@ -85,7 +85,7 @@ def _abandon(conn: Any, msg_id: int) -> None:
         conn.close()  # cannot tell what the connection holds: the pool will not lend it again
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class _Search:
     """One search as sent; ``raw``: the attributes whose values it keeps as bytes (None: the binary list)."""
 
