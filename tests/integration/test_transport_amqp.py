@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiormq.exceptions
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from protocol import chunking
@@ -21,6 +29,7 @@ from protocol.envelope import Request, ScimOperation, decode_response
 from protocol.signing import Signer, Verifier
 from tests.conftest import server_missing
 from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
+from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.transport_support import ConsumerProcess, SettlingRequester, policy_handler
 from transports.amqp import AmqpRequester, AmqpSettings, AmqpTransport, wire
 from transports.amqp.connection import CoalescingWriter, open_connection
@@ -277,6 +286,71 @@ async def test_publishes_of_one_loop_turn_leave_in_one_write(rabbit: Any, monkey
         await asyncio.gather(*(wire.publish(channel, queue.name, b"{}", props) for _ in range(30)))
         assert 30 in frames_per_write
         assert (await channel.declare_queue(queue.name, passive=True)).declaration_result.message_count == 30
+
+
+def _self_signed(directory: Path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+class TlsProxy(TcpProxy):
+    """Terminates TLS on 127.0.0.1 and forwards the plain stream to RabbitMQ (which has no TLS listener here)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__("127.0.0.1", 5672)
+        self._context = context
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, ssl=self._context)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+
+async def test_amqps_verifies_the_broker_and_carries_requests(
+    options: dict[str, Any], rabbit: Any, tmp_path: Path
+) -> None:
+    """Over amqps:// the broker's certificate is checked against ca_file; a broker the CA did not sign is refused."""
+    cert, key = _self_signed(tmp_path, "broker")
+    stranger, _ = _self_signed(tmp_path, "stranger")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    proxy = TlsProxy(context)
+    await proxy.start()
+    try:
+        url = f"amqps://guest:guest@127.0.0.1:{proxy.port}/{VHOST}"
+        async with (
+            create_transport(url, domains=[DOMAIN], options={**options, "ca_file": cert}) as transport,
+            create_requester(url, options={**options, "ca_file": cert}) as requester,
+            Responder(transport, echo),
+        ):
+            rid, payload = make_envelope(DOMAIN, "/Users/tls")
+            response = decode_response(await requester.request(DOMAIN, rid, payload, timeout=30))
+        assert response.body["path"] == "/Users/tls"
+        refused = AmqpTransport(url, [DOMAIN], AmqpSettings(**_known(options), ca_file=stranger, connect_timeout=5))
+        with pytest.raises(TransportBrokenError, match="cannot connect"):
+            await refused.connect()
+        await refused.close()
+    finally:
+        await proxy.cut()
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
