@@ -193,7 +193,8 @@ def test_agent_runs_non_root_on_a_read_only_root(sidecar_dirs: tuple[Path, Path]
         if probe.returncode != 0:
             pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode().strip()}")
         command = ["unshare", "--mount", "sh", "-c", _sandbox_script(state, command)]
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    # unbuffered: readline() must not take a second line into a buffer that select() cannot see
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0) as proc:
         stderr = _drive(proc)
     assert "Traceback" not in stderr, stderr
     if os.geteuid() == 0:
