@@ -4,6 +4,9 @@ What it is
     ``AmqpTransport`` (the agent's side) consumes one durable **quorum** queue per domain and
     replies to the queue each request names in ``reply_to``; ``AmqpRequester`` (the service's side)
     publishes requests and awaits the replies on its own reply queue, correlated by request id.
+    Messages published within one event-loop turn leave in one socket write, and the deliveries
+    of one socket read reach their consumers in one loop turn (``connection``): requests sent
+    together stay together, which is what lets them share one batch signature.
 
 Connection URL / options
     ``amqp://user:password@host:5672/vhost`` or ``amqps://…`` (TLS, the server's certificate checked
