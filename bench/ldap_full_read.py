@@ -40,7 +40,7 @@ async def raw_dump(url: str, page_size: int, cls: type | None) -> tuple[int, flo
     made.set_auto_page_acquire(False)
     if cls is not None:
         made.set_async_connection_class(cls)
-    attrs = load_profile("openldap").users.ldap_attributes
+    attrs = list(load_profile("openldap").users.ldap_attributes)
     conn = await made.connect(is_async=True)
     start = time.perf_counter()
     base, scope = f"ou=people,{SUFFIX}", bonsai.LDAPSearchScope.ONELEVEL
