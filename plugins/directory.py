@@ -125,6 +125,12 @@ class Attributes(Mapping[str, list[AttrValue]]):
         item = self._data.get(name.lower())
         return item[1][0] if item else None
 
+    def values_lower(self, key: str) -> list[AttrValue] | None:
+        """The values of the attribute whose lower-case name is ``key`` (None: absent): for hot paths
+        that lower their attribute names once, not at every entry."""
+        item = self._data.get(key)
+        return item[1] if item else None
+
     def text(self, name: str) -> str | None:
         """The first value as text (binary values decoded as UTF-8 with replacement)."""
         value = self.first(name)

@@ -82,7 +82,9 @@ class Shape(enum.Enum):
 
 
 class ReadStep(NamedTuple):
-    """One mapping as a read applies it, worked out once per mapping (a full read applies it per entry)."""
+    """One mapping as a read applies it, worked out once per mapping (a full read applies it per entry).
+
+    ``ldap`` and ``fallback`` are lower case, as ``Attributes.values_lower`` takes them."""
 
     ldap: str
     fallback: str | None
@@ -106,7 +108,8 @@ def read_step(attr: AttrMap) -> ReadStep:
         shape = Shape.SUB
     else:
         shape = Shape.SIMPLE
-    return ReadStep(attr.ldap, attr.fallback, shape, name, sub, kind, attr.kind, attr.extension)
+    fallback = attr.fallback.lower() if attr.fallback else None
+    return ReadStep(attr.ldap.lower(), fallback, shape, name, sub, kind, attr.kind, attr.extension)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,12 +45,12 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     """The SCIM resource for ``entry``; ``refs`` maps normalised DNs to resolved references.
 
     Runs once per entry of every listing (a full read of 100,000 users): it follows the mapping's
-    precomputed ``read_plan``, reads the single value most attributes need with ``first`` (no list,
-    no exception for an absent attribute) and converts plain text without a call.
+    precomputed ``read_plan`` (attribute names lowered once), looks each attribute up once (no
+    exception for an absent one) and converts plain text without a call.
     """
     attributes = entry.attributes
-    first = attributes.first
-    anchor = first(mapping.id_attribute)
+    values_of = attributes.values_lower
+    anchor = attributes.first(mapping.id_attribute)
     if type(anchor) is str and not mapping.id_binary:
         scim_id = anchor
     else:
@@ -59,20 +59,20 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     meta: dict[str, Any] = {"resourceType": mapping.name, "location": f"{mapping.endpoint}/{scim_id}"}
     extension: dict[str, Any] = {}
     for ldap, fallback, shape, name, sub, element_type, kind, in_extension in mapping.read_plan:
-        value = first(ldap)
-        if value is None:
+        values = values_of(ldap)
+        if values is None:
             if fallback is None:
                 continue
-            ldap = fallback
-            value = first(ldap)
-            if value is None:
+            values = values_of(fallback)
+            if values is None:
                 continue
+        value = values[0]
         target = extension if in_extension else resource
         if shape is Shape.SIMPLE:
             target[name] = value if kind is _STRING and type(value) is str else to_scim(kind, value)
         elif shape is Shape.TYPED:
             elements = target.setdefault(name, [])
-            for each in attributes[ldap]:
+            for each in values:
                 shown = each if kind is _STRING and type(each) is str else to_scim(kind, each)
                 elements.append({"value": shown, "type": element_type})
             for element in elements:
@@ -85,7 +85,7 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
         elif shape is Shape.META:
             meta[sub] = to_scim(kind, value)  # type: ignore[index]  # META steps have a sub-attribute
         else:
-            resolved = _references(attributes[ldap], refs)
+            resolved = _references(values, refs)
             if name == "members" and resolved:
                 target[name] = resolved  # no members (only a placeholder, or none resolvable): omitted
             elif resolved:

@@ -68,6 +68,7 @@ class MemoryDirectory(Directory):
         self._chaos = Chaos(self.settings, sleep)
         self._open = False
         self._seeded = False
+        self._projections: dict[tuple[str, ...] | None, Callable[[Attributes], Attributes]] = {}
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -161,7 +162,17 @@ class MemoryDirectory(Directory):
         return None if record is None else Entry(record.dn, self._projection(attributes)(record.attributes))
 
     def _projection(self, selection: Sequence[str] | None) -> Callable[[Attributes], Attributes]:
-        """A copy of the selected attributes of an entry; the selection is worked out once per search."""
+        """A copy of the selected attributes of an entry; a selection is worked out once, then remembered
+        (a SCIM GET asks for its mapping's attributes every time)."""
+        key = None if selection is None else tuple(selection)
+        project = self._projections.get(key)
+        if project is None:
+            if len(self._projections) >= 256:
+                self._projections.clear()
+            project = self._projections[key] = self._new_projection(selection)
+        return project
+
+    def _new_projection(self, selection: Sequence[str] | None) -> Callable[[Attributes], Attributes]:
         hidden = self._operational.hidden
         if selection is None:
             concealed = hidden - {self._operational.anchor.lower()}
