@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -18,15 +16,12 @@ from typing import Any
 import aio_pika
 import aiormq.exceptions
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from protocol import chunking
 from protocol.envelope import Request, ScimOperation, decode_response
 from protocol.signing import Signer, Verifier
+from service.control.ca import CertificateAuthority
 from tests.conftest import server_missing
 from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
 from tests.integration.tcp_proxy import TcpProxy
@@ -288,29 +283,16 @@ async def test_publishes_of_one_loop_turn_leave_in_one_write(rabbit: Any, monkey
         assert (await channel.declare_queue(queue.name, passive=True)).declaration_result.message_count == 30
 
 
-def _self_signed(directory: Path, name: str) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
+def _broker_pki(directory: Path, name: str) -> tuple[str, str, str]:
+    """A CA of its own (the control plane's kind) and a server certificate for 127.0.0.1 it signed:
+    the CA, certificate and key files."""
+    ca = CertificateAuthority.create(name)
+    cert_text, key_bytes = ca.server_certificate(["127.0.0.1"])
+    ca_path, cert_path, key_path = (directory / f"{name}-{part}.pem" for part in ("ca", "cert", "key"))
+    ca_path.write_text(ca.cert_pem)
+    cert_path.write_text(cert_text)
+    key_path.write_bytes(key_bytes)
+    return str(ca_path), str(cert_path), str(key_path)
 
 
 class TlsProxy(TcpProxy):
@@ -329,8 +311,8 @@ async def test_amqps_verifies_the_broker_and_carries_requests(
     options: dict[str, Any], rabbit: Any, tmp_path: Path
 ) -> None:
     """Over amqps:// the broker's certificate is checked against ca_file; a broker the CA did not sign is refused."""
-    cert, key = _self_signed(tmp_path, "broker")
-    stranger, _ = _self_signed(tmp_path, "stranger")
+    ca_file, cert, key = _broker_pki(tmp_path, "broker")
+    stranger, _, _ = _broker_pki(tmp_path, "stranger")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     proxy = TlsProxy(context)
@@ -338,8 +320,8 @@ async def test_amqps_verifies_the_broker_and_carries_requests(
     try:
         url = f"amqps://guest:guest@127.0.0.1:{proxy.port}/{VHOST}"
         async with (
-            create_transport(url, domains=[DOMAIN], options={**options, "ca_file": cert}) as transport,
-            create_requester(url, options={**options, "ca_file": cert}) as requester,
+            create_transport(url, domains=[DOMAIN], options={**options, "ca_file": ca_file}) as transport,
+            create_requester(url, options={**options, "ca_file": ca_file}) as requester,
             Responder(transport, echo),
         ):
             rid, payload = make_envelope(DOMAIN, "/Users/tls")
