@@ -146,6 +146,11 @@ class Signer:
 
 
 BATCH_CONTEXT = b"cloudprov batch signature v1\x00"
+#: A batch that waits for more requests is complete once it holds more than this share of the requests
+#: its callers expect: a closed loop then moves in a few overlapping cohorts, not in one lockstep round
+#: whose CPU work and round trip never overlap (a quarter: 12-15% more requests/s at 16-32 in flight
+#: over a 5 ms directory than waiting for all, no loss at 8 or 64).
+COMPLETE_SHARE = 0.25
 
 
 def _leaf(signed_part: bytes) -> bytes:
@@ -202,12 +207,12 @@ class SignatureBatcher:
     signed. ``expected`` is how many more requests the caller may send soon (its other requests in
     flight, whose replies make it send again). A batch is signed at the end of the event-loop turn in
     which it became complete: when nothing more is expected (one caller, one request at a time: no
-    wait), when every expected request has joined, or when ``max_batch`` requests wait; otherwise
-    at the latest ``linger`` seconds after its first request. Requests sent together (a sync cycle
-    fanning out) therefore share a signature at once, and callers whose replies trickle in one by one
-    (a closed loop over a latent directory) share one too instead of paying a signature each: signing
-    and checking one costs more than a millisecond of waiting saves. A request alone gets a plain
-    signature.
+    wait), when more than ``COMPLETE_SHARE`` of the expected requests have joined, or when
+    ``max_batch`` requests wait; otherwise at the latest ``linger`` seconds after its first request.
+    Requests sent together (a sync cycle fanning out) therefore share a signature at once, and callers
+    whose replies trickle in one by one (a closed loop over a latent directory) share one too instead
+    of paying a signature each: signing and checking one costs more than a millisecond of waiting
+    saves. A request alone gets a plain signature.
     """
 
     def __init__(self, *, max_batch: int = 256, linger: float = 0.0) -> None:
@@ -224,7 +229,7 @@ class SignatureBatcher:
         pending.append((signer, request, future))
         if len(pending) >= self.max_batch:
             self._flush()
-        elif self.linger <= 0 or len(pending) > expected:
+        elif self.linger <= 0 or len(pending) > expected * COMPLETE_SHARE:
             if not self._soon:
                 if self._flush_at is not None:
                     self._flush_at.cancel()

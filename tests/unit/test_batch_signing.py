@@ -197,14 +197,16 @@ async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
 async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
     """Callers with others in flight wait for them: replies arriving one turn apart still share a signature."""
     batcher = SignatureBatcher(linger=60.0)
-    first = asyncio.ensure_future(batcher.sign(SIGNER, _request(0), expected=2))
+    first = asyncio.ensure_future(batcher.sign(SIGNER, _request(0), expected=8))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert not first.done()  # two more are expected: it waits for them
-    second = asyncio.ensure_future(batcher.sign(SIGNER, _request(1), expected=2))
+    assert not first.done()  # eight more are expected: it waits for some of them
+    second = asyncio.ensure_future(batcher.sign(SIGNER, _request(1), expected=8))
     await asyncio.sleep(0)
-    third = asyncio.ensure_future(batcher.sign(SIGNER, _request(2), expected=2))
-    # the last expected request completes the batch: signed at the end of this turn, not after 60 s
+    await asyncio.sleep(0)
+    assert not second.done()  # two of nine: not yet more than a quarter of the eight expected
+    third = asyncio.ensure_future(batcher.sign(SIGNER, _request(2), expected=8))
+    # three are more than a quarter of the eight expected: signed at the end of this turn, not after 60 s
     signed = await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10)
     assert len({request.signature for request in signed}) == 1
     verifier = _verifier()
