@@ -113,7 +113,7 @@ class Dispatcher:
                     _log.warning("could not give the delivery back", error=str(error))
         finally:
             self._slots.release()
-            structlog.contextvars.clear_contextvars()
+            # The request's log context lives in this task's own context: it ends with the task.
 
     async def process(self, delivery: Delivery) -> None:
         received = time.monotonic()

@@ -44,9 +44,9 @@ class ResponseStore:
 
     def put(self, request_id: str, response: bytes) -> None:
         self._drop(request_id)
-        self._items[request_id] = (time.monotonic() + self._ttl, response)
-        self._bytes += len(response)
         now = time.monotonic()
+        self._items[request_id] = (now + self._ttl, response)
+        self._bytes += len(response)
         while self._items:
             oldest_id, (expires, _) = next(iter(self._items.items()))
             fits = self._bytes <= self._max_bytes or len(self._items) == 1  # the newest is always kept
@@ -59,18 +59,22 @@ class InFlight:
     """Request ids being handled now, each with a future for its encoded response."""
 
     def __init__(self) -> None:
-        self._running: dict[str, asyncio.Future[bytes | None]] = {}
+        # the future is made when a duplicate first waits for it (most requests never have one)
+        self._running: dict[str, asyncio.Future[bytes | None] | None] = {}
 
     def __len__(self) -> int:
         return len(self._running)
 
     def begin(self, request_id: str) -> asyncio.Future[bytes | None] | None:
         """None if this caller runs the request; else the future of the copy already running."""
-        running = self._running.get(request_id)
-        if running is not None:
-            return running
-        self._running[request_id] = asyncio.get_running_loop().create_future()
-        return None
+        running = self._running
+        if request_id not in running:
+            running[request_id] = None
+            return None
+        future = running[request_id]
+        if future is None:
+            future = running[request_id] = asyncio.get_running_loop().create_future()
+        return future
 
     def end(self, request_id: str, response: bytes | None) -> None:
         future = self._running.pop(request_id, None)
