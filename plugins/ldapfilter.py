@@ -166,12 +166,31 @@ class And(Filter):
 @dataclass(frozen=True, slots=True)
 class Or(Filter):
     children: tuple[Filter, ...]
+    #: The equality assertions among the children, as one set of keys per attribute, and the rest:
+    #: ``(|(uid=a)(uid=b)…)`` of hundreds of values (a batch of reference lookups) is then one set
+    #: lookup per value of the entry, not one comparison per child.
+    _keys: dict[str, frozenset[Normalized]] = field(init=False, repr=False, compare=False)
+    _others: tuple[Filter, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys: dict[str, set[Normalized]] = {}
+        others: list[Filter] = []
+        for child in self.children:
+            if isinstance(child, Equality | Approx):
+                keys.setdefault(child.attribute, set()).add(child.key)
+            else:
+                others.append(child)
+        object.__setattr__(self, "_keys", {attribute: frozenset(found) for attribute, found in keys.items()})
+        object.__setattr__(self, "_others", tuple(others))
 
     def to_string(self) -> str:
         return "(|" + "".join(child.to_string() for child in self.children) + ")"
 
     def matches(self, attributes: Attributes) -> bool:
-        return any(child.matches(attributes) for child in self.children)
+        for attribute, keys in self._keys.items():
+            if any(normalize_value(attribute, value) in keys for value in _values(attributes, attribute)):
+                return True
+        return any(child.matches(attributes) for child in self._others)
 
     def walk(self) -> Iterator[Filter]:
         yield self

@@ -233,3 +233,32 @@ def test_unknown_matching_rule_parses_but_is_not_evaluable() -> None:
     with pytest.raises(InvalidFilterError, match="not supported"):
         lf.check_evaluable(lf.And((lf.Present("cn"), node)))
     lf.check_evaluable(lf.parse("(a:1.2.840.113556.1.4.803:=1)"))
+
+
+SMALL_TEXT = st.sampled_from(["a", "A", " a ", "b", "x y", "X  Y", "0x10", "16"])
+ENTRIES = st.dictionaries(
+    st.sampled_from(["cn", "uid", "mail", "objectClass"]),
+    st.lists(st.one_of(SMALL_TEXT, st.binary(max_size=2)), min_size=1, max_size=3),
+).map(Attributes)
+CHILDREN = st.lists(
+    st.one_of(
+        st.builds(lf.Equality, NAMES, st.one_of(SMALL_TEXT, st.binary(max_size=2))),
+        st.builds(lf.Approx, NAMES, SMALL_TEXT),
+        _items(),
+    ),
+    max_size=12,
+)
+
+
+@given(CHILDREN, ENTRIES)
+def test_an_or_matches_when_any_child_matches(children: list[lf.Filter], entry: Attributes) -> None:
+    """An OR evaluates its equality children as one set of keys per attribute: still exactly "any child"."""
+    assert lf.Or(tuple(children)).matches(entry) is any(child.matches(entry) for child in children)
+
+
+def test_an_or_of_many_equalities_keeps_its_other_children() -> None:
+    """A batch of reference lookups, (|(uid=u0)…(uid=u249)) and one more item, matches by any of them."""
+    node = lf.parse("(|" + "".join(f"(uid=U{n})" for n in range(250)) + "(cn=*smith))")
+    assert node.matches(Attributes({"uid": ["u249"]}))
+    assert node.matches(Attributes({"uid": ["nobody"], "cn": ["John Smith"]}))
+    assert not node.matches(Attributes({"uid": ["u250"]}))
