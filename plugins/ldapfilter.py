@@ -668,11 +668,20 @@ def _is_rule(rule: str) -> bool:
     return rule[0].isalpha() and all(char.isalnum() or char == "-" for char in rule)
 
 
-@lru_cache(maxsize=4096)
+#: Filters up to this many characters are cached when parsed: lookups repeat, while long filters (a
+#: batch of hundreds of reference lookups, each batch different) would fill the cache with big trees.
+CACHED_LENGTH = 1024
+
+
 def parse(text: str) -> Filter:
-    """Parse an RFC 4515 filter string; the result is immutable and cached."""
+    """Parse an RFC 4515 filter string; the result is immutable (and cached unless it is long)."""
     if not isinstance(text, str):
         raise InvalidFilterError(f"an LDAP filter must be a string, not {type(text).__name__}")
+    return _parse_cached(text) if len(text) <= CACHED_LENGTH else _Parser(text).parse()
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> Filter:
     return _Parser(text).parse()
 
 

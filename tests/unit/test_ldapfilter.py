@@ -133,8 +133,12 @@ def test_parse_builds_every_item_type() -> None:
 
 
 def test_parse_is_cached() -> None:
-    """The same filter string is parsed once and the immutable AST reused."""
+    """The same filter string is parsed once and the immutable AST reused; a long one is not kept."""
     assert lf.parse("(uid=cached-one)") is lf.parse("(uid=cached-one)")
+    long = "(|" + "".join(f"(uid=user{n:05d})" for n in range(250)) + ")"
+    assert len(long) > lf.CACHED_LENGTH
+    assert lf.parse(long) is not lf.parse(long)
+    assert lf.parse(long) == lf.parse(long)
 
 
 def test_lenient_forms_accepted() -> None:
