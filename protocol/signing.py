@@ -219,8 +219,7 @@ class SignatureBatcher:
         self.max_batch = max_batch
         self.linger = linger
         self._pending: list[tuple[Signer, Request, asyncio.Future[Request]]] = []
-        self._flush_at: asyncio.Handle | None = None
-        self._soon = False  # the scheduled flush is at the end of this turn
+        self._flush_at: asyncio.Handle | None = None  # a TimerHandle while the batch lingers
 
     async def sign(self, signer: Signer, request: Request, *, expected: int = 0) -> Request:
         loop = asyncio.get_running_loop()
@@ -230,10 +229,11 @@ class SignatureBatcher:
         if len(pending) >= self.max_batch:
             self._flush()
         elif self.linger <= 0 or len(pending) > expected * COMPLETE_SHARE:
-            if not self._soon:
-                if self._flush_at is not None:
-                    self._flush_at.cancel()
-                self._flush_at, self._soon = loop.call_soon(self._flush), True
+            lingering = self._flush_at
+            if lingering is None or isinstance(lingering, asyncio.TimerHandle):  # not yet due this turn
+                if lingering is not None:
+                    lingering.cancel()
+                self._flush_at = loop.call_soon(self._flush)
         elif self._flush_at is None:
             self._flush_at = loop.call_later(self.linger, self._flush)
         return await future
@@ -241,7 +241,7 @@ class SignatureBatcher:
     def _flush(self) -> None:
         if self._flush_at is not None:
             self._flush_at.cancel()
-            self._flush_at, self._soon = None, False
+            self._flush_at = None
         pending, self._pending = self._pending, []
         by_signer: dict[int, list[tuple[Signer, Request, asyncio.Future[Request]]]] = {}
         for entry in pending:
