@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from service.client import DEFAULT_BATCH_LINGER
+
 HOUR = 3600.0
 DAY = 86_400.0
 
@@ -40,7 +42,7 @@ class JobSettings(BaseModel):
     timeout: float = Field(default=600.0, gt=0, description="Seconds a request to an agent may take.")
     attempts: int = Field(default=3, ge=1, description="Tries of a request that timed out (each a new request).")
     batch_linger: float = Field(
-        default=0.001,
+        default=DEFAULT_BATCH_LINGER,
         ge=0,
         le=1,
         description="Seconds a request may wait for the job's other requests in flight to share its batch "
