@@ -21,6 +21,7 @@ from protocol.scimfilter import (
     PatchPath,
     Present,
     ValuePath,
+    _parse_filter,
     parse_filter,
     parse_path,
 )
@@ -375,6 +376,43 @@ def test_arbitrary_strings_survive_and_do_not_change_structure(value: str, path:
     first = parsed.operands[0]
     assert isinstance(first, Compare)
     assert first.value == value
+
+
+def _outcome(parse: object, text: str) -> object:
+    try:
+        return parse(text)  # type: ignore[operator]
+    except ScimError as error:
+        return ("error", error.scim_type, error.detail)
+
+
+# Texts shaped like the one-comparison filter parse_filter reads with a regular expression, and near misses
+# (URNs, escapes, control characters, sub-sub-attributes, 'pr', keywords, no or odd white space).
+_names = st.from_regex(r"\$?[A-Za-z][A-Za-z0-9_-]{0,6}", fullmatch=True) | st.sampled_from(
+    ["not", "and", "or", "pr", "a.b.c", "urn:x:y:name", "a+b", "1a", "na$me", "ünï"]
+)
+_blanks = st.sampled_from(["", " ", "  ", "\t", "\n ", "\r\n", "\x0b", "\u3000"])
+_operators = st.sampled_from(["eq", "EQ", "Ne", "co", "sw", "ew", "gt", "ge", "lt", "le", "pr", "eqx", "e", "xx"])
+_bodies = st.text(max_size=12) | st.sampled_from(['\\"', "\\u0041", "\\x", "a\\nb", "\x01", "\x7f"])
+
+
+@settings(max_examples=1500)
+@given(_blanks, _names, st.none() | _names, _blanks, _operators, _blanks, _bodies, st.sampled_from(['"', ""]), _blanks)
+def test_simple_comparisons_read_as_the_parser_reads_them(
+    lead: str, name: str, sub: str | None, gap: str, op: str, gap2: str, body: str, close: str, tail: str
+) -> None:
+    """The shortcut for ``name[.sub] op "text"`` gives the parser's AST, or its error, for any such text."""
+    path = f"{name}.{sub}" if sub is not None else name
+    text = f'{lead}{path}{gap}{op}{gap2}"{body}{close}{tail}'
+    parse_filter.cache_clear()
+    assert _outcome(parse_filter, text) == _outcome(_parse_filter, text)
+
+
+def test_the_shortcut_reads_the_common_lookup() -> None:
+    """The common lookup keeps its AST; a string with an escape, or a URN, goes through the parser alike."""
+    assert parse_filter('  userName  EQ "bjensen"\t') == Compare(AttrPath("userName"), "eq", "bjensen")
+    assert parse_filter('emails.value co "@example.com"') == Compare(AttrPath("emails", "value"), "co", "@example.com")
+    assert parse_filter('userName eq "a\\"b"') == Compare(AttrPath("userName"), "eq", 'a"b')
+    assert parse_filter(f'{CORE_USER}:userName eq "x"') == Compare(AttrPath("userName", uri=CORE_USER), "eq", "x")
 
 
 @settings(max_examples=300)
