@@ -265,3 +265,9 @@ def matches(filter_: Filter, resource: Mapping[str, Any], *, case_exact: Iterabl
     """Whether ``resource`` satisfies ``filter_`` (``case_exact`` replaces ``DEFAULT_CASE_EXACT`` if given)."""
     evaluator = _DEFAULT if case_exact is None else Evaluator(case_exact)
     return evaluator.matches(filter_, resource)
+
+
+def holds(filter_: Filter, resource: Mapping[str, Any]) -> bool:
+    """``matches`` with the default case rules, for a filter that has passed ``check`` already (a
+    listing checks its filter once, then evaluates it on every resource)."""
+    return _DEFAULT._eval(filter_, resource, "", resource)

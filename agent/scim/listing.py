@@ -16,13 +16,13 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent.scim.discovery import LIST_SCHEMA
 from agent.scim.profile import ResourceMapping
 from agent.scim.projection import AttrPath, parse_paths, project
 from agent.scim.resources import Resource
-from agent.scim.translate import translate
+from agent.scim.translate import translation
 from protocol import scimeval, scimfilter
 from protocol.errors import ScimError, invalid_value
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 #: Directory page size of a list request (a cursor read asks for pages as big as its ``count``).
 _DIRECTORY_PAGE = 500
+#: Prepared filters kept (by resource type and filter text), and the longest filter text kept.
+_PREPARED_SIZE = 1024
+_PREPARED_LENGTH = 1024
 
 
 def _int(query: dict[str, str], name: str, default: int) -> int:
@@ -54,6 +57,13 @@ class _Cursor:
     pending: list[Resource] = field(default_factory=list)  # read from the directory, not yet returned
 
 
+class _Prepared(NamedTuple):
+    mapping: ResourceMapping
+    node: scimfilter.Filter | None
+    ldap_filter: str
+    exact: bool
+
+
 def _projected(
     resources: list[Resource], attributes: list[AttrPath] | None, excluded: list[AttrPath] | None
 ) -> list[Resource]:
@@ -64,6 +74,7 @@ class Lister:
     def __init__(self, handler: ScimHandler) -> None:
         self.handler = handler
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+        self._prepared: dict[tuple[str, str | None], _Prepared] = {}
 
     @property
     def settings(self) -> ScimSection:
@@ -72,25 +83,41 @@ class Lister:
     def project(self, resource: Resource, query: dict[str, str]) -> Resource:
         return project(resource, parse_paths(query.get("attributes")), parse_paths(query.get("excludedAttributes")))
 
+    async def _prepare(self, mapping: ResourceMapping, text: str | None) -> _Prepared:
+        """The request's filter parsed, checked and translated; kept per resource type and filter text
+        unless its translation resolved ids (``id``-valued references), whose DNs can change."""
+        key = (mapping.name, text)
+        prepared = self._prepared.get(key)
+        if prepared is not None and prepared.mapping is mapping:  # a profile change brings new mappings
+            return prepared
+        node = scimfilter.parse_filter(text) if text else None
+        if node is not None:
+            scimeval.check(node)
+        found = await translation(node, mapping, self.handler.refs)
+        prepared = _Prepared(mapping, node, found.ldap_filter, found.exact or node is None)
+        if not found.resolved_ids and (text is None or len(text) <= _PREPARED_LENGTH):
+            if len(self._prepared) >= _PREPARED_SIZE:
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        return prepared
+
     async def _matches(
         self, mapping: ResourceMapping, query: dict[str, str], page_size: int
     ) -> AsyncIterator[list[Resource]]:
         """Every resource of ``mapping`` that matches the request's filter, in directory order, a
         directory page at a time (a page may be empty)."""
-        node = scimfilter.parse_filter(query["filter"]) if query.get("filter") else None
-        if node is not None:
-            scimeval.check(node)
-        ldap_filter, exact = await translate(node, mapping, self.handler.refs)
+        prepared = await self._prepare(mapping, query.get("filter") or None)
+        node, exact = prepared.node, prepared.exact
         handler = self.handler
         async for page in handler.directory.search(
-            handler.base, ldap_filter, attributes=mapping.ldap_attributes, page_size=page_size
+            handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=page_size
         ):
             resources = await handler.resources(mapping, page)
             page.clear()  # ours once yielded: the entries go now, not once the response is sent
             if exact or node is None:
                 yield resources
             else:
-                yield [resource for resource in resources if scimeval.matches(node, resource)]
+                yield [resource for resource in resources if scimeval.holds(node, resource)]
 
     async def search(self, mapping: ResourceMapping, query: dict[str, str]) -> tuple[int, Any]:
         attributes = parse_paths(query.get("attributes"))

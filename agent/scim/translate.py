@@ -1,6 +1,7 @@
 """SCIM filters → RFC 4515 LDAP filters, by profile; every value escaped, so no input changes structure.
 
-``translate(node, mapping, refs)`` returns ``(ldap_filter, exact)``. The LDAP filter always selects
+``translate(node, mapping, refs)`` returns ``(ldap_filter, exact)`` (``translation`` also says whether
+ids were resolved, which decides whether the result may be kept). The LDAP filter always selects
 a superset of the resources the SCIM filter selects, scoped to the resource type; ``exact`` says it
 selects exactly them. The lister evaluates the SCIM filter on each resource anyway, so an inexact
 translation (ordering on strings that LDAP servers may not order, ``ne`` on multi-valued
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.scim.profile import CORE_GROUP, CORE_USER, ENTERPRISE, AttrMap, Kind, ResourceMapping
 from agent.scim.refs import References
@@ -86,6 +88,7 @@ class _Translator:
     def __init__(self, mapping: ResourceMapping, refs: References) -> None:
         self.mapping = mapping
         self.refs = refs
+        self.resolved_ids = False  # whether an id was turned into a DN (an answer that can change)
 
     # -- attribute resolution ------------------------------------------------------------
 
@@ -215,6 +218,7 @@ class _Translator:
         if op == "pr":
             return _Out(present, True)
         if op == "eq" and isinstance(value, str):
+            self.resolved_ids = True
             ref = await self.refs.dn_for(value, self.refs.profile.resources)
             if ref is None:
                 return _Out(False, True)
@@ -287,13 +291,31 @@ class _Translator:
         return _Out(f"(|{own}{other})", False)
 
 
+class Translation(NamedTuple):
+    ldap_filter: str
+    exact: bool
+    #: Whether ids were resolved to DNs on the way: such a translation holds only while those ids keep
+    #: their DNs; any other depends on the filter and the mapping alone and may be kept.
+    resolved_ids: bool
+
+
+async def translation(node: sf.Filter | None, mapping: ResourceMapping, refs: References) -> Translation:
+    """The LDAP filter for ``node`` within resource type ``mapping``, whether it is exact, and whether
+    it resolved ids."""
+    if node is None:
+        return Translation(mapping.ldap_filter, True, False)
+    translator = _Translator(mapping, refs)
+    out = await translator.node(node)
+    if out.part is True:
+        ldap_filter = mapping.ldap_filter
+    elif out.part is False:
+        ldap_filter = f"(&{mapping.ldap_filter}(!(objectClass=*)))"
+    else:
+        ldap_filter = f"(&{mapping.ldap_filter}{out.part})"
+    return Translation(ldap_filter, out.exact, translator.resolved_ids)
+
+
 async def translate(node: sf.Filter | None, mapping: ResourceMapping, refs: References) -> tuple[str, bool]:
     """The LDAP filter for ``node`` within resource type ``mapping``, and whether it is exact."""
-    if node is None:
-        return mapping.ldap_filter, True
-    out = await _Translator(mapping, refs).node(node)
-    if out.part is True:
-        return mapping.ldap_filter, out.exact
-    if out.part is False:
-        return f"(&{mapping.ldap_filter}(!(objectClass=*)))", out.exact
-    return f"(&{mapping.ldap_filter}{out.part})", out.exact
+    found = await translation(node, mapping, refs)
+    return found.ldap_filter, found.exact

@@ -591,8 +591,11 @@ class ScimSuite(abc.ABC):
         assert all(entry.get(name) for name in required), entry.attributes
 
     async def test_put_renames(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
-        """A PUT that changes userName renames the user: same id, found under the new name only."""
+        """A PUT that changes userName renames the user: same id, found under the new name only, and
+        still found as a member by id (a filter on a member's id names its DN, which the rename changed)."""
         ben = people["ben"]
+        by_member = f'members[value eq "{ben["id"]}"]'
+        assert [r["id"] for r in (await scim.listed("/Groups", by_member))["Resources"]] == [people["eng"]["id"]]
         body = {**ben, "userName": f"{scim.ns}benjamin"}
         renamed = await scim.ok("PUT", f"/Users/{ben['id']}", body=body)
         assert renamed["id"] == ben["id"]
@@ -603,6 +606,7 @@ class ScimSuite(abc.ABC):
         assert [r["id"] for r in found["Resources"]] == [ben["id"]]
         group = await scim.ok("GET", f"/Groups/{people['eng']['id']}")
         assert ben["id"] in member_ids(group)
+        assert [r["id"] for r in (await scim.listed("/Groups", by_member))["Resources"]] == [people["eng"]["id"]]
 
     async def test_an_rdn_the_administrator_chose_survives_patches(
         self, scim: Scim, people: dict[str, dict[str, Any]]
