@@ -140,9 +140,13 @@ class ResourceMapping:
     read_plan: tuple[ReadStep, ...] = field(init=False, repr=False, compare=False)
     #: The LDAP attributes to fetch to build a full resource (every search and get asks for them).
     ldap_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    #: The lower-case LDAP attributes that hold DNs of other resources (``manager``, ``member``).
+    reference_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read_plan", tuple(read_step(a) for a in self.attributes))
+        references = dict.fromkeys(a.ldap.lower() for a in self.attributes if a.kind is Kind.REFERENCE)
+        object.__setattr__(self, "reference_attributes", tuple(references))
         names = {self.id_attribute, "objectClass", self.rdn_attribute}
         names.update(a.ldap for a in self.attributes)
         names.update(a.fallback for a in self.attributes if a.fallback)
@@ -164,15 +168,25 @@ class Profile:
     users: ResourceMapping
     groups: ResourceMapping
 
+    #: Each mapping by its lower-case name, endpoint and endpoint without the slash (derived).
+    _by_name: dict[str, ResourceMapping] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, ResourceMapping] = {}
+        for mapping in reversed(self.resources):  # users win a name both could claim, as they are asked first
+            endpoint = mapping.endpoint.lower()
+            by_name.update(dict.fromkeys((mapping.name.lower(), endpoint, endpoint.lstrip("/")), mapping))
+        object.__setattr__(self, "_by_name", by_name)
+
     @property
     def resources(self) -> tuple[ResourceMapping, ResourceMapping]:
         return (self.users, self.groups)
 
     def resource(self, name: str) -> ResourceMapping:
-        for mapping in self.resources:
-            if name.lower() in {mapping.name.lower(), mapping.endpoint.lower(), mapping.endpoint.lower().lstrip("/")}:
-                return mapping
-        raise KeyError(name)
+        mapping = self._by_name.get(name.lower())
+        if mapping is None:
+            raise KeyError(name)
+        return mapping
 
 
 class ProfileError(ValueError):

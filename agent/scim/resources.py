@@ -117,11 +117,11 @@ def _references(values: list[AttrValue], refs: Mapping[str, Ref]) -> list[dict[s
 def reference_dns(mapping: ResourceMapping, entries: list[Entry]) -> set[str]:
     """Every DN held in a reference attribute of these entries (to resolve in one batch)."""
     dns: set[str] = set()
-    for attr in mapping.attributes:
-        if attr.kind is Kind.REFERENCE:
-            for entry in entries:
-                if entry.first(attr.ldap) is not None:  # most entries have none (a user's manager)
-                    dns.update(text(v) for v in entry.attributes[attr.ldap])
+    for name in mapping.reference_attributes:
+        for entry in entries:
+            values = entry.attributes.values_lower(name)
+            if values is not None:  # most entries have none (a user's manager)
+                dns.update(text(v) for v in values)
     if mapping.empty_members is not None:
         dns.discard(mapping.empty_members)
     return dns
