@@ -29,6 +29,7 @@ import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import bonsai
@@ -101,11 +102,22 @@ async def scim_rate(scim: ScimClient, uids: list[str], concurrency: int) -> Timi
     return await timed(len(uids), [worker() for _ in range(concurrency)])
 
 
+def _stopped(pid: int) -> None:
+    """Return once the process is stopped (SIGSTOP reaches a busy multi-threaded process a moment later)."""
+    for _ in range(200):
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state in {"T", "t"}:
+            return
+        time.sleep(0.005)
+    raise RuntimeError(f"slapd (pid {pid}) did not stop within 1 s of SIGSTOP")
+
+
 async def wait_cpu(url: str, pid: int, cls: type | None) -> float:
     """CPU seconds burnt while one search waits 2 s on a paused slapd."""
     conn = await client(url, cls).connect(is_async=True)
     os.kill(pid, signal.SIGSTOP)
     try:
+        _stopped(pid)  # a search sent before slapd has stopped is answered at once: nothing to wait for
         pending = asyncio.create_task(conn.search(SUFFIX, bonsai.LDAPSearchScope.BASE))
         await asyncio.sleep(0.1)
         cpu = time.process_time()
