@@ -160,9 +160,7 @@ def read_config(path: str | Path | None, env: Mapping[str, str], prefix: str) ->
         except yaml.YAMLError as exc:
             raise ConfigFileError(f"{source}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise ConfigFileError(
-                f"{source}: the top level must be a mapping of sections, not {type(data).__name__}"
-            )
+            raise ConfigFileError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
     return merge(interpolate(data, env), env_overrides(env, prefix))
 
 

@@ -415,9 +415,7 @@ def _error_body(error: ScimError) -> tuple[int, Any]:
     return error.status, error.to_body()
 
 
-def _needs_rename(
-    mapping: ResourceMapping, entry: Entry, values: dict[str, list[AttrValue]], rdn_value: str
-) -> bool:
+def _needs_rename(mapping: ResourceMapping, entry: Entry, values: dict[str, list[AttrValue]], rdn_value: str) -> bool:
     """Whether writing ``values`` over ``entry`` moves it to the RDN ``rdn_value``.
 
     Only when the RDN follows the attribute it is made from (``rdn_from``) and that attribute
