@@ -68,9 +68,9 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
                 continue
         value = values[0]
         target = extension if in_extension else resource
-        if shape is Shape.SIMPLE:
+        if shape is _SIMPLE:
             target[name] = value if kind is _STRING and type(value) is str else to_scim(kind, value)
-        elif shape is Shape.TYPED:
+        elif shape is _TYPED:
             elements = target.setdefault(name, [])
             for each in values:
                 shown = each if kind is _STRING and type(each) is str else to_scim(kind, each)
@@ -80,9 +80,9 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
                     break
             else:
                 elements[0]["primary"] = True
-        elif shape is Shape.SUB:
+        elif shape is _SUB:
             target.setdefault(name, {})[sub] = value if kind is _STRING and type(value) is str else to_scim(kind, value)
-        elif shape is Shape.META:
+        elif shape is _META:
             meta[sub] = to_scim(kind, value)  # type: ignore[index]  # META steps have a sub-attribute
         else:
             resolved = _references(values, refs)
@@ -99,7 +99,10 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     return resource
 
 
+# Enum members read from module globals: Python 3.11 reads ``Shape.SIMPLE`` from its class ten times slower,
+# and ``to_resource`` compares a few per attribute of every entry it converts.
 _STRING = Kind.STRING
+_SIMPLE, _TYPED, _SUB, _META = Shape.SIMPLE, Shape.TYPED, Shape.SUB, Shape.META
 
 
 def _references(values: list[AttrValue], refs: Mapping[str, Ref]) -> list[dict[str, Any]]:
