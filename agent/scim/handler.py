@@ -28,7 +28,7 @@ from agent.scim import changes as change_feed
 from agent.scim import discovery
 from agent.scim.errors import scim_error
 from agent.scim.listing import Lister
-from agent.scim.patch import PatchOperation, apply_patch, parse_operations
+from agent.scim.patch import PatchOperation, parse_operations, patched
 from agent.scim.profile import Kind, Profile, ResourceMapping
 from agent.scim.refs import REMEMBER_PAGE, Ref, References
 from agent.scim.resources import (
@@ -317,8 +317,7 @@ class ScimHandler:
                 raise not_found(f"{mapping.name} {scim_id!r} disappeared while it was being changed")
             return 200, await self.resource(mapping, updated)
         current = await self.resource(mapping, entry)
-        patched = apply_patch(current, operations).resource
-        updated = await self._apply(mapping, entry, patched)
+        updated = await self._apply(mapping, entry, patched(current, operations))
         return 200, await self.resource(mapping, updated)
 
     async def _member_changes(

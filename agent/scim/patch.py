@@ -160,13 +160,24 @@ def apply_patch(
     evaluator: Evaluator | None = None,
 ) -> PatchResult:
     """Apply a PatchOp body (or parsed operations) to ``resource``; the input is left untouched."""
+    doc = patched(resource, body, evaluator=evaluator)
+    touched, changes = diff(resource, doc)
+    return PatchResult(doc, touched, changes)
+
+
+def patched(
+    resource: Mapping[str, Any],
+    body: Mapping[str, Any] | Sequence[PatchOperation],
+    *,
+    evaluator: Evaluator | None = None,
+) -> dict[str, Any]:
+    """``apply_patch(…).resource`` without working out what changed (the SCIM handler diffs LDAP values)."""
     operations = parse_operations(body) if isinstance(body, Mapping) else tuple(body)
     engine = _Engine(_copy(resource), evaluator or Evaluator())
     for index, operation in enumerate(operations):
         _with_index(index, engine.apply, operation)
     engine.tidy_extensions(resource)
-    touched, changes = diff(resource, engine.doc)
-    return PatchResult(engine.doc, touched, changes)
+    return engine.doc
 
 
 class _Engine:
@@ -512,7 +523,7 @@ def _pairs(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[st
 
 
 def _record(name: str, old: Any, new: Any, touched: set[str], changes: dict[str, ValueChanges]) -> None:
-    if _canonical(old) == _canonical(new):
+    if _same(old, new) or _canonical(old) == _canonical(new):
         return
     touched.add(name)
     if isinstance(old, list) or isinstance(new, list):
@@ -554,6 +565,18 @@ def _identity(value: Any) -> tuple[str, str]:
         if sub is not None:
             return ("value", sub.casefold() if isinstance(sub, str) else _canonical(sub))
     return ("json", _canonical(value))
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Equal as JSON with the same spelling (``True`` is not ``1``): then their canonical forms are equal too,
+    without printing them (most attributes of a patched resource are unchanged)."""
+    if type(left) is not type(right):
+        return False
+    if type(left) is dict:
+        return left.keys() == right.keys() and all(_same(value, right[key]) for key, value in left.items())
+    if type(left) is list:
+        return len(left) == len(right) and all(map(_same, left, right))
+    return type(left) is not float and bool(left == right)  # 0.0 == -0.0, yet they print apart
 
 
 def _canonical(value: Any) -> str:

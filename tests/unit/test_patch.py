@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.scim.patch import PatchOperation, PatchResult, ValueChanges, apply_patch, parse_operations
+from agent.scim.patch import (
+    PatchOperation,
+    PatchResult,
+    ValueChanges,
+    _canonical,
+    _same,
+    apply_patch,
+    parse_operations,
+    patched,
+)
 from protocol.errors import ScimError
 from protocol.scimfilter import parse_path
 
@@ -391,3 +400,36 @@ def test_touched_is_exactly_what_changed(value: dict[str, Any]) -> None:
     result = patch(start, {"op": "add", "value": value})
     changed = {k for k in set(start) | set(result.resource) if start.get(k) != result.resource.get(k)}
     assert result.touched == changed
+
+
+
+_json_scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.sampled_from(["a", "A", ""])
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["v", "V", "w"]), inner, max_size=2),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=500)
+@given(_json_values, _json_values)
+def test_the_equality_shortcut_never_hides_a_change(left: Any, right: Any) -> None:
+    """Values the diff calls the same without printing them also print the same."""
+    if _same(left, right):
+        assert _canonical(left) == _canonical(right)
+
+
+def test_the_equality_shortcut_tells_json_apart() -> None:
+    """True is not 1 and 0.0 is not -0.0 to the shortcut, though Python calls them equal; copies are the same."""
+    assert not _same(True, 1)
+    assert not _same(0.0, -0.0)
+    assert not _same({"v": [1]}, {"V": [1]})  # keys in another case: left to the canonical comparison
+    assert _same(user(), copy.deepcopy(user()))
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(["Barbara", "barbara", True, 1, 1.0, None]), st.sampled_from(["title", "nickName", "active"]))
+def test_patched_is_apply_patch_without_the_diff(value: Any, path: str) -> None:
+    """``patched`` returns the resource ``apply_patch`` does, for any value written."""
+    operations = body({"op": "replace", "path": path, "value": value})
+    assert patched(user(), operations) == apply_patch(user(), operations).resource
