@@ -101,7 +101,7 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
 
 # Enum members read from module globals: Python 3.11 reads ``Shape.SIMPLE`` from its class ten times slower,
 # and ``to_resource`` compares a few per attribute of every entry it converts.
-_STRING = Kind.STRING
+_STRING, _GUID, _REFERENCE = Kind.STRING, Kind.GUID, Kind.REFERENCE
 _SIMPLE, _TYPED, _SUB, _META = Shape.SIMPLE, Shape.TYPED, Shape.SUB, Shape.META
 
 
@@ -231,14 +231,14 @@ async def to_ldap(
 
 
 def _same(kind: Kind, left: AttrValue, right: AttrValue) -> bool:
-    if kind is Kind.GUID:
+    if kind is _GUID:
         return left == right
-    if kind is Kind.REFERENCE:
+    if kind is _REFERENCE:
         try:
             return dnlib.normalize(text(left)) == dnlib.normalize(text(right))
         except InvalidDNError:
             return text(left).lower() == text(right).lower()
-    return text(left).lower() == text(right).lower() if kind is Kind.STRING else text(left) == text(right)
+    return text(left).lower() == text(right).lower() if kind is _STRING else text(left) == text(right)
 
 
 def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValue]]) -> list[Modification]:
@@ -253,8 +253,10 @@ def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValu
     for name, wanted in new.items():
         if name.lower() == mapping.rdn_attribute.lower():
             continue
-        kind = kinds.get(name.lower(), Kind.STRING)
         old = entry.get(name)
+        if old == wanted:  # the same values in the same order (most attributes of a PATCH or PUT)
+            continue
+        kind = kinds.get(name.lower(), _STRING)
         same_set = len(old) == len(wanted) and all(any(_same(kind, o, w) for o in old) for w in wanted)
         if same_set and (name.lower() in multi or [text(o) for o in old] == [text(w) for w in wanted]):
             continue
