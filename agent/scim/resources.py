@@ -21,6 +21,11 @@ from plugins import dn as dnlib
 from plugins.directory import AttrValue, Entry, InvalidDNError, Modification, ModOp
 from protocol.errors import invalid_value
 
+# Enum members as module globals: Python 3.11 reads a member from its class (``Kind.STRING``) about ten
+# times slower, and conversions compare several per attribute of every entry.
+_ACTIVE_UAC, _GUID, _REFERENCE, _STRING = Kind.ACTIVE_UAC, Kind.GUID, Kind.REFERENCE, Kind.STRING
+_META, _SIMPLE, _SUB, _TYPED = Shape.META, Shape.SIMPLE, Shape.SUB, Shape.TYPED
+
 Resource = dict[str, Any]
 ResolveId = Callable[[str], Awaitable[Ref | None]]
 
@@ -99,12 +104,6 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     return resource
 
 
-# Enum members read from module globals: Python 3.11 reads ``Shape.SIMPLE`` from its class ten times slower,
-# and ``to_resource`` compares a few per attribute of every entry it converts.
-_STRING, _GUID, _REFERENCE = Kind.STRING, Kind.GUID, Kind.REFERENCE
-_SIMPLE, _TYPED, _SUB, _META = Shape.SIMPLE, Shape.TYPED, Shape.SUB, Shape.META
-
-
 def _references(values: list[AttrValue], refs: Mapping[str, Ref]) -> list[dict[str, Any]]:
     resolved = []
     for value in values:
@@ -160,7 +159,7 @@ def _scim_values(attr: AttrMap, resource: Mapping[str, Any]) -> list[Any] | None
             if (element_type or "").lower() == kind.lower() or (element_type is None and _is_default_type(attr, kind)):
                 picked.append(ci_get(element, "value"))
         return [v for v in picked if v not in (None, "")]
-    if attr.kind is Kind.REFERENCE:
+    if attr.kind is _REFERENCE:
         elements = value if isinstance(value, list) else [value]
         ids = []
         for element in elements:
@@ -199,7 +198,7 @@ async def to_ldap(
             scim = _scim_values(attr, resource)
         except ValueError as exc:
             raise invalid_value(f"{attr.path}: {exc}") from None
-        if scim is None and (attr.kind is Kind.ACTIVE_UAC or attr.fallback):
+        if scim is None and (attr.kind is _ACTIVE_UAC or attr.fallback):
             continue  # userAccountControl holds more than 'active', an anchor is never cleared: keep them
         if scim is not None and attr.fallback and current is not None and not current.get(attr.ldap):
             shown = [conv.to_scim(attr.kind, v) for v in current.get(attr.fallback)]
@@ -209,12 +208,12 @@ async def to_ldap(
         if scim is None:
             continue
         for value in scim:
-            if attr.kind is Kind.REFERENCE:
+            if attr.kind is _REFERENCE:
                 ref = await resolve(str(value))
                 if ref is None:
                     raise invalid_value(f"{attr.path}: no resource has id {value!r}")
                 bucket.append(ref.dn)
-            elif attr.kind is Kind.ACTIVE_UAC:
+            elif attr.kind is _ACTIVE_UAC:
                 if not isinstance(value, bool):
                     raise invalid_value(f"active must be true or false, got {value!r}")
                 current_uac = current.first(attr.ldap) if current else None
@@ -244,11 +243,11 @@ def _same(kind: Kind, left: AttrValue, right: AttrValue) -> bool:
 def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValue]]) -> list[Modification]:
     """Modifications that turn ``entry``'s mapped attributes into ``new`` (RDN attribute excluded)."""
     kinds = {a.ldap.lower(): a.kind for a in mapping.attributes}
-    multi = {a.ldap.lower() for a in mapping.attributes if a.kind is Kind.REFERENCE or a.parts[2] is not None}
+    multi = {a.ldap.lower() for a in mapping.attributes if a.kind is _REFERENCE or a.parts[2] is not None}
     # Only members change value by value (a group may hold 50,000). Anything else is replaced whole: an
     # LDAP attribute behind a SCIM multi-valued one may be single-valued (AD's mail, manager), and a
     # delete plus an add of one value in one modify is refused there ("specified more than once").
-    by_value = {a.ldap.lower() for a in mapping.attributes if a.kind is Kind.REFERENCE and a.parts[0] == "members"}
+    by_value = {a.ldap.lower() for a in mapping.attributes if a.kind is _REFERENCE and a.parts[0] == "members"}
     changes: list[Modification] = []
     for name, wanted in new.items():
         if name.lower() == mapping.rdn_attribute.lower():
