@@ -21,8 +21,8 @@ from plugins import dn as dnlib
 from plugins.directory import AttrValue, Entry, InvalidDNError, Modification, ModOp
 from protocol.errors import invalid_value
 
-# Enum members as module globals: Python 3.11 reads a member from its class (``Kind.STRING``) about ten
-# times slower, and conversions compare several per attribute of every entry.
+# Enum members as module globals: Python 3.11 reads a member from its class (``Kind.STRING``) 5-10
+# times slower (its metaclass defines __getattr__), and conversions compare several per attribute of every entry.
 _ACTIVE_UAC, _GUID, _REFERENCE, _STRING = Kind.ACTIVE_UAC, Kind.GUID, Kind.REFERENCE, Kind.STRING
 _META, _SIMPLE, _SUB, _TYPED = Shape.META, Shape.SIMPLE, Shape.SUB, Shape.TYPED
 
