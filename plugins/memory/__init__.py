@@ -3,9 +3,9 @@
 Not a test double: the same filters, DNs and error outcomes as slapd or Active Directory (``flavor``
 picks which operational attributes it keeps), plus seeded sample data, LDIF seeding, injectable
 latency and faults, and a bounded change log. Modules: ``settings`` and ``latency`` (configuration),
-``store`` (the DIT and its index), ``operational`` (per-flavor attributes), ``changelog``, ``chaos``
-(latency/faults), ``seed`` (sample data), ``ldif`` (RFC 2849 reader/writer), ``directory`` (the
-``Directory`` implementation) and ``errors``.
+``store`` (the DIT and its index), ``query`` (a filter's plan against the index), ``operational``
+(per-flavor attributes), ``changelog``, ``chaos`` (latency/faults), ``seed`` (sample data), ``ldif``
+(RFC 2849 reader/writer), ``directory`` (the ``Directory`` implementation) and ``errors``.
 """
 
 from plugins.memory.directory import MemoryDirectory

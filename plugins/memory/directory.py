@@ -4,9 +4,11 @@ Settings: ``MemorySettings`` (base DN, flavor, seed data, latency, faults, page 
 size); ``sleep`` and ``clock`` are injectable for tests. The data lives as long as the instance:
 ``close`` then ``open`` keeps it; seeding happens at the first ``open``.
 
-Guarantees: LDAP semantics as in ``plugins.memory.store``; each call is one simulated round trip (a
-paged search, one per page) subject to latency and injected faults; everything handed out is a copy;
-``changes`` reports adds, modifies, renames (one per moved entry) and deletions in order.
+Guarantees: LDAP semantics as in ``plugins.memory.store``; a filter's plan (``plugins.memory.query``)
+is worked out once per filter string and kept (bounded), valid whatever is written later; each call is
+one simulated round trip (a paged search, one per page) subject to latency and injected faults;
+everything handed out is a copy; ``changes`` reports adds, modifies, renames (one per moved entry) and
+deletions in order.
 
 Attribute selection: ``None`` → every user attribute plus the flavor's anchor (entryUUID/objectGUID);
 a list → those attributes (case-insensitive), where ``*`` means every user attribute, ``+`` every
@@ -40,6 +42,7 @@ from plugins.memory.changelog import ChangeLog
 from plugins.memory.chaos import Chaos, ChaosStats, Sleep
 from plugins.memory.errors import DirectoryClosedError
 from plugins.memory.operational import ActiveDirectoryOperational, Clock, OpenLdapOperational, Operational
+from plugins.memory.query import Query
 from plugins.memory.settings import MemorySettings
 from plugins.memory.store import Store
 
@@ -69,6 +72,7 @@ class MemoryDirectory(Directory):
         self._open = False
         self._seeded = False
         self._projections: dict[tuple[str, ...] | None, Callable[[Attributes], Attributes]] = {}
+        self._queries: dict[str, Query] = {}
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -100,7 +104,7 @@ class MemoryDirectory(Directory):
 
     def explain(self, ldap_filter: str) -> int | None:
         """How many candidate entries the equality index yields for a filter; None means a full scan."""
-        candidates = self._store.plan(ldapfilter.parse(ldap_filter))
+        candidates = self._store.candidates(self._query(ldap_filter))
         return None if candidates is None else len(candidates)
 
     def _seed(self) -> None:
@@ -143,9 +147,7 @@ class MemoryDirectory(Directory):
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, not {page_size}")
         await self._round_trip("search")
-        node = ldapfilter.parse(ldap_filter)
-        ldapfilter.check_evaluable(node)
-        found = self._store.search(base, node, Scope(scope))
+        found = self._store.search(base, self._query(ldap_filter), scope if type(scope) is Scope else Scope(scope))
         if not found:
             yield []
             return
@@ -160,6 +162,19 @@ class MemoryDirectory(Directory):
         await self._round_trip("get")
         record = self._store.find(dn)
         return None if record is None else Entry(record.dn, self._projection(attributes)(record.attributes))
+
+    def _query(self, ldap_filter: str) -> Query:
+        """The plan of a filter; worked out once per filter string, then remembered (up to 4,096 filters of
+        up to ``ldapfilter.CACHED_LENGTH`` characters). A plan does not depend on the data: writes leave
+        it valid."""
+        query = self._queries.get(ldap_filter) if isinstance(ldap_filter, str) else None
+        if query is None:
+            query = Query.of(ldapfilter.parse(ldap_filter))
+            if len(ldap_filter) <= ldapfilter.CACHED_LENGTH:
+                if len(self._queries) >= 4096:
+                    self._queries.clear()
+                self._queries[ldap_filter] = query
+        return query
 
     def _projection(self, selection: Sequence[str] | None) -> Callable[[Attributes], Attributes]:
         """A copy of the selected attributes of an entry; a selection is worked out once, then remembered

@@ -12,14 +12,19 @@ Guarantees (the same as a real LDAP server):
 - modify builds a new attribute set and swaps it in only when every change succeeded (all or none);
   stored attribute sets are never mutated afterwards, so a search snapshot is consistent and cheap;
 - an equality index (attribute, normalised value) → entries serves equality/approx items, AND (the most
-  selective indexed item) and OR (when every branch is indexed); anything else scans the scope.
+  selective indexed item) and OR (when every branch is indexed); anything else scans the scope. The
+  index is exact: it holds the values of attributes without options (``cn``, not ``cn;lang-en``, which
+  a filter on ``cn`` does not match), so an entry is in a key's bucket exactly when the equality item
+  matches it, and a search decides its other equality conjuncts by membership (``plugins.memory.query``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 
 from plugins import dn as dnlib
 from plugins import ldapfilter
@@ -36,10 +41,11 @@ from plugins.directory import (
 )
 from plugins.ldapfilter import Normalized, normalize_value
 from plugins.memory.operational import Operational
+from plugins.memory.query import IndexKey, Query, index_name, key_of
 
-IndexKey = tuple[str, Normalized]
 #: DN-syntax attributes, where the empty value is a valid DN (the root DSE's name), as on a real server.
 _DN_SYNTAX = frozenset({"member", "uniquemember", "manager", "owner", "seealso", "secretary", "roleoccupant"})
+_NOTHING: frozenset[Record] = frozenset()
 
 
 @dataclass(slots=True, eq=False)
@@ -203,26 +209,64 @@ class Store:
 
     # ------------------------------------------------------------------------------------- search
 
-    def search(self, base: str, node: ldapfilter.Filter, scope: Scope) -> list[tuple[str, Attributes]]:
+    def search(self, base: str, query: Query, scope: Scope) -> list[tuple[str, Attributes]]:
         """A consistent snapshot of (DN, attribute set) of matching entries; attribute sets are shared,
         immutable by convention: copy before handing them out."""
-        root = self.find(base)
+        root = self.base if base == self.base.dn else self.find(base)
         if root is None:
             raise NoSuchObjectError(f"search base {base!r} does not exist")
-        candidates = self.plan(node)
+        candidates, others = self._candidates(query)
         records: Iterable[Record]
         if candidates is None:
             records = self._scope(root, scope)
+        elif scope == Scope.SUBTREE and root is self.base:  # every entry is below the naming context
+            records = sorted(candidates, key=_by_id) if len(candidates) > 1 else candidates
         else:
-            records = sorted((r for r in candidates if _in_scope(r, root, scope)), key=lambda r: r.id)
-        return [(record.dn, record.attributes) for record in records if node.matches(record.attributes)]
+            records = sorted((r for r in candidates if _in_scope(r, root, scope)), key=_by_id)
+        rest = query.rest
+        found: list[tuple[str, Attributes]] = []
+        for record in records:
+            for bucket in others:
+                if record not in bucket:
+                    break
+            else:
+                attributes = record.attributes
+                for item in rest:
+                    if not item.matches(attributes):
+                        break
+                else:
+                    found.append((record.dn, attributes))
+        return found
 
-    def plan(self, node: ldapfilter.Filter) -> set[Record] | None:
+    def candidates(self, query: Query) -> AbstractSet[Record] | None:
+        """Entries that may match, from the equality index; None when the query needs a scan."""
+        return self._candidates(query)[0]
+
+    def _candidates(self, query: Query) -> tuple[AbstractSet[Record] | None, list[AbstractSet[Record]]]:
+        """The smallest set the index narrows the query to (None: a scan), and the buckets of the keys
+        that did not supply it: an entry of the set satisfies those keys' items when it is in each."""
+        try:
+            buckets: list[AbstractSet[Record]] = list(map(self._index.__getitem__, query.keys))
+        except KeyError:  # a key without entries (the index keeps no empty bucket): nothing matches
+            return _NOTHING, []
+        best: AbstractSet[Record] | None = min(buckets, key=len) if buckets else None
+        keyed = best  # the key bucket chosen, unless a narrowing conjunct does better
+        for item in query.narrowing:
+            if best is not None and not best:
+                break
+            found = self.plan(item)
+            if found is not None and (best is None or len(found) < len(best)):
+                best, keyed = found, None
+        if keyed is not None:
+            buckets.remove(keyed)  # the first bucket equal to it: the same entries, so either one will do
+        return best, buckets
+
+    def plan(self, node: ldapfilter.Filter) -> AbstractSet[Record] | None:
         """Entries that may match, from the equality index; None when the filter needs a scan."""
         if isinstance(node, ldapfilter.Equality | ldapfilter.Approx):
-            return self._index.get((_index_name(node.attribute), node.key), set())
+            return self._index.get(key_of(node), _NOTHING)
         if isinstance(node, ldapfilter.And):
-            best: set[Record] | None = None
+            best: AbstractSet[Record] | None = None
             for child in node.children:
                 found = self.plan(child)
                 if found is not None and (best is None or len(found) < len(best)):
@@ -262,9 +306,11 @@ class Store:
             parent.children[record.id] = record
         index = self._index
         for name, values in attrs.items():
-            index_name = _index_name(name)
+            indexed = index_name(name)
+            if indexed is None:
+                continue
             for value in values:
-                key = (index_name, normalize_value(name, value))
+                key = (indexed, normalize_value(name, value))
                 bucket = index.get(key)
                 if bucket is None:
                     index[key] = {record}
@@ -278,8 +324,11 @@ class Store:
 
     def _unindex(self, record: Record, attrs: Attributes) -> None:
         for name, values in attrs.items():
+            indexed = index_name(name)
+            if indexed is None:
+                continue
             for value in values:
-                self._index_discard((_index_name(name), normalize_value(name, value)), record)
+                self._index_discard((indexed, normalize_value(name, value)), record)
 
     def _index_discard(self, key: IndexKey, record: Record) -> None:
         bucket = self._index.get(key)
@@ -291,15 +340,15 @@ class Store:
     def _reindex(self, record: Record, old: Attributes, new: Attributes) -> None:
         for name in {*(n.lower() for n in old), *(n.lower() for n in new)}:
             before, after = old.get(name, []), new.get(name, [])
-            if before == after:
+            indexed = index_name(name)
+            if before == after or indexed is None:
                 continue
-            index_name = _index_name(name)
             old_keys = {normalize_value(name, value) for value in before}
             new_keys = {normalize_value(name, value) for value in after}
             for key in old_keys - new_keys:
-                self._index_discard((index_name, key), record)
+                self._index_discard((indexed, key), record)
             for key in new_keys - old_keys:
-                self._index.setdefault((index_name, key), set()).add(record)
+                self._index.setdefault((indexed, key), set()).add(record)
 
     def _rekey(self, record: Record, new_dn: str, moved: list[tuple[Record, str]]) -> None:
         old_dn = record.dn
@@ -366,9 +415,7 @@ def _remove_values(attrs: Attributes, name: str, removed: Sequence[AttrValue], *
     attrs.set(name, _without(name, current, removed))
 
 
-@lru_cache(maxsize=4096)
-def _index_name(name: str) -> str:
-    return name.split(";", 1)[0].lower()
+_by_id = attrgetter("id")
 
 
 def _in_scope(record: Record, root: Record, scope: Scope) -> bool:
