@@ -438,6 +438,18 @@ async def test_page_size_is_clamped_to_the_server_limit() -> None:
         assert pages == [3, 3, 1]
 
 
+async def test_a_search_that_fills_exactly_one_page_is_one_round_trip() -> None:
+    """As many entries as the page size come as one page, after one round trip; one more makes two."""
+    sleep = RecordingSleep()
+    settings = MemorySettings(latency=FixedLatency(seconds=0.25), seed_users=4, page_size_limit=100)
+    async with MemoryDirectory(settings, sleep=sleep) as directory:
+        people = "(objectClass=inetOrgPerson)"
+        assert [len(page) async for page in directory.search(directory.base_dn, people, page_size=4)] == [4]
+        assert sleep.delays == [0.25]
+        assert [len(page) async for page in directory.search(directory.base_dn, people, page_size=3)] == [3, 1]
+        assert sleep.delays == [0.25] * 3
+
+
 def test_settings_are_strict_and_documented() -> None:
     """Settings reject unknown keys, coerce a bare latency number, and describe every field."""
     with pytest.raises(ValidationError):
