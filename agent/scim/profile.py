@@ -142,9 +142,16 @@ class ResourceMapping:
     ldap_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     #: The lower-case LDAP attributes that hold DNs of other resources (``manager``, ``member``).
     reference_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    #: ``attributes`` by lower-case SCIM attribute name, every type and sub-attribute of it (derived).
+    _by_name: Mapping[str, tuple[AttrMap, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read_plan", tuple(read_step(a) for a in self.attributes))
+        by_name: dict[str, tuple[AttrMap, ...]] = {}
+        for attr in self.attributes:
+            name = attr.parts[0].lower()
+            by_name[name] = (*by_name.get(name, ()), attr)
+        object.__setattr__(self, "_by_name", by_name)
         references = dict.fromkeys(a.ldap.lower() for a in self.attributes if a.kind is Kind.REFERENCE)
         object.__setattr__(self, "reference_attributes", tuple(references))
         names = {self.id_attribute, "objectClass", self.rdn_attribute}
@@ -156,10 +163,9 @@ class ResourceMapping:
         lowered = path.lower()
         return next((a for a in self.attributes if a.path.lower() == lowered), None)
 
-    def by_attribute(self, name: str) -> list[AttrMap]:
-        """Every mapping of SCIM attribute ``name`` (all types and sub-attributes)."""
-        lowered = name.lower()
-        return [a for a in self.attributes if a.parts[0].lower() == lowered]
+    def by_attribute(self, name: str) -> tuple[AttrMap, ...]:
+        """Every mapping of SCIM attribute ``name`` (all types and sub-attributes), in profile order."""
+        return self._by_name.get(name.lower(), ())
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,7 @@ class _Translator:
         extension = uri == ENTERPRISE.lower()
         if uri and not extension and uri not in {CORE_USER.lower(), CORE_GROUP.lower()}:
             return [], path.sub_attr
-        maps = [a for a in self.mapping.attributes if a.parts[0].lower() == name and a.extension == extension]
+        maps = [a for a in self.mapping.by_attribute(name) if a.extension == extension]
         return maps, path.sub_attr.lower() if path.sub_attr else None
 
     # -- nodes ---------------------------------------------------------------------------
