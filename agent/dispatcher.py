@@ -22,6 +22,7 @@ from agent.config import DispatcherSection
 from agent.idempotency import InFlight, ResponseStore
 from agent.metrics import NO_METRICS, DispatcherMetrics
 from agent.scim.handler import Result, ScimHandler
+from protocol import deadlines
 from protocol.envelope import EnvelopeError, Request, Response, decode_request
 from protocol.errors import ScimError
 from protocol.signing import SignatureError, Verifier
@@ -188,7 +189,7 @@ class Dispatcher:
         if remaining <= 0:
             return Result(504, ScimError(504, f"request {request.id} reached its deadline before it ran").to_body())
         try:
-            async with asyncio.timeout(remaining):
+            async with deadlines.running().within(remaining):  # asyncio.timeout on a timer shared per slot
                 return await self.handler.handle(request.operation)
         except TimeoutError:
             return Result(504, ScimError(504, f"request {request.id} did not finish before its deadline").to_body())

@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import unquote
 from uuid import uuid4
 
+from protocol import deadlines
 from transports.base import (
     Delivery,
     MessageTooLargeError,
@@ -356,10 +357,12 @@ class LocalRequester(Requester):
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         pending[request_id] = waiter
         broker.publish(_Message(payload, domain, self.inbox, request_id, time.monotonic() + timeout))
+        timers = deadlines.running()
+        slot = timers.start(waiter, timeout)  # the waiter fails with TimeoutError when the time is up
         try:
-            async with asyncio.timeout(timeout):
-                return await waiter
+            return await waiter
         except TimeoutError:
             raise RequestTimeoutError(f"no reply to request {request_id!r} within {timeout} s") from None
         finally:
+            timers.cancel(waiter, slot)
             pending.pop(request_id, None)

@@ -1,0 +1,127 @@
+"""``Deadlines``: a request's deadline enforced on the event loop, one timer per short slot in use.
+
+What it is
+    Every request carries a deadline (``docs/protocol.md``); the requester waits for its reply until
+    then and the agent runs it until then. Both sides do so for every request, so the timer is on the
+    hot path: ``asyncio.timeout`` makes a timer handle per request (pushed into and popped from the
+    loop's heap with Python-level comparisons, cancelled one by one), about 5 us here. ``Deadlines``
+    groups deadlines into ``GRAIN``-long slots with one event-loop timer per slot in use; a request
+    costs a set insertion and removal. This module sits in ``protocol`` because it is the one package
+    the agent, the transports and the directory plugins may all import.
+
+Settings
+    None (``GRAIN``: slot length, 50 ms).
+
+Guarantees
+    * ``start(done, timeout)`` fails the future ``done`` with the builtin ``TimeoutError`` once
+      ``timeout`` seconds have passed, never earlier, at most ``GRAIN`` later (plus event-loop lag);
+      ``cancel`` takes it back (call it however the wait ended).
+    * ``within(timeout)`` is an ``asyncio.Timeout`` for the running task that expires the same way:
+      the block is cancelled and ``TimeoutError`` raised out of it, with ``asyncio.timeout``'s exact
+      semantics (the stdlib class does the cancelling; only its timer is shared).
+    * One ``Deadlines`` per event loop (``for_loop``), shared by everything on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from types import TracebackType
+from typing import Protocol
+
+#: Slot length (seconds): a deadline fires at most this much late.
+GRAIN = 0.05
+
+_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
+
+
+class Expirable(Protocol):
+    """What a slot holds: an ``asyncio.Future``, or a ``within`` block."""
+
+    def done(self) -> bool: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class Deadlines:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, set[Expirable]] = {}
+
+    def start(self, done: Expirable, timeout: float) -> int:
+        """Fail ``done`` with ``TimeoutError`` after ``timeout`` seconds; returns the key for ``cancel``."""
+        slot = int((self._loop.time() + timeout) / GRAIN) + 1
+        waiting = self._slots.get(slot)
+        if waiting is None:
+            waiting = self._slots[slot] = set()
+            self._loop.call_at(slot * GRAIN, self._expire, slot)
+        waiting.add(done)
+        return slot
+
+    def cancel(self, done: Expirable, slot: int) -> None:
+        waiting = self._slots.get(slot)
+        if waiting is not None:
+            waiting.discard(done)
+
+    def within(self, timeout: float) -> _Within:
+        """``async with deadlines.within(seconds):`` like ``asyncio.timeout(seconds)``, on a shared timer."""
+        return _Within(self, timeout)
+
+    def _expire(self, slot: int) -> None:
+        for done in self._slots.pop(slot, ()):
+            if not done.done():
+                done.set_exception(TimeoutError())
+
+
+class _Within:
+    """The async context manager of ``Deadlines.within``: an ``asyncio.Timeout`` without a timer of its
+    own, which its slot reschedules to now when the time is up (the stdlib then cancels the task)."""
+
+    __slots__ = ("_deadlines", "_seconds", "_slot", "_timeout")
+
+    def __init__(self, deadlines: Deadlines, seconds: float) -> None:
+        self._deadlines = deadlines
+        self._seconds = seconds
+        self._timeout = asyncio.Timeout(None)
+        self._slot = 0
+
+    async def __aenter__(self) -> asyncio.Timeout:
+        await self._timeout.__aenter__()
+        self._slot = self._deadlines.start(self, self._seconds)
+        return self._timeout
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._deadlines.cancel(self, self._slot)  # out of its slot before the block ends
+        await self._timeout.__aexit__(exc_type, exc, tb)
+
+    # what a slot asks of each of its members (futures answer the same two)
+
+    def done(self) -> bool:
+        return self._timeout.expired()
+
+    def set_exception(self, _exception: BaseException, /) -> None:
+        # only while the block runs (its exit takes it out of the slot first)
+        self._timeout.reschedule(self._deadlines._loop.time())
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    """The ``Deadlines`` of ``loop``."""
+    deadlines = _PER_LOOP.get(loop)
+    if deadlines is None:
+        deadlines = _PER_LOOP[loop] = Deadlines(loop)
+    return deadlines
+
+
+_last: Deadlines | None = None  # the running loop's, kept at hand (a weak-keyed lookup makes a weakref)
+
+
+def running() -> Deadlines:
+    """The ``Deadlines`` of the running event loop."""
+    global _last
+    loop = asyncio.get_running_loop()
+    last = _last
+    if last is None or last._loop is not loop:
+        last = _last = for_loop(loop)
+    return last
