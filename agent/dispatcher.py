@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -67,8 +68,8 @@ class Dispatcher:
         self.running = InFlight()
         self.counters = Counters()
         self.metrics = metrics  #: where ``Counters`` events also go (Prometheus: ``agent.metrics``)
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = _Slots(settings.max_in_flight)
+        self._tasks: dict[asyncio.Task[None], set[asyncio.Task[None]]] = {}  # each with its transport's set
         self._by_transport: dict[int, set[asyncio.Task[None]]] = {}
 
     @property
@@ -78,12 +79,18 @@ class Dispatcher:
     async def consume(self, transport: Transport) -> None:
         """Take deliveries until the transport stops yielding them; each runs in its own task."""
         mine = self._by_transport.setdefault(id(transport), set())
+        tasks = self._tasks
+        slots = self._slots
+        for_each = self._forget
         async for delivery in transport.deliveries():
-            await self._slots.acquire()
+            await slots.acquire()
             task = asyncio.create_task(self._run(delivery))
-            for tasks in (self._tasks, mine):
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            tasks[task] = mine
+            mine.add(task)
+            task.add_done_callback(for_each)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task).discard(task)
 
     async def drain(self, grace: float, transport: Transport | None = None) -> int:
         """Wait up to ``grace`` seconds for in-flight work (of one transport, or all); cancel the rest.
@@ -93,7 +100,7 @@ class Dispatcher:
         tasks = self._tasks if transport is None else self._by_transport.pop(id(transport), set())
         if not tasks:
             return 0
-        _done, pending = await asyncio.wait(set(tasks), timeout=grace)
+        _done, pending = await asyncio.wait(set(tasks), timeout=grace)  # a copy: tasks end meanwhile
         for task in pending:
             task.cancel()
         if pending:
@@ -216,6 +223,39 @@ class Dispatcher:
         self.metrics.dead_lettered(kind)
         _log.warning("dead-lettered", reason=reason, deliveries=delivery.delivery_count)
         await delivery.dead_letter(reason)
+
+
+class _Slots:
+    """At most ``size`` deliveries run at once: ``asyncio.Semaphore``'s job for this one use, cheaper (its
+    ``acquire`` scans its waiters on every call). A released slot passes straight to the oldest waiter."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)  # a waiter cancelled meanwhile is skipped by ``release``
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot just before the cancel: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 def _late(request: Request) -> bool:
