@@ -10,7 +10,7 @@ produced it and how long each stage took. Both encode as UTF-8 JSON objects; ``d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -83,7 +83,10 @@ class Request:
         return canonical(data)
 
     def with_signature(self, key_id: str, signature: str, proof: tuple[str, ...] | None = None) -> Request:
-        return replace(self, key_id=key_id, signature=signature, proof=proof)
+        # every field named (dataclasses.replace looks them all up each time: 3x the cost, per request signed)
+        return Request(
+            self.id, self.domain, self.operation, self.deadline, key_id, signature, self.reply_to, proof, self.version
+        )
 
     def encode(self) -> bytes:
         _refuse_non_finite(self.operation.body)

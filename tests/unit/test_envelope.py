@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -211,3 +212,14 @@ def test_encoding_refuses_non_finite_numbers() -> None:
     request = Request("r", "d", ScimOperation("POST", "/Users", {}, {"x": float("nan")}), 1.0)
     with pytest.raises(ValueError, match="not JSON compliant"):
         request.encode()
+
+
+def test_with_signature_keeps_every_other_field() -> None:
+    """Signing changes key_id, sig and proof only: every other field of the request comes through as it was."""
+    request = decode_request(json.dumps(_request()).encode())
+    signed = request.with_signature("k2", "other", ("r:AAAA",))
+    changed = {"key_id", "signature", "proof"}
+    for field in dataclasses.fields(Request):
+        if field.name not in changed:
+            assert getattr(signed, field.name) == getattr(request, field.name), field.name
+    assert (signed.key_id, signed.signature, signed.proof) == ("k2", "other", ("r:AAAA",))
