@@ -12,8 +12,8 @@ cover the usual calls (``get``, ``search``, ``create``, ``patch``, ``delete``, `
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -56,7 +56,7 @@ class ScimClient:
         self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: float | None
     ) -> Request:
         return Request(
-            id=uuid.uuid4().hex,
+            id=os.urandom(16).hex(),  # 32 random hex digits, as uuid4().hex without building a UUID
             domain=self.domain,
             operation=ScimOperation(method.upper(), path, dict(query or {}), body),
             deadline=time.time() + (timeout or self.timeout),
