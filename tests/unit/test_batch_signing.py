@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -231,3 +233,25 @@ async def test_a_lingering_batch_is_signed_when_the_wait_runs_out() -> None:
     verifier = _verifier()
     for request in signed:
         verifier.verify(_wire(request))
+
+
+def test_folding_with_a_memo_climbs_to_the_same_root_with_fewer_hashes() -> None:
+    """A memo shared by the requests of a batch changes no root and saves the shared upper steps."""
+    leaves = [hashlib.sha256(bytes([n])).digest() for n in range(64)]
+    root, proofs = merkle_tree(leaves)
+    memo: dict[tuple[bytes, str], bytes] = {}
+    assert all(merkle_root(leaf, proof, memo) == root for leaf, proof in zip(leaves, proofs, strict=True))
+    assert len(memo) == 2 * (64 - 1)  # against 64 x 6 steps folded one by one
+    assert all(merkle_root(leaf, proof, memo) == root for leaf, proof in zip(leaves, proofs, strict=True))
+
+
+def test_a_memo_does_not_let_a_forged_step_through() -> None:
+    """A step is remembered by its exact text and node: a changed sibling is folded anew and misses the root."""
+    leaves = [hashlib.sha256(bytes([n])).digest() for n in range(8)]
+    root, proofs = merkle_tree(leaves)
+    memo: dict[tuple[bytes, str], bytes] = {}
+    merkle_root(leaves[0], proofs[0], memo)
+    forged = ("r:" + base64.b64encode(bytes(32)).decode(), *proofs[0][1:])
+    assert merkle_root(leaves[0], forged, memo) != root
+    with pytest.raises(ValueError, match="malformed"):
+        merkle_root(leaves[0], ("x" + proofs[0][0][1:], *proofs[0][1:]), memo)
