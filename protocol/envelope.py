@@ -58,7 +58,14 @@ class Request:
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data = self._unsigned_dict()
+        data["sig"] = self.signature
+        if self.proof is not None:
+            data["proof"] = list(self.proof)
+        return data
+
+    def _unsigned_dict(self) -> dict[str, Any]:
+        return {
             "v": self.version,
             "id": self.id,
             "domain": self.domain,
@@ -66,21 +73,14 @@ class Request:
             "deadline": float(self.deadline),  # the decoder yields a float: sign what arrives
             "reply_to": self.reply_to,
             "key_id": self.key_id,
-            "sig": self.signature,
         }
-        if self.proof is not None:
-            data["proof"] = list(self.proof)
-        return data
 
     def signed_part(self) -> bytes:
         """The canonical bytes a signature covers: every field but the signature and its batch proof.
 
         ``key_id`` is covered, so a signature cannot be re-attributed to another key.
         """
-        data = self.to_dict()
-        del data["sig"]
-        data.pop("proof", None)
-        return canonical(data)
+        return canonical(self._unsigned_dict())
 
     def with_signature(self, key_id: str, signature: str, proof: tuple[str, ...] | None = None) -> Request:
         # every field named (dataclasses.replace looks them all up each time: 3x the cost, per request signed)
@@ -170,32 +170,52 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what:
 def decode_request(raw: bytes | str) -> Request:
     """Parse and validate a request envelope; raises ``EnvelopeError`` naming the faulty field."""
     data = _load_object(raw, "request")
-    op = _field(data, "op", dict, "request")
-    method = _field(op, "method", str, "request op")
-    if method not in METHODS:
+    op = data.get("op")
+    if type(op) is not dict:
+        op = _field(data, "op", dict, "request")
+    method = op.get("method")
+    if type(method) is not str or method not in METHODS:
+        method = _field(op, "method", str, "request op")
         # Exact spelling only: the signature covers the method as sent, so "get" is not silently "GET".
         raise EnvelopeError(f"request op method {method!r} is not one of {', '.join(sorted(METHODS))} (upper-case)")
-    path = _field(op, "path", str, "request op")
+    path = op.get("path")
+    if type(path) is not str:
+        path = _field(op, "path", str, "request op")
     if not path.startswith("/"):
         raise EnvelopeError(f"request op path {path!r} must start with '/'")
     query = op.get("query") or {}
     if not isinstance(query, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in query.items()):
         raise EnvelopeError("request op query must be an object of string values")
-    deadline = float(_field(data, "deadline", (int, float), "request"))
+    deadline = data.get("deadline")
+    if type(deadline) is not float:
+        deadline = float(_field(data, "deadline", (int, float), "request"))
     if not math.isfinite(deadline):
         raise EnvelopeError("request field 'deadline' must be a finite number")
-    request_id = _field(data, "id", str, "request")
+    request_id = data.get("id")
+    if type(request_id) is not str:
+        request_id = _field(data, "id", str, "request")
     if not request_id or len(request_id) > 200:
         raise EnvelopeError("request field 'id' must be 1 to 200 characters")
+    domain = data.get("domain")
+    if type(domain) is not str:
+        domain = _field(data, "domain", str, "request")
+    key_id, signature, reply_to, proof = data.get("key_id"), data.get("sig"), data.get("reply_to"), data.get("proof")
+    if not (type(key_id) is str or key_id is None):
+        key_id = _field(data, "key_id", str, "request", optional=True)
+    if not (type(signature) is str or signature is None):
+        signature = _field(data, "sig", str, "request", optional=True)
+    if not (type(reply_to) is str or reply_to is None):
+        reply_to = _field(data, "reply_to", str, "request", optional=True)
     return Request(
         id=request_id,
-        domain=_field(data, "domain", str, "request"),
-        operation=ScimOperation(method=method, path=path, query=dict(query), body=op.get("body")),
+        domain=domain,
+        # the query is the parser's own fresh dict (or an empty one): nothing else holds it, no copy needed
+        operation=ScimOperation(method, path, query, op.get("body")),
         deadline=deadline,
-        key_id=_field(data, "key_id", str, "request", optional=True),
-        signature=_field(data, "sig", str, "request", optional=True),
-        reply_to=_field(data, "reply_to", str, "request", optional=True),
-        proof=_proof(data.get("proof")),
+        key_id=key_id,
+        signature=signature,
+        reply_to=reply_to,
+        proof=None if proof is None else _proof(proof),
     )
 
 
