@@ -16,9 +16,9 @@ Guarantees
     * ``start(done, timeout)`` fails the future ``done`` with the builtin ``TimeoutError`` once
       ``timeout`` seconds have passed, never earlier, at most ``GRAIN`` later (plus event-loop lag);
       ``cancel`` takes it back (call it however the wait ended).
-    * ``within(timeout)`` is an ``asyncio.Timeout`` for the running task that expires the same way:
-      the block is cancelled and ``TimeoutError`` raised out of it, with ``asyncio.timeout``'s exact
-      semantics (the stdlib class does the cancelling; only its timer is shared).
+    * ``async with within(timeout)`` bounds a block of the running task the same way: at the deadline
+      the block is cancelled and ``TimeoutError`` raised out of it, as ``asyncio.timeout`` does (a
+      cancellation from elsewhere stays a cancellation).
     * One ``Deadlines`` per event loop (``for_loop``), shared by everything on it.
 """
 
@@ -74,36 +74,46 @@ class Deadlines:
 
 
 class _Within:
-    """The async context manager of ``Deadlines.within``: an ``asyncio.Timeout`` without a timer of its
-    own, which its slot reschedules to now when the time is up (the stdlib then cancels the task)."""
+    """The async context manager of ``Deadlines.within``: ``asyncio.Timeout``'s cancel and uncancel logic
+    (3.11), its timer a slot's. When the time is up the task is cancelled; on the way out a cancellation
+    that is ours alone becomes ``TimeoutError``, while one from elsewhere goes on as it came."""
 
-    __slots__ = ("_deadlines", "_seconds", "_slot", "_timeout")
+    __slots__ = ("_cancelling", "_deadlines", "_expired", "_seconds", "_slot", "_task")
 
     def __init__(self, deadlines: Deadlines, seconds: float) -> None:
         self._deadlines = deadlines
         self._seconds = seconds
-        self._timeout = asyncio.Timeout(None)
-        self._slot = 0
+        self._expired = False
 
-    async def __aenter__(self) -> asyncio.Timeout:
-        await self._timeout.__aenter__()
+    async def __aenter__(self) -> _Within:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a deadline block must run inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
         self._slot = self._deadlines.start(self, self._seconds)
-        return self._timeout
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._deadlines.cancel(self, self._slot)  # out of its slot before the block ends
-        await self._timeout.__aexit__(exc_type, exc, tb)
+        if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def expired(self) -> bool:
+        """Whether the deadline passed while the block ran (and cancelled it)."""
+        return self._expired
 
     # what a slot asks of each of its members (futures answer the same two)
 
     def done(self) -> bool:
-        return self._timeout.expired()
+        return self._expired
 
     def set_exception(self, _exception: BaseException, /) -> None:
         # only while the block runs (its exit takes it out of the slot first)
-        self._timeout.reschedule(self._deadlines._loop.time())
+        self._expired = True
+        self._task.cancel()
 
 
 def for_loop(loop: asyncio.AbstractEventLoop) -> Deadlines:

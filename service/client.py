@@ -93,7 +93,11 @@ class ScimClient:
             request = await self._batcher.sign(
                 self.signer, self._unsigned(method, path, query, body, timeout), expected=self._in_flight - 1
             )
-            return await self.send(request, timeout=timeout)
+            # ``send``, inlined: one coroutine less per call
+            raw = await self.requester.request(
+                self.domain, request.id, request.encode(), timeout=timeout or self.timeout
+            )
+            return decode_response(raw)
         finally:
             self._in_flight -= 1
 

@@ -10,7 +10,14 @@ import pytest
 
 from protocol.envelope import decode_response
 from tests.contract.transport_suite import Responder, TransportSuite, answer, hold, make_envelope
-from transports.base import MessageTooLargeError, Requester, RequestTimeoutError, Transport, TransportError
+from transports.base import (
+    MessageTooLargeError,
+    Requester,
+    RequestTimeoutError,
+    Transport,
+    TransportClosedError,
+    TransportError,
+)
 from transports.local import LocalBroker, LocalRequester, LocalTransport
 from transports.registry import TransportSettingsError, create_requester, create_transport
 
@@ -195,3 +202,19 @@ async def test_message_handed_to_a_cancelled_consumer_is_not_lost(broker_name: s
         assert responder.seen[0].delivery_count == 1
         await answer(responder.seen[0])
         assert decode_response(await pending).request_id == request_id
+
+
+async def test_acking_after_close_is_refused_and_the_message_comes_back(broker_name: str) -> None:
+    """A delivery returned by close() cannot be acked any more: the ack raises and the message stays queued."""
+    url = f"local://{broker_name}"
+    transport = create_transport(url, domains=[DOMAIN])
+    async with transport, create_requester(url) as requester:
+        request_id, payload = _envelope()
+        pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
+        delivery = await anext(aiter(transport.deliveries()))
+        await transport.close()
+        with pytest.raises(TransportClosedError):
+            await delivery.ack()
+        assert delivery.settlement is None
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+        pending.cancel()
