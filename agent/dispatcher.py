@@ -24,7 +24,7 @@ from agent.idempotency import InFlight, ResponseStore
 from agent.metrics import NO_METRICS, DispatcherMetrics
 from agent.scim.handler import Result, ScimHandler
 from protocol import deadlines
-from protocol.envelope import EnvelopeError, Request, Response, decode_request
+from protocol.envelope import EnvelopeError, Request, decode_request, encode_response
 from protocol.errors import ScimError
 from protocol.signing import SignatureError, Verifier
 from transports.base import Delivery, Transport, TransportError
@@ -184,7 +184,7 @@ class Dispatcher:
                 await delivery.retry_later(f"directory unavailable: {result.body.get('detail', '')}")
                 return
             timing = {"handle_ms": round((time.monotonic() - received) * 1000, 3)}
-            payload = Response(request.id, result.status, result.body, self.agent_id, timing).encode()
+            payload = encode_response(request.id, result.status, result.body, self.agent_id, timing)
             self.responses.put(request.id, payload)
             self._count(request, result.status)
         finally:
@@ -208,7 +208,7 @@ class Dispatcher:
         self.metrics.answered(request.operation.method, request.operation.path, status)
 
     async def _finish(self, delivery: Delivery, request: Request, error: ScimError) -> None:
-        payload = Response(request.id, error.status, error.to_body(), self.agent_id).encode()
+        payload = encode_response(request.id, error.status, error.to_body(), self.agent_id, {})
         self._count(request, error.status)
         await self._reply_and_ack(delivery, payload)
 

@@ -118,6 +118,14 @@ class Response:
         return _dumps(self.to_dict())
 
 
+def encode_response(request_id: str, status: int, body: Any, agent_id: str, timing: dict[str, float]) -> bytes:
+    """``Response(request_id, status, body, agent_id, timing).encode()``, without making the Response (an
+    agent encodes one per request and never reads it back)."""
+    return _dumps(
+        {"v": VERSION, "request_id": request_id, "status": status, "body": body, "agent_id": agent_id, "timing": timing}
+    )
+
+
 def canonical(data: Any) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8 (orjson; NaN and infinity encode as null)."""
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
@@ -233,10 +241,17 @@ def decode_response(raw: bytes | str) -> Response:
     timing = data.get("timing") or {}
     if not isinstance(timing, dict):
         raise EnvelopeError("response field 'timing' must be an object")
+    request_id, status, agent_id = data.get("request_id"), data.get("status"), data.get("agent_id")
+    if type(request_id) is not str:
+        request_id = _field(data, "request_id", str, "response")
+    if type(status) is not int:
+        status = _field(data, "status", int, "response")
+    if type(agent_id) is not str:
+        agent_id = _field(data, "agent_id", str, "response", optional=True) or ""
     return Response(
-        request_id=_field(data, "request_id", str, "response"),
-        status=_field(data, "status", int, "response"),
-        body=data.get("body"),
-        agent_id=_field(data, "agent_id", str, "response", optional=True) or "",
-        timing={str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))},
+        request_id,
+        status,
+        data.get("body"),
+        agent_id,
+        {str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))},
     )

@@ -16,6 +16,7 @@ from protocol.envelope import (
     canonical,
     decode_request,
     decode_response,
+    encode_response,
 )
 
 
@@ -223,3 +224,28 @@ def test_with_signature_keeps_every_other_field() -> None:
         if field.name not in changed:
             assert getattr(signed, field.name) == getattr(request, field.name), field.name
     assert (signed.key_id, signed.signature, signed.proof) == ("k2", "other", ("r:AAAA",))
+
+
+def test_encode_response_makes_the_bytes_of_a_response() -> None:
+    """The agent's shortcut encodes exactly what Response.encode would, field order included."""
+    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], "totalResults": 0, "Resources": []}
+    response = Response("req-1", 200, body, "agent-1", {"handle_ms": 1.5})
+    assert encode_response("req-1", 200, body, "agent-1", {"handle_ms": 1.5}) == response.encode()
+    assert decode_response(encode_response("req-1", 404, None, "", {})) == Response("req-1", 404, None, "", {})
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"request_id": 7}, "'request_id' must be str"),
+        ({"status": "200"}, "'status' must be int"),
+        ({"status": True}, "'status' must be int"),
+        ({"agent_id": 3}, "'agent_id' must be str"),
+    ],
+)
+def test_a_response_field_of_the_wrong_type_is_refused(changes: dict[str, Any], problem: str) -> None:
+    """Each response field of the wrong type is refused, naming the field."""
+    data = {"v": 1, "request_id": "req-1", "status": 200, "body": None, "agent_id": "a", "timing": {}}
+    data.update(changes)
+    with pytest.raises(EnvelopeError, match=problem):
+        decode_response(json.dumps(data).encode())
