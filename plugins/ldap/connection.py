@@ -28,9 +28,9 @@ import bonsai
 from bonsai._bonsai import ldapconnection as c_connection
 from bonsai.asyncio import AIOLDAPConnection
 
-from plugins.ldap import deadlines
 from plugins.ldap.gcpause import collector_paused
 from plugins.ldap.settings import LdapSettings
+from protocol import deadlines
 
 #: Binary whatever the settings say: the delta code depends on them.
 REQUIRED_BINARY = ("objectGUID", "invocationId")

@@ -88,3 +88,17 @@ async def test_many_deadlines_in_one_slot_share_one_timer() -> None:
 async def test_running_is_the_loops_deadlines() -> None:
     """``running()`` is the running loop's one Deadlines."""
     assert running() is for_loop(asyncio.get_running_loop())
+
+
+async def test_a_future_that_already_ended_is_not_touched() -> None:
+    """A future with a result keeps it when its slot expires."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+    witness: asyncio.Future[None] = loop.create_future()
+    deadlines = for_loop(loop)
+    deadlines.start(done, 0.01)
+    deadlines.start(witness, 0.01)
+    done.set_result("answered")
+    with pytest.raises(TimeoutError):
+        await witness
+    assert done.result() == "answered"
