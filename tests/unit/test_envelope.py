@@ -249,3 +249,34 @@ def test_a_response_field_of_the_wrong_type_is_refused(changes: dict[str, Any], 
     data.update(changes)
     with pytest.raises(EnvelopeError, match=problem):
         decode_response(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize("cls", [ScimOperation, Request, Response])
+def test_each_envelope_init_sets_every_field_to_its_own_argument(cls: type) -> None:
+    """The envelope classes' own __init__ sets each dataclass field, by keyword, to the value passed for it."""
+    values = {field.name: object() for field in dataclasses.fields(cls)}
+    made = cls(**values)
+    assert {name: getattr(made, name) for name in values} == values
+    assert made == cls(**values)
+    assert made != cls(**{**values, dataclasses.fields(cls)[0].name: object()})
+
+
+@pytest.mark.parametrize(
+    ("made", "field"),
+    [
+        (ScimOperation("GET", "/Users"), "path"),
+        (Request("r", "d", ScimOperation("GET", "/Users"), 1.0), "signature"),
+        (Response("r", 200), "status"),
+    ],
+)
+def test_envelope_objects_stay_frozen(made: object, field: str) -> None:
+    """A request, its operation or a response cannot be changed by assignment once made."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, field, "changed")
+
+
+def test_envelope_defaults_are_fresh_dicts() -> None:
+    """An operation's query and a response's timing default to an empty dict of their own, not a shared one."""
+    assert ScimOperation("GET", "/a").query == {}
+    assert ScimOperation("GET", "/a").query is not ScimOperation("GET", "/b").query
+    assert Response("a", 200).timing is not Response("b", 200).timing
