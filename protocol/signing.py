@@ -316,7 +316,7 @@ class Verifier:
         self.max_lifetime = max_lifetime
         self._clock = clock
         self.replays = ReplayGuard()
-        self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+        self._roots: OrderedDict[tuple[str, bytes, str], None] = OrderedDict()
         self.max_roots = 4096
         self._folds: dict[tuple[bytes, str], bytes] = {}  # proof steps folded lately (``merkle_root``'s memo)
 
@@ -344,15 +344,14 @@ class Verifier:
                 f"request {request.id} is signed with key {request.key_id!r}, which this agent does not trust"
             )
         try:
-            signature = base64.b64decode(request.signature, validate=True)
             if request.proof is None:
-                key.verify(signature, request.signed_part())
+                key.verify(base64.b64decode(request.signature, validate=True), request.signed_part())
             else:
                 folds = self._folds
                 if len(folds) > MAX_FOLDS:  # a batch's steps are needed while it arrives, not after
                     folds.clear()
                 root = merkle_root(_leaf(request.signed_part()), request.proof, folds)
-                self._verify_batched(key, request.key_id, signature, root)
+                self._verify_batched(key, request.key_id, request.signature, root)
         except (InvalidSignature, binascii.Error, ValueError):
             raise ForgedRequestError(
                 f"request {request.id}: signature does not verify with key {request.key_id!r}"
@@ -371,13 +370,17 @@ class Verifier:
             raise ReplayedRequestError(f"request {request.id} was already accepted; a fresh copy of it is a replay")
         self.replays.remember(request.id, request.deadline + self.clock_skew, now)
 
-    def _verify_batched(self, key: Ed25519PublicKey, key_id: str, signature: bytes, root: bytes) -> None:
-        """Check a batch root's signature once; later requests of the same batch hit the cache."""
+    def _verify_batched(self, key: Ed25519PublicKey, key_id: str, signature: str, root: bytes) -> None:
+        """Check a batch root's signature once; later requests of the same batch hit the cache.
+
+        Remembered by the signature's text as sent (the bytes it decodes to verified; the same text decodes
+        to the same bytes), so the rest of the batch does not decode it again.
+        """
         remembered = (key_id, root, signature)
         if remembered in self._roots:
             self._roots.move_to_end(remembered)
             return
-        key.verify(signature, BATCH_CONTEXT + root)
+        key.verify(base64.b64decode(signature, validate=True), BATCH_CONTEXT + root)
         self._roots[remembered] = None
         if len(self._roots) > self.max_roots:
             self._roots.popitem(last=False)
