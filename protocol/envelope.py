@@ -285,16 +285,16 @@ def decode_request(raw: bytes | str) -> Request:
         signature = _field(data, "sig", str, "request", optional=True)
     if not (type(reply_to) is str or reply_to is None):
         reply_to = _field(data, "reply_to", str, "request", optional=True)
-    return Request(
-        id=request_id,
-        domain=domain,
+    return Request(  # id, domain, operation, deadline, key_id, signature, reply_to, proof (positional: cheaper)
+        request_id,
+        domain,
         # the query is the parser's own fresh dict (or an empty one): nothing else holds it, no copy needed
-        operation=ScimOperation(method, path, query, op.get("body")),
-        deadline=deadline,
-        key_id=key_id,
-        signature=signature,
-        reply_to=reply_to,
-        proof=None if proof is None else _proof(proof),
+        ScimOperation(method, path, query, op.get("body")),
+        deadline,
+        key_id,
+        signature,
+        reply_to,
+        None if proof is None else _proof(proof),
     )
 
 

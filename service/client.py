@@ -55,12 +55,13 @@ class ScimClient:
     def _unsigned(
         self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: float | None
     ) -> Request:
+        # positional: keyword arguments cost a Python call more to match up
         return Request(
-            id=os.urandom(16).hex(),  # 32 random hex digits, as uuid4().hex without building a UUID
-            domain=self.domain,
-            operation=ScimOperation(method.upper(), path, dict(query or {}), body),
-            deadline=time.time() + (timeout or self.timeout),
-            key_id=self.signer.key_id,
+            os.urandom(16).hex(),  # 32 random hex digits, as uuid4().hex without building a UUID
+            self.domain,
+            ScimOperation(method.upper(), path, dict(query or {}), body),
+            time.time() + (timeout or self.timeout),
+            self.signer.key_id,
         )
 
     def request(
