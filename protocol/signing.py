@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -193,18 +194,20 @@ def _b64(raw: bytes) -> str:
     return binascii.b2a_base64(raw, newline=False).decode()
 
 
-def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[tuple[bytes, str], bytes] | None = None) -> bytes:
+def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[bytes, tuple[str, bytes]] | None = None) -> bytes:
     """The root ``proof`` climbs to from ``leaf``; ``ValueError`` when a step is malformed.
 
-    ``memo`` remembers each step's result by its exact input (node and step): the requests of one batch
-    share the upper part of their paths, so a batch of n hashes 2(n - 1) times instead of n x log2(n).
+    ``memo`` remembers each step's result by its exact input: by node, the step taken from it and the
+    node above (a lookup by node and a string comparison, no key tuple to build and hash per step). The
+    requests of one batch share the upper part of their paths, so a batch of n hashes 2(n - 1) times
+    instead of n x log2(n); another step from a remembered node is folded anew (and remembered instead).
     """
     node = leaf
     for step in proof:
         if memo is not None:
-            known = memo.get((node, step))
-            if known is not None:
-                node = known
+            known = memo.get(node)
+            if known is not None and known[0] == step:
+                node = known[1]
                 continue
         side, colon, text = step.partition(":")
         sibling = binascii.a2b_base64(text, strict_mode=True)  # binascii.Error is a ValueError
@@ -217,7 +220,7 @@ def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[tuple[bytes, str
         else:
             raise ValueError(f"malformed proof step {step[:60]!r}")
         if memo is not None:
-            memo[(node, step)] = above
+            memo[node] = (step, above)
         node = above
     return node
 
@@ -286,18 +289,26 @@ class ReplayGuard:
     def __init__(self, max_entries: int = 200_000) -> None:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._max = max_entries
+        self._oldest_until = -math.inf  # the oldest entry's, while it stays the oldest (else -inf)
 
     def seen(self, request_id: str) -> bool:
         return request_id in self._seen
 
     def remember(self, request_id: str, until: float, now: float) -> None:
-        self._seen[request_id] = until
-        self._seen.move_to_end(request_id)
-        while self._seen:
-            oldest_id, oldest_until = next(iter(self._seen.items()))
-            if oldest_until >= now and len(self._seen) <= self._max:
+        seen = self._seen
+        if request_id in seen:  # moved to the end: it may have been the oldest
+            seen.move_to_end(request_id)
+            self._oldest_until = -math.inf
+        seen[request_id] = until
+        if now <= self._oldest_until and len(seen) <= self._max:
+            return  # the oldest entry (the one the loop looks at) is still due later: nothing to forget
+        self._oldest_until = -math.inf
+        while seen:
+            oldest_id, oldest_until = next(iter(seen.items()))
+            if oldest_until >= now and len(seen) <= self._max:
+                self._oldest_until = oldest_until
                 break
-            del self._seen[oldest_id]
+            del seen[oldest_id]
 
 
 class Verifier:
@@ -318,7 +329,7 @@ class Verifier:
         self.replays = ReplayGuard()
         self._roots: OrderedDict[tuple[str, bytes, str], None] = OrderedDict()
         self.max_roots = 4096
-        self._folds: dict[tuple[bytes, str], bytes] = {}  # proof steps folded lately (``merkle_root``'s memo)
+        self._folds: dict[bytes, tuple[str, bytes]] = {}  # proof steps folded lately (``merkle_root``'s memo)
 
     @property
     def key_ids(self) -> list[str]:

@@ -240,7 +240,7 @@ def test_folding_with_a_memo_climbs_to_the_same_root_with_fewer_hashes() -> None
     """A memo shared by the requests of a batch changes no root and saves the shared upper steps."""
     leaves = [hashlib.sha256(bytes([n])).digest() for n in range(64)]
     root, proofs = merkle_tree(leaves)
-    memo: dict[tuple[bytes, str], bytes] = {}
+    memo: dict[bytes, tuple[str, bytes]] = {}
     assert all(merkle_root(leaf, proof, memo) == root for leaf, proof in zip(leaves, proofs, strict=True))
     assert len(memo) == 2 * (64 - 1)  # against 64 x 6 steps folded one by one
     assert all(merkle_root(leaf, proof, memo) == root for leaf, proof in zip(leaves, proofs, strict=True))
@@ -250,7 +250,7 @@ def test_a_memo_does_not_let_a_forged_step_through() -> None:
     """A step is remembered by its exact text and node: a changed sibling is folded anew and misses the root."""
     leaves = [hashlib.sha256(bytes([n])).digest() for n in range(8)]
     root, proofs = merkle_tree(leaves)
-    memo: dict[tuple[bytes, str], bytes] = {}
+    memo: dict[bytes, tuple[str, bytes]] = {}
     merkle_root(leaves[0], proofs[0], memo)
     forged = ("r:" + base64.b64encode(bytes(32)).decode(), *proofs[0][1:])
     assert merkle_root(leaves[0], forged, memo) != root

@@ -17,6 +17,7 @@ from protocol.signing import (
     ExpiredRequestError,
     ForgedRequestError,
     ReplayedRequestError,
+    ReplayGuard,
     Signer,
     UnknownKeyError,
     UnsignedRequestError,
@@ -287,3 +288,23 @@ def test_any_change_to_a_signed_request_breaks_verification(change: tuple[str, A
         tampered = dataclasses.replace(signed, **{name: value})
     with pytest.raises(ForgedRequestError):
         _verifier().verify(_wire(tampered))
+
+
+def test_the_replay_guard_forgets_an_expired_oldest_id_even_after_ids_moved() -> None:
+    """An id remembered again moves to the back; the id then oldest is forgotten once its deadline passed."""
+    guard = ReplayGuard()
+    guard.remember("a", 30.0, 0.0)
+    guard.remember("b", 20.0, 0.0)
+    guard.remember("a", 40.0, 0.0)  # "b" is now the oldest
+    guard.remember("c", 50.0, 25.0)  # past "b"'s deadline
+    assert not guard.seen("b")
+    assert guard.seen("a")
+    assert guard.seen("c")
+
+
+def test_the_replay_guard_keeps_within_its_bound() -> None:
+    """Past ``max_entries`` the oldest ids are forgotten first, whatever their deadlines."""
+    guard = ReplayGuard(max_entries=2)
+    for number in range(4):
+        guard.remember(f"r{number}", 100.0, 0.0)
+    assert [guard.seen(f"r{n}") for n in range(4)] == [False, False, True, True]
