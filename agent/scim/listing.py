@@ -128,8 +128,19 @@ class Lister:
         start = max(_int(query, "startIndex", 1), 1)
         total = 0
         window: list[Resource] = []
-        async for resources in self._matches(mapping, query, _DIRECTORY_PAGE):
+        # The directory's pages straight, not through ``_matches``: an async generator per request costs
+        # its setup and teardown (the event loop tracks each one), and most lists are one page.
+        prepared = await self._prepare(mapping, query.get("filter") or None)
+        node = None if prepared.exact else prepared.node
+        handler = self.handler
+        async for page in handler.directory.search(
+            handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
+        ):
+            resources = await handler.resources(mapping, page)
+            page.clear()  # ours: the entries go now, not once the response is sent
             for resource in resources:
+                if node is not None and not scimeval.holds(node, resource):
+                    continue
                 total += 1
                 if total >= start and len(window) < count:
                     window.append(project(resource, attributes, excluded))
