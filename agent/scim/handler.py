@@ -170,8 +170,7 @@ class ScimHandler:
         dns = reference_dns(mapping, entries)
         refs = await self.refs.refs_for(dns) if dns else {}
         if len(entries) <= REMEMBER_PAGE:
-            for entry in entries:
-                self.refs.ref_of(entry, mapping)
+            self.refs.remember_listed(mapping, entries)
         return [to_resource(mapping, entry, refs) for entry in entries]
 
     async def resource(self, mapping: ResourceMapping, entry: Entry) -> Resource:

@@ -71,8 +71,14 @@ class _Lru:
         self._data.move_to_end(key)
         return item[1]
 
-    def put(self, key: str, ref: Ref) -> None:
-        self._data[key] = (time.monotonic() + self._ttl, ref)
+    def peek(self, key: str) -> Ref | None:
+        """The reference held under ``key``, expired or not, without touching its place."""
+        item = self._data.get(key)
+        return None if item is None else item[1]
+
+    def put(self, key: str, ref: Ref, expires: float | None = None) -> None:
+        """Hold ``ref`` under ``key`` until ``expires`` (default: ``ttl`` seconds from now), as the newest."""
+        self._data[key] = (time.monotonic() + self._ttl if expires is None else expires, ref)
         self._data.move_to_end(key)
         if len(self._data) > self._size:
             self._data.popitem(last=False)
@@ -86,6 +92,7 @@ class References:
         self, directory: Directory, profile: Profile, base: str, *, ttl: float = 30.0, size: int = CACHE_SIZE
     ) -> None:
         self.directory, self.profile, self.base = directory, profile, base
+        self._ttl = ttl
         self._by_dn = _Lru(size, ttl)
         self._by_id = _Lru(size, ttl)
         self._lookups = asyncio.Semaphore(16)
@@ -107,6 +114,25 @@ class References:
         ref = Ref(anchor_to_id(anchor, mapping.id_binary), entry.dn, mapping.name)
         self._remember(ref)
         return ref
+
+    def remember_listed(self, mapping: ResourceMapping, entries: list[Entry]) -> None:
+        """``ref_of`` every entry of a listed page (of ``mapping``'s type), in one pass: one clock reading
+        for the page, and a reference already held for the same id, DN and type kept instead of remade."""
+        expires = time.monotonic() + self._ttl
+        key, binary, name = mapping.id_attribute.lower(), mapping.id_binary, mapping.name
+        by_id, by_dn = self._by_id, self._by_dn
+        for entry in entries:
+            anchors = entry.attributes.values_lower(key)
+            if anchors is None:
+                continue
+            anchor = anchors[0]
+            scim_id = anchor if type(anchor) is str and not binary else anchor_to_id(anchor, binary)
+            dn = entry.dn
+            ref = by_id.peek(scim_id)
+            if ref is None or ref.dn != dn or ref.resource != name:
+                ref = Ref(scim_id, dn, name)
+            by_dn.put(normalized(dn), ref, expires)
+            by_id.put(scim_id, ref, expires)
 
     async def find(self, mapping: ResourceMapping, scim_id: str, attributes: list[str] | None = None) -> Entry | None:
         """The entry of resource type ``mapping`` whose id is ``scim_id``, or None."""

@@ -103,3 +103,29 @@ async def test_escaped_and_plain_member_dns_are_both_found_by_search() -> None:
         found = await references.refs_for([*dns, odd])
         assert len(found) == 41
         assert directory.gets == 0
+
+
+async def test_a_listed_page_is_remembered_as_ref_of_would() -> None:
+    """remember_listed leaves the same references behind as ref_of on each entry, and a DN that changed
+    under the same id replaces the one held (by id and by DN)."""
+    async with MemoryDirectory(MemorySettings()) as directory:
+        await _users(directory, 3)
+        profile = load_profile("openldap")
+        users = profile.resource("users")
+        pages = directory.search(BASE, "(uid=*)", attributes=users.ldap_attributes)
+        entries = [entry async for page in pages for entry in page]
+        one_by_one = References(directory, profile, BASE)
+        expected = [one_by_one.ref_of(entry, users) for entry in entries]
+        listed = References(directory, profile, BASE)
+        listed.remember_listed(users, entries)
+        for ref in expected:
+            assert ref is not None
+            assert listed._by_id.get(ref.id) == ref
+            assert listed._by_dn.get(normalized(ref.dn)) == ref
+        moved = entries[0]
+        moved.dn = f"uid=moved,ou=people,{BASE}"
+        listed.remember_listed(users, [moved])
+        held = listed._by_id.get(expected[0].id)
+        assert held is not None
+        assert held.dn == moved.dn
+        assert listed._by_dn.get(normalized(moved.dn)) == held
