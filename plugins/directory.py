@@ -131,6 +131,12 @@ class Attributes(Mapping[str, list[AttrValue]]):
         item = self._data.get(key)
         return item[1] if item else None
 
+    @property
+    def by_key(self) -> Mapping[str, tuple[str, list[AttrValue]]]:
+        """Lower-case name → (first spelling, values): the live table, never to be changed through it; for
+        hot paths that look up many names (one dict lookup each, no method call)."""
+        return self._data
+
     def text(self, name: str) -> str | None:
         """The first value as text (binary values decoded as UTF-8 with replacement)."""
         value = self.first(name)

@@ -54,7 +54,7 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     exception for an absent one) and converts plain text without a call.
     """
     attributes = entry.attributes
-    values_of = attributes.values_lower
+    item_of = attributes.by_key.get
     anchor = attributes.first(mapping.id_attribute)
     if type(anchor) is str and not mapping.id_binary:
         scim_id = anchor
@@ -64,13 +64,14 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
     meta: dict[str, Any] = {"resourceType": mapping.name, "location": f"{mapping.endpoint}/{scim_id}"}
     extension: dict[str, Any] = {}
     for ldap, fallback, shape, name, sub, element_type, kind, in_extension in mapping.read_plan:
-        values = values_of(ldap)
-        if values is None:
+        item = item_of(ldap)
+        if item is None:
             if fallback is None:
                 continue
-            values = values_of(fallback)
-            if values is None:
+            item = item_of(fallback)
+            if item is None:
                 continue
+        values = item[1]
         value = values[0]
         target = extension if in_extension else resource
         if shape is _SIMPLE:
