@@ -26,7 +26,7 @@ Guarantees and readings of RFC 7644 §3.4.2.2 / RFC 7643 §2:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final
@@ -271,3 +271,80 @@ def holds(filter_: Filter, resource: Mapping[str, Any]) -> bool:
     """``matches`` with the default case rules, for a filter that has passed ``check`` already (a
     listing checks its filter once, then evaluates it on every resource)."""
     return _DEFAULT._eval(filter_, resource, "", resource)
+
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+_TEXT_OPS: Final = frozenset({"eq", "ne", "co", "sw", "ew"})
+
+
+def predicate(filter_: Filter) -> Predicate:
+    """``holds(filter_, ·)`` as a function made once per filter (a listing tests every resource it returns).
+
+    A comparison of a plain attribute (no URN, no sub-attribute) with a string that is not a date-time,
+    by ``eq``, ``ne``, ``co``, ``sw`` or ``ew`` (a list filter's usual ``userName eq "…"``), is decided
+    without the general evaluator's walk: the case rule and the case-folded operand are worked out here,
+    once. ``and``, ``or`` and ``not`` combine their operands' predicates; anything else is ``holds``.
+    The answers (and errors) are ``holds``' own, in the same order.
+    """
+    if isinstance(filter_, Compare):
+        attr, op, wanted = filter_.attr, filter_.op, filter_.value
+        if (
+            attr.uri is None
+            and attr.sub_attr is None
+            and op in _TEXT_OPS
+            and isinstance(wanted, str)
+            and (op not in ("eq", "ne") or parse_datetime(wanted) is None)
+        ):
+            return _text_predicate(attr.name, op, wanted, _DEFAULT._is_case_exact(attr, ""))
+    elif isinstance(filter_, And | Or):
+        parts = tuple(predicate(operand) for operand in filter_.operands)
+        if isinstance(filter_, And):
+            return lambda resource: all(part(resource) for part in parts)
+        return lambda resource: any(part(resource) for part in parts)
+    elif isinstance(filter_, Not):
+        inner = predicate(filter_.operand)
+        return lambda resource: not inner(resource)
+    evaluate = _DEFAULT._eval
+    return lambda resource: evaluate(filter_, resource, "", resource)
+
+
+def _text_predicate(name: str, op: CompareOp, wanted: str, case_exact: bool) -> Predicate:
+    """``name op "wanted"`` as ``_compare`` decides it for a string operand that is not a date-time
+    (nothing to order chronologically): a string value compares (case-folded unless caseExact), a
+    complex one by its ``value``, any other (boolean, number, null) does not match."""
+    if not case_exact:
+        wanted = wanted.casefold()
+    negated = op == "ne"
+
+    def test(text: str) -> bool:
+        if not case_exact:
+            text = text.casefold()
+        if op == "co":
+            return wanted in text
+        if op == "sw":
+            return text.startswith(wanted)
+        if op == "ew":
+            return text.endswith(wanted)
+        return text == wanted
+
+    def holds_on(resource: Mapping[str, Any]) -> bool:
+        value = get_ci(resource, name)
+        if value is None:
+            return negated
+        for candidate in value if isinstance(value, list) else (value,):
+            if isinstance(candidate, Mapping):
+                candidate = get_ci(candidate, "value")
+            if isinstance(candidate, str) and test(candidate):
+                return not negated
+        return negated
+
+    if op != "eq" or case_exact:
+        return holds_on
+
+    def equal_folded(resource: Mapping[str, Any]) -> bool:  # the common case, without a call per value
+        value = get_ci(resource, name)
+        if type(value) is str:
+            return value.casefold() == wanted
+        return holds_on(resource)
+
+    return equal_folded

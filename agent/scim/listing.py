@@ -62,6 +62,8 @@ class _Prepared(NamedTuple):
     node: scimfilter.Filter | None
     ldap_filter: str
     exact: bool
+    #: The SCIM filter re-checked on each resource the directory returns; None when the translation is exact.
+    test: scimeval.Predicate | None
 
 
 def _projected(
@@ -94,7 +96,9 @@ class Lister:
         if node is not None:
             scimeval.check(node)
         found = await translation(node, mapping, self.handler.refs)
-        prepared = _Prepared(mapping, node, found.ldap_filter, found.exact or node is None)
+        exact = found.exact or node is None
+        test = None if exact or node is None else scimeval.predicate(node)
+        prepared = _Prepared(mapping, node, found.ldap_filter, exact, test)
         if not found.resolved_ids and (text is None or len(text) <= _PREPARED_LENGTH):
             if len(self._prepared) >= _PREPARED_SIZE:
                 self._prepared.clear()
@@ -107,17 +111,14 @@ class Lister:
         """Every resource of ``mapping`` that matches the request's filter, in directory order, a
         directory page at a time (a page may be empty)."""
         prepared = await self._prepare(mapping, query.get("filter") or None)
-        node, exact = prepared.node, prepared.exact
+        test = prepared.test
         handler = self.handler
         async for page in handler.directory.search(
             handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=page_size
         ):
             resources = await handler.resources(mapping, page)
             page.clear()  # ours once yielded: the entries go now, not once the response is sent
-            if exact or node is None:
-                yield resources
-            else:
-                yield [resource for resource in resources if scimeval.holds(node, resource)]
+            yield resources if test is None else [resource for resource in resources if test(resource)]
 
     async def search(self, mapping: ResourceMapping, query: dict[str, str]) -> tuple[int, Any]:
         attributes = parse_paths(query.get("attributes"))
@@ -131,7 +132,7 @@ class Lister:
         # The directory's pages straight, not through ``_matches``: an async generator per request costs
         # its setup and teardown (the event loop tracks each one), and most lists are one page.
         prepared = await self._prepare(mapping, query.get("filter") or None)
-        node = None if prepared.exact else prepared.node
+        test = prepared.test
         handler = self.handler
         async for page in handler.directory.search(
             handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
@@ -139,7 +140,7 @@ class Lister:
             resources = await handler.resources(mapping, page)
             page.clear()  # ours: the entries go now, not once the response is sent
             for resource in resources:
-                if node is not None and not scimeval.holds(node, resource):
+                if test is not None and not test(resource):
                     continue
                 total += 1
                 if total >= start and len(window) < count:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ScimError
-from protocol.scimeval import Evaluator, matches, parse_datetime
+from protocol.scimeval import Evaluator, check, holds, matches, parse_datetime, predicate
 from protocol.scimfilter import And, AttrPath, Compare, Not, Or, parse_filter
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -244,3 +244,56 @@ def test_string_operators_agree_with_python(actual: str, wanted: str) -> None:
         assert matches(Compare(AttrPath("s"), op, wanted), resource) == expected
     if parse_datetime(actual) is None or parse_datetime(wanted) is None:
         assert matches(Compare(AttrPath("s"), "eq", wanted), resource) == (a == w)
+
+
+_NAMES = ("userName", "USERNAME", "id", "emails", "active")
+_STRINGS = st.sampled_from(["", "a", "A", "ab", "Straße", "SS", "2024-01-31T12:00:00Z", "2024-01-31T13:00:00+01:00"])
+_SCALARS = st.one_of(_STRINGS, st.booleans(), st.integers(-1, 1), st.none())
+_VALUES = st.one_of(
+    _STRINGS,
+    _SCALARS,
+    st.fixed_dictionaries({"value": _SCALARS}),
+    st.lists(st.one_of(_STRINGS, _SCALARS, st.fixed_dictionaries({"value": _SCALARS}), st.lists(_STRINGS, max_size=1))),
+)
+_RESOURCES = st.dictionaries(st.sampled_from(_NAMES), _VALUES, min_size=2, max_size=5)
+_COMPARES = st.builds(
+    Compare,
+    st.builds(AttrPath, st.sampled_from(_NAMES), st.sampled_from([None, None, None, "value"])),
+    st.sampled_from(["eq", "ne", "co", "sw", "ew", "gt"]),
+    st.one_of(_STRINGS, _STRINGS, st.booleans(), st.integers(-1, 1)),
+)
+_FILTERS = st.recursive(
+    _COMPARES,
+    lambda inner: st.one_of(
+        st.builds(Not, inner),
+        st.builds(lambda ops: And(tuple(ops)), st.lists(inner, min_size=2, max_size=3)),
+        st.builds(lambda ops: Or(tuple(ops)), st.lists(inner, min_size=2, max_size=3)),
+    ),
+    max_leaves=4,
+)
+
+
+def _outcome(decide: Any) -> Any:
+    try:
+        return decide()
+    except ScimError as error:
+        return ("error", error.status)
+
+
+@given(_FILTERS, _RESOURCES)
+@settings(max_examples=1000, deadline=None)
+def test_a_prepared_predicate_answers_as_holds(filter_: Any, resource: dict[str, Any]) -> None:
+    """predicate(filter) decides (or refuses) every resource exactly as holds(filter, resource) does."""
+    check_passed = _outcome(lambda: check(filter_)) is None
+    if not check_passed:
+        return
+    assert _outcome(lambda: predicate(filter_)(resource)) == _outcome(lambda: holds(filter_, resource))
+
+
+def test_a_plain_string_comparison_is_case_folded_once() -> None:
+    """userName eq "STRASSE" holds for "straße" (casefold), id eq stays case-exact, and a date-time operand
+    still compares chronologically."""
+    assert predicate(parse_filter('userName eq "STRASSE"'))({"username": "straße"})
+    assert not predicate(parse_filter('id eq "ABC"'))({"id": "abc"})
+    assert predicate(parse_filter('title eq "2024-01-31T12:00:00Z"'))({"title": "2024-01-31T13:00:00+01:00"})
+    assert predicate(parse_filter('emails ne "a@x"'))({"emails": [{"value": "b@x"}]})
