@@ -17,6 +17,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
@@ -116,7 +117,12 @@ class ScimHandler:
             return Result(*_error_body(ScimError(500, f"the agent failed on {op.method} {op.path}; see its log")))
 
     def _route(self, op: ScimOperation) -> Callable[[], Awaitable[tuple[int, Any]]]:
-        parts = [p for p in op.path.split("?", 1)[0].split("/") if p]
+        """The call that answers ``op`` (made again for a retry). Bound with ``functools.partial``, not a
+        lambda: a closure would turn every local it captures into a cell, on every request."""
+        path = op.path
+        if "?" in path:
+            path = path.split("?", 1)[0]
+        parts = [p for p in path.split("/") if p]
         if not parts:
             raise not_found("no SCIM endpoint at '/'")
         head = parts[0].lower()
@@ -124,31 +130,31 @@ class ScimHandler:
         if head in {"serviceproviderconfig", "resourcetypes", "schemas"}:
             if method != "GET":
                 raise ScimError(405, f"{op.path} is read-only")
-            return lambda: self._discovery(head, parts[1:])
+            return partial(self._discovery, head, parts[1:])
         if head == "changes" and len(parts) == 1:
             if method != "GET":
                 raise ScimError(405, f"{op.path} is read-only")
-            return lambda: change_feed.read(self, op.query)
+            return partial(change_feed.read, self, op.query)
         if head not in {"users", "groups"}:
             raise not_found(f"no SCIM endpoint at {op.path!r}")
         mapping = self.profile.resource(head)
         if len(parts) == 1:
             if method == "GET":
-                return lambda: self.lister.search(mapping, op.query)
+                return partial(self.lister.search, mapping, op.query)
             if method == "POST":
-                return lambda: self._create(mapping, op.body)
+                return partial(self._create, mapping, op.body)
         elif len(parts) == 2 and parts[1].lower() == ".search" and method == "POST":
-            return lambda: self.lister.search(mapping, _search_query(op.body))
+            return partial(self.lister.search, mapping, _search_query(op.body))
         elif len(parts) == 2:
             scim_id = parts[1]
             if method == "GET":
-                return lambda: self._get(mapping, scim_id, op.query)
+                return partial(self._get, mapping, scim_id, op.query)
             if method == "PUT":
-                return lambda: self._replace(mapping, scim_id, op.body)
+                return partial(self._replace, mapping, scim_id, op.body)
             if method == "PATCH":
-                return lambda: self._patch(mapping, scim_id, op.body)
+                return partial(self._patch, mapping, scim_id, op.body)
             if method == "DELETE":
-                return lambda: self._delete(mapping, scim_id)
+                return partial(self._delete, mapping, scim_id)
         raise ScimError(405, f"{method} is not supported on {op.path}")
 
     # ----------------------------------------------------------------- reads
