@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from agent.scim.profile import Profile, ResourceMapping
 from agent.scim.values import anchor_to_id, id_to_anchor
@@ -34,9 +35,11 @@ SEARCH_CHUNK = 250
 _PLAIN_DN = re.compile(r"[A-Za-z][A-Za-z0-9-]*=[A-Za-z0-9._@-]+(?:,[A-Za-z][A-Za-z0-9-]*=[A-Za-z0-9._@-]+)*")
 
 
+@lru_cache(maxsize=CACHE_SIZE)
 def normalized(dn: str) -> str:
     """``dnlib.normalize(dn)``, without parsing the common plain DN, whose comparison form is its lower case
-    (a full read of a large directory normalises every DN it lists)."""
+    (a full read of a large directory normalises every DN it lists); the answers for the DNs seen last are
+    kept (a listed page's DNs are normalised again at every listing)."""
     return dn.lower() if _PLAIN_DN.fullmatch(dn) else dnlib.normalize(dn)
 
 
