@@ -16,7 +16,7 @@ from typing import Any
 from agent.scim import values as conv
 from agent.scim.profile import ENTERPRISE, LDAP_ENTRY, AttrMap, Kind, ResourceMapping, Shape
 from agent.scim.refs import Ref
-from agent.scim.values import anchor_to_id, apply_active, text, to_scim
+from agent.scim.values import anchor_to_id, apply_active, text, timestamp_to_scim, to_scim
 from plugins import dn as dnlib
 from plugins.directory import AttrValue, Entry, InvalidDNError, Modification, ModOp
 from protocol.errors import invalid_value
@@ -24,6 +24,7 @@ from protocol.errors import invalid_value
 # Enum members as module globals: Python 3.11 reads a member from its class (``Kind.STRING``) 5-10
 # times slower (its metaclass defines __getattr__), and conversions compare several per attribute of every entry.
 _ACTIVE_UAC, _GUID, _REFERENCE, _STRING = Kind.ACTIVE_UAC, Kind.GUID, Kind.REFERENCE, Kind.STRING
+_TIMESTAMP = Kind.TIMESTAMP
 _META, _SIMPLE, _SUB, _TYPED = Shape.META, Shape.SIMPLE, Shape.SUB, Shape.TYPED
 
 Resource = dict[str, Any]
@@ -89,7 +90,9 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
         elif shape is _SUB:
             target.setdefault(name, {})[sub] = value if kind is _STRING and type(value) is str else to_scim(kind, value)
         elif shape is _META:
-            meta[sub] = to_scim(kind, value)  # type: ignore[index]  # META steps have a sub-attribute
+            meta[sub] = (  # type: ignore[index]  # META steps have a sub-attribute
+                timestamp_to_scim(value) if kind is _TIMESTAMP and type(value) is str else to_scim(kind, value)
+            )
         else:
             resolved = _references(values, refs)
             if name == "members" and resolved:

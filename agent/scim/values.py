@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from agent.scim.profile import Kind
 from plugins.directory import AttrValue
@@ -49,6 +50,13 @@ def generalized_to_iso(value: str) -> str | None:
     return f"{value[0:4]}-{value[4:6]}-{value[6:8]}T{value[8:10]}:{value[10:12]}:{value[12:14]}Z"
 
 
+@lru_cache(maxsize=4096)
+def timestamp_to_scim(raw: str) -> str:
+    """A generalized time as SCIM shows it (ISO 8601; unparseable text as it is), remembered: a listing
+    shows every entry's create and modify stamps, and the same stamps come back listing after listing."""
+    return generalized_to_iso(raw) or raw
+
+
 def iso_to_generalized(value: str) -> str | None:
     """``2024-01-31T12:00:00Z`` (any offset) → ``20240131120000Z`` in UTC (None if unparseable)."""
     try:
@@ -71,7 +79,7 @@ def to_scim(kind: Kind, value: AttrValue) -> object:
     if kind is _BOOLEAN:
         return raw.upper() == "TRUE"
     if kind is _TIMESTAMP:
-        return generalized_to_iso(raw) or raw
+        return timestamp_to_scim(raw)
     if kind is _GUID and isinstance(value, bytes) and len(value) == 16:
         return str(uuid.UUID(bytes_le=value))
     if kind is _ACTIVE_UAC:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.scim.profile import ENTERPRISE, LDAP_ENTRY, Kind, ResourceMapping, load_profile
 from agent.scim.refs import Ref
 from agent.scim.resources import reference_dns, reference_value, to_resource
-from agent.scim.values import anchor_to_id, generalized_to_iso, text, to_scim
+from agent.scim.values import anchor_to_id, generalized_to_iso, text, timestamp_to_scim, to_scim
 from plugins import dn as dnlib
 from plugins.directory import Attributes, AttrValue, Entry, InvalidDNError
 
@@ -151,3 +151,12 @@ def test_generalized_time_examples(value: str, iso: str | None) -> None:
 def test_generalized_time_conversion_matches_the_spelled_out_rules(value: str) -> None:
     """The fast check accepts and converts exactly what the step-by-step rules do."""
     assert generalized_to_iso(value) == _iso_by_the_letter(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789Z.,x", max_size=16) | st.from_regex(r"\A[0-9]{14}Z\Z"), max_size=6))
+def test_a_remembered_timestamp_shows_as_to_scim_shows_it(values: list[str]) -> None:
+    """timestamp_to_scim (kept per text) gives the ISO form or, unparseable, the text itself, asked once or again."""
+    for value in values + values:
+        assert timestamp_to_scim(value) == (_iso_by_the_letter(value) or value)
+        assert to_scim(Kind.TIMESTAMP, value) == timestamp_to_scim(value)
