@@ -591,9 +591,16 @@ def _lower_keys(value: Any) -> Any:
     return value
 
 
+#: JSON scalars: copied as they are, without the ABC instance check (slow) that a ``Mapping`` test makes.
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _copy(value: Any) -> Any:
     """A deep copy of JSON data (mappings become dicts, sequences lists)."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_copy(v) for v in value]

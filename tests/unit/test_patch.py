@@ -14,6 +14,7 @@ from agent.scim.patch import (
     PatchResult,
     ValueChanges,
     _canonical,
+    _copy,
     _same,
     apply_patch,
     parse_operations,
@@ -402,7 +403,6 @@ def test_touched_is_exactly_what_changed(value: dict[str, Any]) -> None:
     assert result.touched == changed
 
 
-
 _json_scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats() | st.sampled_from(["a", "A", ""])
 _json_values = st.recursive(
     _json_scalars,
@@ -433,3 +433,38 @@ def test_patched_is_apply_patch_without_the_diff(value: Any, path: str) -> None:
     """``patched`` returns the resource ``apply_patch`` does, for any value written."""
     operations = body({"op": "replace", "path": path, "value": value})
     assert patched(user(), operations) == apply_patch(user(), operations).resource
+
+
+_JSON_DATA = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.tuples(inner) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(_JSON_DATA)
+@settings(max_examples=300, deadline=None)
+def test_a_copy_of_json_data_is_equal_and_shares_nothing_mutable(value: Any) -> None:
+    """_copy gives equal data (tuples as lists) in which no dict or list is one of the original's."""
+
+    def plain(data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: plain(v) for k, v in data.items()}
+        if isinstance(data, list | tuple):
+            return [plain(v) for v in data]
+        return data
+
+    def containers(data: Any) -> list[int]:
+        if isinstance(data, dict):
+            return [id(data), *(i for v in data.values() for i in containers(v))]
+        if isinstance(data, list):
+            return [id(data), *(i for v in data for i in containers(v))]
+        if isinstance(data, tuple):
+            return [i for v in data for i in containers(v)]
+        return []
+
+    copied = _copy(value)
+    assert copied == plain(value)
+    assert not set(containers(copied)) & set(containers(value))
