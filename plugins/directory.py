@@ -14,9 +14,10 @@ import enum
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar, overload
 
 AttrValue = str | bytes
+_T = TypeVar("_T")
 
 
 class DirectoryError(Exception):
@@ -78,6 +79,16 @@ class Attributes(Mapping[str, list[AttrValue]]):
 
     def __getitem__(self, name: str) -> list[AttrValue]:
         return self._data[name.lower()][1]
+
+    @overload
+    def get(self, name: str, /) -> list[AttrValue] | None: ...
+    @overload
+    def get(self, name: str, /, default: list[AttrValue] | _T) -> list[AttrValue] | _T: ...
+
+    def get(self, name: str, /, default: object = None) -> object:
+        """``Mapping.get`` in one lookup (the inherited one goes through ``__getitem__`` and a KeyError)."""
+        item = self._data.get(name.lower())
+        return default if item is None else item[1]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._data

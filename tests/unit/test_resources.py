@@ -28,3 +28,15 @@ def test_members_change_value_by_value() -> None:
         Modification(ModOp.DELETE, "member", ("CN=b,DC=x",)),
         Modification(ModOp.ADD, "member", ("CN=c,DC=x",)),
     ]
+
+
+def test_attributes_get_is_case_insensitive_with_mapping_defaults() -> None:
+    """Attributes.get finds a name in any case, gives None or the default for an absent one, and the
+    values themselves (what Mapping.get through __getitem__ gives)."""
+    attributes = Attributes({"givenName": ["Ada"], "objectClass": ["top", "person"]})
+    assert attributes.get("GIVENNAME") == ["Ada"]
+    assert attributes.get("objectclass") is attributes["objectClass"]
+    assert attributes.get("sn") is None
+    assert attributes.get("sn", []) == []
+    assert Entry("cn=x", attributes).get("GivenName") == ["Ada"]
+    assert Entry("cn=x", attributes).get("mail") == []
