@@ -246,9 +246,13 @@ def _compare_one(op: CompareOp, actual: Any, wanted: str | int | float | bool, c
         when, then = parse_datetime(actual), parse_datetime(wanted)
         if when is not None and then is not None:
             return _order(op, when, then)
-    text: str = actual if case_exact else actual.casefold()
-    if not case_exact:
-        wanted = wanted.casefold()
+    if case_exact:
+        return _text_compare(op, actual, wanted)
+    return _text_compare(op, actual.casefold(), wanted.casefold())
+
+
+def _text_compare(op: CompareOp, text: str, wanted: str) -> bool:
+    """``text op wanted`` for two strings already case-folded where the attribute asks for it."""
     if op == "co":
         return wanted in text
     if op == "sw":
@@ -315,17 +319,10 @@ def _text_predicate(name: str, op: CompareOp, wanted: str, case_exact: bool) -> 
     if not case_exact:
         wanted = wanted.casefold()
     negated = op == "ne"
+    positive: CompareOp = "eq" if negated else op  # "ne" is "not eq", decided below
 
     def test(text: str) -> bool:
-        if not case_exact:
-            text = text.casefold()
-        if op == "co":
-            return wanted in text
-        if op == "sw":
-            return text.startswith(wanted)
-        if op == "ew":
-            return text.endswith(wanted)
-        return text == wanted
+        return _text_compare(positive, text if case_exact else text.casefold(), wanted)
 
     def holds_on(resource: Mapping[str, Any]) -> bool:
         value = get_ci(resource, name)
