@@ -29,6 +29,7 @@ from protocol.errors import ScimError, invalid_value
 if TYPE_CHECKING:
     from agent.config import ScimSection
     from agent.scim.handler import ScimHandler
+    from plugins.directory import Entry
 
 #: Directory page size of a list request (a cursor read asks for pages as big as its ``count``).
 _DIRECTORY_PAGE = 500
@@ -116,9 +117,16 @@ class Lister:
         async for page in handler.directory.search(
             handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=page_size
         ):
-            resources = await handler.resources(mapping, page)
-            page.clear()  # ours once yielded: the entries go now, not once the response is sent
-            yield resources if test is None else [resource for resource in resources if test(resource)]
+            yield await self._page(mapping, page, test)
+
+    async def _page(
+        self, mapping: ResourceMapping, page: list[Entry], test: scimeval.Predicate | None
+    ) -> list[Resource]:
+        """A directory page as the resources that pass the filter's re-check (``test``); the entries go now,
+        not once the response is sent (the page is ours once the directory yielded it)."""
+        resources = await self.handler.resources(mapping, page)
+        page.clear()
+        return resources if test is None else [resource for resource in resources if test(resource)]
 
     async def search(self, mapping: ResourceMapping, query: dict[str, str]) -> tuple[int, Any]:
         attributes = parse_paths(query.get("attributes"))
@@ -137,11 +145,7 @@ class Lister:
         async for page in handler.directory.search(
             handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
         ):
-            resources = await handler.resources(mapping, page)
-            page.clear()  # ours: the entries go now, not once the response is sent
-            for resource in resources:
-                if test is not None and not test(resource):
-                    continue
+            for resource in await self._page(mapping, page, test):
                 total += 1
                 if total >= start and len(window) < count:
                     window.append(project(resource, attributes, excluded))
