@@ -32,17 +32,6 @@ from service.client import ScimClient
 from transports.local import LocalRequester
 
 
-class CountingSleep:
-    """The memory directory's sleep, counting simulated round trips."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls += 1
-        await asyncio.sleep(seconds)
-
-
 async def run_phase(
     name: str, *, users: int, requests: int, concurrency: int, latency: float, patch_share: float
 ) -> dict[str, float]:
@@ -57,9 +46,8 @@ async def run_phase(
             "logging": {"level": "error"},
         }
     )
-    sleep = CountingSleep()
     directory = MemoryDirectory(
-        MemorySettings(seed_users=users, seed_groups=0, latency={"kind": "fixed", "seconds": latency}), sleep=sleep
+        MemorySettings(seed_users=users, seed_groups=0, latency={"kind": "fixed", "seconds": latency})
     )
     agent = Agent(settings, directory=directory)
     stop = asyncio.Event()
@@ -74,7 +62,7 @@ async def run_phase(
         if patch_share > 0:
             async for page in client.read_all("/Users", page_size=1000, attributes="id"):
                 ids.extend(r["id"] for r in page)
-        sleep.calls = 0
+        round_trips_before = directory.stats.round_trips
 
         def next_call() -> Callable[[], Awaitable[int]]:
             if ids and rng.random() < patch_share:
@@ -112,7 +100,7 @@ async def run_phase(
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     stop.set()
     await runner
-    round_trips = sleep.calls / requests
+    round_trips = (directory.stats.round_trips - round_trips_before) / requests
     rate = requests / elapsed
     figures: dict[str, float] = {"requests": requests, "rps": round(rate, 1), "failures": failures}
     figures.update(summary_ms(latencies))

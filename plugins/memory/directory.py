@@ -17,7 +17,6 @@ operational one, ``1.1`` none, and an empty list the same as ``["*"]``.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import random
 import uuid
@@ -57,7 +56,7 @@ class MemoryDirectory(Directory):
     recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = (UnavailableError,)
 
     def __init__(
-        self, settings: MemorySettings | None = None, *, sleep: Sleep = asyncio.sleep, clock: Clock = _utcnow
+        self, settings: MemorySettings | None = None, *, sleep: Sleep | None = None, clock: Clock = _utcnow
     ) -> None:
         self.settings = settings or MemorySettings()
         ids = random.Random(f"{self.settings.seed}:ids")
