@@ -1,6 +1,7 @@
 """Agent load: signed SCIM requests through the local transport against the memory directory.
 
-Runs, in one process and one event loop (one core, requester and agent together):
+Runs, in one process and one event loop (one core, requester and agent together; the agent with the
+collector settings of ``cloudprov agent run``, ``settle_heap``):
   1. filtered GETs with L=0: the CPU ceiling of signing, transport, verification and SCIM work
      (target >= 2,000 filtered GETs/s);
   2. filtered GETs with directory latency L at each concurrency of ``--sweep`` and at C: requests/s,
@@ -24,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from agent.config import AgentSettings
-from agent.runtime import Agent
+from agent.runtime import Agent, settle_heap
 from bench.common import result, summary_ms
 from plugins.memory import MemoryDirectory, MemorySettings
 from protocol.signing import Signer, public_key_text
@@ -49,7 +50,7 @@ async def run_phase(
     directory = MemoryDirectory(
         MemorySettings(seed_users=users, seed_groups=0, latency={"kind": "fixed", "seconds": latency})
     )
-    agent = Agent(settings, directory=directory)
+    agent = Agent(settings, directory=directory, services=[settle_heap])  # as `agent run` does
     stop = asyncio.Event()
     runner = asyncio.create_task(agent.run(stop))
     await agent.started.wait()
