@@ -199,8 +199,12 @@ def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[bytes, tuple[str
 
     ``memo`` remembers each step's result by its exact input: by node, the step taken from it and the
     node above (a lookup by node and a string comparison, no key tuple to build and hash per step). The
-    requests of one batch share the upper part of their paths, so a batch of n hashes 2(n - 1) times
-    instead of n x log2(n); another step from a remembered node is folded anew (and remembered instead).
+    requests of one batch share the upper part of their paths. A fold also remembers the step the other
+    child takes to the same node (its sibling, as ``merkle_tree`` writes it: this node in base64), since
+    that child's request will ask for it: a batch of n then hashes n - 1 times (each inner node once)
+    instead of n x log2(n), for a base64 encoding per hash (a fraction of a SHA-256 call). Each entry is
+    a fact, whoever proves it: only a step of exactly that text from exactly that node is skipped; any
+    other step is folded anew (and remembered instead).
     """
     node = leaf
     for step in proof:
@@ -215,8 +219,12 @@ def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[bytes, tuple[str
             raise ValueError(f"malformed proof step {step[:60]!r}")
         if side == "l":
             above = hashlib.sha256(b"\x01" + sibling + node).digest()
+            if memo is not None:
+                memo[sibling] = ("r:" + _b64(node), above)
         elif side == "r":
             above = hashlib.sha256(b"\x01" + node + sibling).digest()
+            if memo is not None:
+                memo[sibling] = ("l:" + _b64(node), above)
         else:
             raise ValueError(f"malformed proof step {step[:60]!r}")
         if memo is not None:

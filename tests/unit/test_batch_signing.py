@@ -246,6 +246,25 @@ def test_folding_with_a_memo_climbs_to_the_same_root_with_fewer_hashes() -> None
     assert all(merkle_root(leaf, proof, memo) == root for leaf, proof in zip(leaves, proofs, strict=True))
 
 
+def test_a_memo_hashes_each_inner_node_of_a_batch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folding a whole batch with one memo hashes each of its n - 1 inner nodes once, whatever the order."""
+    leaves = [hashlib.sha256(bytes([n])).digest() for n in range(37)]  # odd levels carry nodes up
+    root, proofs = merkle_tree(leaves)
+    hashed: list[bytes] = []
+    real = hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        hashed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(signing.hashlib, "sha256", counting)
+    for order in (range(37), reversed(range(37))):
+        memo: dict[bytes, tuple[str, bytes]] = {}
+        hashed.clear()
+        assert all(merkle_root(leaves[n], proofs[n], memo) == root for n in order)
+        assert len(hashed) == len(set(hashed)) == 37 - 1
+
+
 def test_a_memo_does_not_let_a_forged_step_through() -> None:
     """A step is remembered by its exact text and node: a changed sibling is folded anew and misses the root."""
     leaves = [hashlib.sha256(bytes([n])).digest() for n in range(8)]
