@@ -94,13 +94,10 @@ class Request:
         _set_version(self, version)
 
     def to_dict(self) -> dict[str, Any]:
-        data = self._unsigned_dict()
-        data["sig"] = self.signature
-        if self.proof is not None:
-            data["proof"] = list(self.proof)
-        return data
+        return _with_signature(self.signed_fields(), self.signature, self.proof)
 
-    def _unsigned_dict(self) -> dict[str, Any]:
+    def signed_fields(self) -> dict[str, Any]:
+        """Every field a signature covers (all but the signature and its batch proof), in a fresh dict."""
         return {
             "v": self.version,
             "id": self.id,
@@ -116,7 +113,7 @@ class Request:
 
         ``key_id`` is covered, so a signature cannot be re-attributed to another key.
         """
-        return canonical(self._unsigned_dict())
+        return canonical(self.signed_fields())
 
     def with_signature(self, key_id: str, signature: str, proof: tuple[str, ...] | None = None) -> Request:
         # every field named (dataclasses.replace looks them all up each time: 3x the cost, per request signed)
@@ -125,7 +122,7 @@ class Request:
         )
 
     def encode(self) -> bytes:
-        _refuse_non_finite(self.operation.body)
+        refuse_non_finite(self.operation.body)
         return _dumps(self.to_dict())
 
 
@@ -197,6 +194,22 @@ def encode_response(request_id: str, status: int, body: Any, agent_id: str, timi
     )
 
 
+def encode_signed(fields: dict[str, Any], signature: str, proof: tuple[str, ...] | None) -> bytes:
+    """The envelope of the request whose ``signed_fields()`` are ``fields``, signed with ``signature``
+    (and ``proof``): the bytes ``with_signature(…).encode()`` makes (``to_dict`` lays them out the same
+    way), from the fields its signed part was encoded from, which get the two added. A signer lays each
+    request's fields out once this way instead of three times; the body is not checked here again
+    (``refuse_non_finite``, before signing)."""
+    return _dumps(_with_signature(fields, signature, proof))
+
+
+def _with_signature(fields: dict[str, Any], signature: str | None, proof: tuple[str, ...] | None) -> dict[str, Any]:
+    fields["sig"] = signature
+    if proof is not None:
+        fields["proof"] = list(proof)
+    return fields
+
+
 def canonical(data: Any) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8 (orjson; NaN and infinity encode as null)."""
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
@@ -206,17 +219,18 @@ def _dumps(data: Any) -> bytes:
     return orjson.dumps(data)
 
 
-def _refuse_non_finite(value: Any) -> None:
-    """orjson writes NaN and infinity as null; in a request body that would silently clear a value."""
+def refuse_non_finite(value: Any) -> None:
+    """``ValueError`` for NaN or infinity in ``value`` (a request body): orjson writes them as null, which
+    would silently clear a value."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{value} is not JSON compliant: a request body holds only finite numbers")
     elif isinstance(value, dict):
         for item in value.values():
-            _refuse_non_finite(item)
+            refuse_non_finite(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            _refuse_non_finite(item)
+            refuse_non_finite(item)
 
 
 def _load_object(raw: bytes | str, what: str) -> dict[str, Any]:

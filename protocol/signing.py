@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocol.envelope import Request
+from protocol.envelope import Request, canonical, encode_signed, refuse_non_finite
 from protocol.errors import ProtocolError, ScimError
 
 
@@ -128,8 +128,7 @@ class Signer:
         return self._key
 
     def sign(self, request: Request) -> Request:
-        # the key id is part of what is signed (a request built for this signer already names it)
-        unsigned = request if request.key_id == self.key_id else request.with_signature(self.key_id, "")
+        unsigned = self._own(request)
         signature = self._key.sign(unsigned.signed_part())
         return unsigned.with_signature(self.key_id, base64.b64encode(signature).decode())
 
@@ -137,13 +136,35 @@ class Signer:
         """``requests`` under one signature over their Merkle root, each with its proof (one alone: plain)."""
         if len(requests) == 1:
             return [self.sign(requests[0])]
-        unsigned = [r if r.key_id == self.key_id else r.with_signature(self.key_id, "") for r in requests]
+        unsigned = [self._own(request) for request in requests]
         root, proofs = merkle_tree([_leaf(request.signed_part()) for request in unsigned])
         signature = base64.b64encode(self._key.sign(BATCH_CONTEXT + root)).decode()
         return [
             request.with_signature(self.key_id, signature, proof)
             for request, proof in zip(unsigned, proofs, strict=True)
         ]
+
+    def encode_batch(self, requests: list[Request]) -> list[bytes]:
+        """The envelopes of ``sign_batch(requests)`` as ``encode`` makes them, byte for byte: what is sent.
+
+        Each request's fields are laid out once, encoded canonically for its leaf (or plain signature),
+        then completed with signature and proof for the wire; ``sign_batch`` and ``encode`` would build a
+        second request per request and lay its fields out twice more. A body ``encode`` refuses (NaN,
+        infinity) is a ``ValueError`` before anything is signed.
+        """
+        for request in requests:
+            refuse_non_finite(request.operation.body)
+        fields = [self._own(request).signed_fields() for request in requests]
+        if len(fields) == 1:
+            return [encode_signed(fields[0], _b64(self._key.sign(canonical(fields[0]))), None)]
+        root, proofs = merkle_tree([_leaf(canonical(signed)) for signed in fields])
+        signature = _b64(self._key.sign(BATCH_CONTEXT + root))
+        return [encode_signed(signed, signature, proof) for signed, proof in zip(fields, proofs, strict=True)]
+
+    def _own(self, request: Request) -> Request:
+        """``request`` naming this signer's key: the key id is part of what is signed (a request built for
+        this signer already names it, and is not copied)."""
+        return request if request.key_id == self.key_id else request.with_signature(self.key_id, "")
 
 
 BATCH_CONTEXT = b"cloudprov batch signature v1\x00"
@@ -236,27 +257,30 @@ def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[bytes, tuple[str
 class SignatureBatcher:
     """Collects requests for a moment and signs them as one batch (one Ed25519 signature per batch).
 
-    ``await batcher.sign(signer, request, expected=n)`` returns the signed request once its batch is
-    signed. ``expected`` is how many more requests the caller may send soon (its other requests in
-    flight, whose replies make it send again). A batch is signed at the end of the event-loop turn in
-    which it became complete: when nothing more is expected (one caller, one request at a time: no
-    wait), when more than ``COMPLETE_SHARE`` of the expected requests have joined, or when
-    ``max_batch`` requests wait; otherwise at the latest ``linger`` seconds after its first request.
-    Requests sent together (a sync cycle fanning out) therefore share a signature at once, and callers
-    whose replies trickle in one by one (a closed loop over a latent directory) share one too instead
-    of paying a signature each: signing and checking one costs more than a millisecond of waiting
-    saves. A request alone gets a plain signature.
+    ``await batcher.sign_and_encode(signer, request, expected=n)`` returns the signed request's envelope
+    bytes (``Signer.encode_batch``: what a requester sends) once its batch is signed. ``expected`` is
+    how many more requests the caller may send soon (its other requests in flight, whose replies make
+    it send again). A batch is signed at the end of the event-loop turn in which it became complete:
+    when nothing more is expected (one caller, one request at a time: no wait), when more than
+    ``COMPLETE_SHARE`` of the expected requests have joined, or when ``max_batch`` requests wait;
+    otherwise at the latest ``linger`` seconds after its first request. Requests sent together (a sync
+    cycle fanning out) therefore share a signature at once, and callers whose replies trickle in one by
+    one (a closed loop over a latent directory) share one too instead of paying a signature each:
+    signing and checking one costs more than a millisecond of waiting saves. A request alone gets a
+    plain signature.
     """
 
     def __init__(self, *, max_batch: int = 256, linger: float = 0.0) -> None:
         self.max_batch = max_batch
         self.linger = linger
-        self._pending: list[tuple[Signer, Request, asyncio.Future[Request]]] = []
+        self._pending: list[tuple[Signer, Request, asyncio.Future[bytes]]] = []
         self._flush_at: asyncio.Handle | None = None  # a TimerHandle while the batch lingers
 
-    async def sign(self, signer: Signer, request: Request, *, expected: int = 0) -> Request:
+    async def sign_and_encode(self, signer: Signer, request: Request, *, expected: int = 0) -> bytes:
+        # A body the envelope refuses fails this caller here, not the batch it would have joined.
+        refuse_non_finite(request.operation.body)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Request] = loop.create_future()
+        future: asyncio.Future[bytes] = loop.create_future()
         pending = self._pending
         pending.append((signer, request, future))
         if len(pending) >= self.max_batch:
@@ -276,19 +300,19 @@ class SignatureBatcher:
             self._flush_at.cancel()
             self._flush_at = None
         pending, self._pending = self._pending, []
-        by_signer: dict[int, list[tuple[Signer, Request, asyncio.Future[Request]]]] = {}
+        by_signer: dict[int, list[tuple[Signer, Request, asyncio.Future[bytes]]]] = {}
         for entry in pending:
             if not entry[2].done():  # a caller cancelled while waiting
                 by_signer.setdefault(id(entry[0]), []).append(entry)
         for entries in by_signer.values():
             try:
-                signed = entries[0][0].sign_batch([request for _, request, _ in entries])
+                signed = entries[0][0].encode_batch([request for _, request, _ in entries])
             except Exception as error:  # each caller gets the error, raised in its own task
                 for _, _, future in entries:
                     future.set_exception(error)
                 continue
-            for (_, _, future), request in zip(entries, signed, strict=True):
-                future.set_result(request)
+            for (_, _, future), envelope in zip(entries, signed, strict=True):
+                future.set_result(envelope)
 
 
 class ReplayGuard:

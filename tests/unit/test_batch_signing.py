@@ -44,6 +44,10 @@ def _wire(request: Request) -> Request:
     return decode_request(request.encode())
 
 
+def _decoded(envelopes: list[bytes]) -> list[Request]:
+    return [decode_request(envelope) for envelope in envelopes]
+
+
 class CountingKey:
     """A public key that counts the Ed25519 verifications it is asked for."""
 
@@ -158,13 +162,13 @@ def test_every_proof_climbs_to_the_root(leaves: list[bytes]) -> None:
 
 async def test_requests_signed_in_one_loop_turn_share_a_signature() -> None:
     batcher = SignatureBatcher()
-    signed = await asyncio.gather(*(batcher.sign(SIGNER, _request(n)) for n in range(20)))
+    signed = _decoded(await asyncio.gather(*(batcher.sign_and_encode(SIGNER, _request(n)) for n in range(20))))
     assert len({request.signature for request in signed}) == 1
     assert all(request.proof for request in signed)
     verifier = _verifier()
     for request in signed:
         verifier.verify(_wire(request))
-    alone = await batcher.sign(SIGNER, _request(99))
+    alone = decode_request(await batcher.sign_and_encode(SIGNER, _request(99)))
     assert alone.proof is None
     verifier.verify(_wire(alone))
 
@@ -172,8 +176,11 @@ async def test_requests_signed_in_one_loop_turn_share_a_signature() -> None:
 async def test_batches_are_bounded_and_grouped_by_signer() -> None:
     other = Signer.generate("k2")
     batcher = SignatureBatcher(max_batch=8)
-    signed = await asyncio.gather(
-        *(batcher.sign(SIGNER, _request(n)) for n in range(20)), batcher.sign(other, _request(50))
+    signed = _decoded(
+        await asyncio.gather(
+            *(batcher.sign_and_encode(SIGNER, _request(n)) for n in range(20)),
+            batcher.sign_and_encode(other, _request(50)),
+        )
     )
     mine = signed[:20]
     assert len({request.signature for request in mine}) == 3  # 8 + 8 + 4
@@ -186,31 +193,31 @@ async def test_batches_are_bounded_and_grouped_by_signer() -> None:
 
 async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
     batcher = SignatureBatcher()
-    waiting = [asyncio.ensure_future(batcher.sign(SIGNER, _request(n))) for n in range(4)]
+    waiting = [asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(n))) for n in range(4)]
     await asyncio.sleep(0)  # every caller is now waiting for the flush
     waiting[1].cancel()
     done = await asyncio.gather(*waiting, return_exceptions=True)
     assert isinstance(done[1], asyncio.CancelledError)
     verifier = _verifier()
-    for request in (done[0], done[2], done[3]):
-        assert isinstance(request, Request)
-        verifier.verify(_wire(request))
+    for envelope in (done[0], done[2], done[3]):
+        assert isinstance(envelope, bytes)
+        verifier.verify(decode_request(envelope))
 
 
 async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
     """Callers with others in flight wait for them: replies arriving one turn apart still share a signature."""
     batcher = SignatureBatcher(linger=60.0)
-    first = asyncio.ensure_future(batcher.sign(SIGNER, _request(0), expected=8))
+    first = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(0), expected=8))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert not first.done()  # eight more are expected: it waits for some of them
-    second = asyncio.ensure_future(batcher.sign(SIGNER, _request(1), expected=8))
+    second = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(1), expected=8))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert not second.done()  # two of nine: not yet more than a quarter of the eight expected
-    third = asyncio.ensure_future(batcher.sign(SIGNER, _request(2), expected=8))
+    third = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(2), expected=8))
     # three are more than a quarter of the eight expected: signed at the end of this turn, not after 60 s
-    signed = await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10)
+    signed = _decoded(await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10))
     assert len({request.signature for request in signed}) == 1
     verifier = _verifier()
     for request in signed:
@@ -219,16 +226,21 @@ async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
 
 async def test_a_request_with_nothing_else_in_flight_does_not_linger() -> None:
     batcher = SignatureBatcher(linger=60.0)
-    alone = await asyncio.wait_for(batcher.sign(SIGNER, _request(0)), timeout=10)
+    alone = decode_request(await asyncio.wait_for(batcher.sign_and_encode(SIGNER, _request(0)), timeout=10))
     assert alone.proof is None
     _verifier().verify(_wire(alone))
 
 
 async def test_a_lingering_batch_is_signed_when_the_wait_runs_out() -> None:
     batcher = SignatureBatcher(linger=0.01)
-    signed = await asyncio.wait_for(
-        asyncio.gather(batcher.sign(SIGNER, _request(0), expected=5), batcher.sign(SIGNER, _request(1), expected=5)),
-        timeout=10,
+    signed = _decoded(
+        await asyncio.wait_for(
+            asyncio.gather(
+                batcher.sign_and_encode(SIGNER, _request(0), expected=5),
+                batcher.sign_and_encode(SIGNER, _request(1), expected=5),
+            ),
+            timeout=10,
+        )
     )
     assert len({request.signature for request in signed}) == 1  # both waited together, the rest never came
     verifier = _verifier()
@@ -302,3 +314,40 @@ def test_another_signature_text_on_a_verified_root_is_checked_afresh(signature: 
     verifier.verify(_wire(signed[0]))
     with pytest.raises(ForgedRequestError):
         verifier.verify(_wire(dataclasses.replace(signed[1], signature=signature)))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 37])
+def test_encoding_a_batch_makes_the_bytes_of_signing_it_then_encoding_each(size: int) -> None:
+    """``encode_batch`` (fields laid out once) sends exactly what ``sign_batch`` and ``encode`` make."""
+    requests = [
+        _request(0, key_id="another key"),  # re-attributed to the signer's key
+        *(_request(n, key_id="k1") for n in range(1, size)),
+    ][:size]
+    if size > 2:
+        body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "remove"}]}
+        requests[2] = _request(2, key_id="k1", reply_to="inbox", operation=ScimOperation("PATCH", "/Users/2", {}, body))
+    assert SIGNER.encode_batch(requests) == [request.encode() for request in SIGNER.sign_batch(requests)]
+
+
+def test_encoding_a_batch_refuses_a_non_finite_body_before_signing() -> None:
+    """A NaN body is refused as ``encode`` refuses it, not signed and sent as null."""
+    bad = _request(1, operation=ScimOperation("POST", "/Users", {}, {"n": [float("nan")]}))
+    with pytest.raises(ValueError, match="finite"):
+        SIGNER.encode_batch([_request(0), bad])
+
+
+async def test_a_non_finite_body_fails_its_caller_alone() -> None:
+    """One caller's unsendable body does not fail the others of its batch."""
+    batcher = SignatureBatcher()
+    bad = _request(1, operation=ScimOperation("POST", "/Users", {}, {"n": float("inf")}))
+    good, refused, other = await asyncio.gather(
+        batcher.sign_and_encode(SIGNER, _request(0), expected=2),
+        batcher.sign_and_encode(SIGNER, bad, expected=2),
+        batcher.sign_and_encode(SIGNER, _request(2), expected=2),
+        return_exceptions=True,
+    )
+    assert isinstance(refused, ValueError)
+    verifier = _verifier()
+    for envelope in (good, other):
+        assert isinstance(envelope, bytes)
+        verifier.verify(decode_request(envelope))
