@@ -194,6 +194,31 @@ def encode_response(request_id: str, status: int, body: Any, agent_id: str, timi
     )
 
 
+def request_fields(
+    request_id: str,
+    domain: str,
+    method: str,
+    path: str,
+    query: dict[str, str],
+    body: Any,
+    deadline: float,
+    key_id: str | None,
+    reply_to: str | None = None,
+) -> dict[str, Any]:
+    """``Request(…).signed_fields()`` without making the Request and its ScimOperation: what a requester
+    that sends a request and never reads it back lays out for ``Signer.encode_fields`` (two frozen objects
+    less per call). Laid out key for key as ``signed_fields`` (a test holds the two together)."""
+    return {
+        "v": VERSION,
+        "id": request_id,
+        "domain": domain,
+        "op": {"method": method, "path": path, "query": query, "body": body},
+        "deadline": float(deadline),
+        "reply_to": reply_to,
+        "key_id": key_id,
+    }
+
+
 def encode_signed(fields: dict[str, Any], signature: str, proof: tuple[str, ...] | None) -> bytes:
     """The envelope of the request whose ``signed_fields()`` are ``fields``, signed with ``signature``
     (and ``proof``): the bytes ``with_signature(…).encode()`` makes (``to_dict`` lays them out the same

@@ -27,6 +27,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -152,14 +153,21 @@ class Signer:
         second request per request and lay its fields out twice more. A body ``encode`` refuses (NaN,
         infinity) is a ``ValueError`` before anything is signed.
         """
-        for request in requests:
-            refuse_non_finite(request.operation.body)
-        fields = [self._own(request).signed_fields() for request in requests]
-        if len(fields) == 1:
-            return [encode_signed(fields[0], _b64(self._key.sign(canonical(fields[0]))), None)]
-        root, proofs = merkle_tree([_leaf(canonical(signed)) for signed in fields])
+        return self.encode_fields([request.signed_fields() for request in requests])
+
+    def encode_fields(self, batch: list[dict[str, Any]]) -> list[bytes]:
+        """``encode_batch`` for requests given by their signed fields (``signed_fields``, ``request_fields``),
+        which it completes in place: a requester that never reads its requests back makes no Request."""
+        key_id = self.key_id
+        for fields in batch:
+            refuse_non_finite(fields["op"]["body"])
+            if fields["key_id"] != key_id:  # the key id is part of what is signed
+                fields["key_id"] = key_id
+        if len(batch) == 1:
+            return [encode_signed(batch[0], _b64(self._key.sign(canonical(batch[0]))), None)]
+        root, proofs = merkle_tree([_leaf(canonical(fields)) for fields in batch])
         signature = _b64(self._key.sign(BATCH_CONTEXT + root))
-        return [encode_signed(signed, signature, proof) for signed, proof in zip(fields, proofs, strict=True)]
+        return [encode_signed(fields, signature, proof) for fields, proof in zip(batch, proofs, strict=True)]
 
     def _own(self, request: Request) -> Request:
         """``request`` naming this signer's key: the key id is part of what is signed (a request built for
@@ -257,8 +265,9 @@ def merkle_root(leaf: bytes, proof: tuple[str, ...], memo: dict[bytes, tuple[str
 class SignatureBatcher:
     """Collects requests for a moment and signs them as one batch (one Ed25519 signature per batch).
 
-    ``await batcher.sign_and_encode(signer, request, expected=n)`` returns the signed request's envelope
-    bytes (``Signer.encode_batch``: what a requester sends) once its batch is signed. ``expected`` is
+    ``await batcher.sign_and_encode(signer, fields, expected=n)`` returns the envelope bytes of the
+    request whose signed fields are ``fields`` (``Signer.encode_fields``: what a requester sends) once
+    its batch is signed. ``expected`` is
     how many more requests the caller may send soon (its other requests in flight, whose replies make
     it send again). A batch is signed at the end of the event-loop turn in which it became complete:
     when nothing more is expected (one caller, one request at a time: no wait), when more than
@@ -273,16 +282,16 @@ class SignatureBatcher:
     def __init__(self, *, max_batch: int = 256, linger: float = 0.0) -> None:
         self.max_batch = max_batch
         self.linger = linger
-        self._pending: list[tuple[Signer, Request, asyncio.Future[bytes]]] = []
+        self._pending: list[tuple[Signer, dict[str, Any], asyncio.Future[bytes]]] = []
         self._flush_at: asyncio.Handle | None = None  # a TimerHandle while the batch lingers
 
-    async def sign_and_encode(self, signer: Signer, request: Request, *, expected: int = 0) -> bytes:
+    async def sign_and_encode(self, signer: Signer, fields: dict[str, Any], *, expected: int = 0) -> bytes:
         # A body the envelope refuses fails this caller here, not the batch it would have joined.
-        refuse_non_finite(request.operation.body)
+        refuse_non_finite(fields["op"]["body"])
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         pending = self._pending
-        pending.append((signer, request, future))
+        pending.append((signer, fields, future))
         if len(pending) >= self.max_batch:
             self._flush()
         elif self.linger <= 0 or len(pending) > expected * COMPLETE_SHARE:
@@ -300,13 +309,13 @@ class SignatureBatcher:
             self._flush_at.cancel()
             self._flush_at = None
         pending, self._pending = self._pending, []
-        by_signer: dict[int, list[tuple[Signer, Request, asyncio.Future[bytes]]]] = {}
+        by_signer: dict[int, list[tuple[Signer, dict[str, Any], asyncio.Future[bytes]]]] = {}
         for entry in pending:
             if not entry[2].done():  # a caller cancelled while waiting
                 by_signer.setdefault(id(entry[0]), []).append(entry)
         for entries in by_signer.values():
             try:
-                signed = entries[0][0].encode_batch([request for _, request, _ in entries])
+                signed = entries[0][0].encode_fields([fields for _, fields, _ in entries])
             except Exception as error:  # each caller gets the error, raised in its own task
                 for _, _, future in entries:
                     future.set_exception(error)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from protocol.envelope import Request, Response, ScimOperation, decode_response
+from protocol.envelope import Request, Response, ScimOperation, decode_response, request_fields
 from protocol.signing import SignatureBatcher, Signer
 from transports.base import Requester
 
@@ -91,10 +91,21 @@ class ScimClient:
     ) -> Response:
         self._in_flight += 1
         try:
-            request = self._unsigned(method, path, query, body, timeout)
-            envelope = await self._batcher.sign_and_encode(self.signer, request, expected=self._in_flight - 1)
+            # the request's signed fields only (not a Request: nothing here reads it back), positional
+            request_id = os.urandom(16).hex()
+            fields = request_fields(
+                request_id,
+                self.domain,
+                method.upper(),
+                path,
+                dict(query or {}),
+                body,
+                time.time() + (timeout or self.timeout),
+                self.signer.key_id,
+            )
+            envelope = await self._batcher.sign_and_encode(self.signer, fields, expected=self._in_flight - 1)
             # ``send``, inlined: one coroutine less per call
-            raw = await self.requester.request(self.domain, request.id, envelope, timeout=timeout or self.timeout)
+            raw = await self.requester.request(self.domain, request_id, envelope, timeout=timeout or self.timeout)
             return decode_response(raw)
         finally:
             self._in_flight -= 1

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import signing
-from protocol.envelope import EnvelopeError, Request, ScimOperation, decode_request
+from protocol.envelope import EnvelopeError, Request, ScimOperation, canonical, decode_request, request_fields
 from protocol.signing import (
     BATCH_CONTEXT,
     ForgedRequestError,
@@ -42,6 +42,10 @@ def _verifier() -> Verifier:
 
 def _wire(request: Request) -> Request:
     return decode_request(request.encode())
+
+
+def _fields(number: int) -> dict[str, Any]:
+    return _request(number).signed_fields()
 
 
 def _decoded(envelopes: list[bytes]) -> list[Request]:
@@ -162,13 +166,13 @@ def test_every_proof_climbs_to_the_root(leaves: list[bytes]) -> None:
 
 async def test_requests_signed_in_one_loop_turn_share_a_signature() -> None:
     batcher = SignatureBatcher()
-    signed = _decoded(await asyncio.gather(*(batcher.sign_and_encode(SIGNER, _request(n)) for n in range(20))))
+    signed = _decoded(await asyncio.gather(*(batcher.sign_and_encode(SIGNER, _fields(n)) for n in range(20))))
     assert len({request.signature for request in signed}) == 1
     assert all(request.proof for request in signed)
     verifier = _verifier()
     for request in signed:
         verifier.verify(_wire(request))
-    alone = decode_request(await batcher.sign_and_encode(SIGNER, _request(99)))
+    alone = decode_request(await batcher.sign_and_encode(SIGNER, _fields(99)))
     assert alone.proof is None
     verifier.verify(_wire(alone))
 
@@ -178,8 +182,8 @@ async def test_batches_are_bounded_and_grouped_by_signer() -> None:
     batcher = SignatureBatcher(max_batch=8)
     signed = _decoded(
         await asyncio.gather(
-            *(batcher.sign_and_encode(SIGNER, _request(n)) for n in range(20)),
-            batcher.sign_and_encode(other, _request(50)),
+            *(batcher.sign_and_encode(SIGNER, _fields(n)) for n in range(20)),
+            batcher.sign_and_encode(other, _fields(50)),
         )
     )
     mine = signed[:20]
@@ -193,7 +197,7 @@ async def test_batches_are_bounded_and_grouped_by_signer() -> None:
 
 async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
     batcher = SignatureBatcher()
-    waiting = [asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(n))) for n in range(4)]
+    waiting = [asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(n))) for n in range(4)]
     await asyncio.sleep(0)  # every caller is now waiting for the flush
     waiting[1].cancel()
     done = await asyncio.gather(*waiting, return_exceptions=True)
@@ -207,15 +211,15 @@ async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
 async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
     """Callers with others in flight wait for them: replies arriving one turn apart still share a signature."""
     batcher = SignatureBatcher(linger=60.0)
-    first = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(0), expected=8))
+    first = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(0), expected=8))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert not first.done()  # eight more are expected: it waits for some of them
-    second = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(1), expected=8))
+    second = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(1), expected=8))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert not second.done()  # two of nine: not yet more than a quarter of the eight expected
-    third = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _request(2), expected=8))
+    third = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(2), expected=8))
     # three are more than a quarter of the eight expected: signed at the end of this turn, not after 60 s
     signed = _decoded(await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10))
     assert len({request.signature for request in signed}) == 1
@@ -226,7 +230,7 @@ async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
 
 async def test_a_request_with_nothing_else_in_flight_does_not_linger() -> None:
     batcher = SignatureBatcher(linger=60.0)
-    alone = decode_request(await asyncio.wait_for(batcher.sign_and_encode(SIGNER, _request(0)), timeout=10))
+    alone = decode_request(await asyncio.wait_for(batcher.sign_and_encode(SIGNER, _fields(0)), timeout=10))
     assert alone.proof is None
     _verifier().verify(_wire(alone))
 
@@ -236,8 +240,8 @@ async def test_a_lingering_batch_is_signed_when_the_wait_runs_out() -> None:
     signed = _decoded(
         await asyncio.wait_for(
             asyncio.gather(
-                batcher.sign_and_encode(SIGNER, _request(0), expected=5),
-                batcher.sign_and_encode(SIGNER, _request(1), expected=5),
+                batcher.sign_and_encode(SIGNER, _fields(0), expected=5),
+                batcher.sign_and_encode(SIGNER, _fields(1), expected=5),
             ),
             timeout=10,
         )
@@ -341,9 +345,9 @@ async def test_a_non_finite_body_fails_its_caller_alone() -> None:
     batcher = SignatureBatcher()
     bad = _request(1, operation=ScimOperation("POST", "/Users", {}, {"n": float("inf")}))
     good, refused, other = await asyncio.gather(
-        batcher.sign_and_encode(SIGNER, _request(0), expected=2),
-        batcher.sign_and_encode(SIGNER, bad, expected=2),
-        batcher.sign_and_encode(SIGNER, _request(2), expected=2),
+        batcher.sign_and_encode(SIGNER, _fields(0), expected=2),
+        batcher.sign_and_encode(SIGNER, bad.signed_fields(), expected=2),
+        batcher.sign_and_encode(SIGNER, _fields(2), expected=2),
         return_exceptions=True,
     )
     assert isinstance(refused, ValueError)
@@ -351,3 +355,15 @@ async def test_a_non_finite_body_fails_its_caller_alone() -> None:
     for envelope in (good, other):
         assert isinstance(envelope, bytes)
         verifier.verify(decode_request(envelope))
+
+
+def test_a_requesters_fields_are_a_requests_signed_fields() -> None:
+    """``request_fields`` (what ScimClient.call signs) lays a request out as ``Request.signed_fields`` does."""
+    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": []}
+    operation = ScimOperation("PATCH", "/Users/7", {"attributes": "id"}, body)
+    request = Request("r7", "example.com", operation, 1_767_225_600, "k1", reply_to="inbox")
+    fields = request_fields("r7", "example.com", "PATCH", "/Users/7", {"attributes": "id"}, body, 1_767_225_600, "k1",
+                            "inbox")  # fmt: skip
+    assert list(fields.items()) == list(request.signed_fields().items())  # same keys in the same order
+    assert canonical(fields) == request.signed_part()
+    assert SIGNER.encode_fields([fields]) == [SIGNER.sign(request).encode()]
