@@ -82,9 +82,11 @@ class Dispatcher:
         tasks = self._tasks
         slots = self._slots
         for_each = self._forget
+        loop = asyncio.get_running_loop()
         async for delivery in transport.deliveries():
-            await slots.acquire()
-            task = asyncio.create_task(self._run(delivery))
+            if not slots.take():  # a free slot is taken without making a coroutine to await
+                await slots.acquire()
+            task = loop.create_task(self._run(delivery))
             tasks[task] = mine
             mine.add(task)
             task.add_done_callback(for_each)
@@ -197,7 +199,7 @@ class Dispatcher:
         if remaining <= 0:
             return Result(504, ScimError(504, f"request {request.id} reached its deadline before it ran").to_body())
         try:
-            async with deadlines.running().within(remaining):  # asyncio.timeout on a timer shared per slot
+            with deadlines.running().within(remaining):  # asyncio.timeout on a timer shared per slot
                 return await self.handler.handle(request.operation)
         except TimeoutError:
             return Result(504, ScimError(504, f"request {request.id} did not finish before its deadline").to_body())
@@ -235,6 +237,13 @@ class _Slots:
     def __init__(self, size: int) -> None:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> bool:
+        """Take a free slot if there is one, without waiting."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
 
     async def acquire(self) -> None:
         if self._free > 0:

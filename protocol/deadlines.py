@@ -16,9 +16,9 @@ Guarantees
     * ``start(done, timeout)`` fails the future ``done`` with the builtin ``TimeoutError`` once
       ``timeout`` seconds have passed, never earlier, at most ``GRAIN`` later (plus event-loop lag);
       ``cancel`` takes it back (call it however the wait ended).
-    * ``async with within(timeout)`` bounds a block of the running task the same way: at the deadline
-      the block is cancelled and ``TimeoutError`` raised out of it, as ``asyncio.timeout`` does (a
-      cancellation from elsewhere stays a cancellation).
+    * ``with within(timeout)`` (or ``async with``) bounds a block of the running task the same way: at
+      the deadline the block is cancelled and ``TimeoutError`` raised out of it, as ``asyncio.timeout``
+      does (a cancellation from elsewhere stays a cancellation).
     * One ``Deadlines`` per event loop (``for_loop``), shared by everything on it.
 """
 
@@ -64,7 +64,10 @@ class Deadlines:
             waiting.discard(done)
 
     def within(self, timeout: float) -> _Within:
-        """``async with deadlines.within(seconds):`` like ``asyncio.timeout(seconds)``, on a shared timer."""
+        """``with deadlines.within(seconds):`` like ``async with asyncio.timeout(seconds):``, on a shared timer.
+
+        Entering and leaving the block awaits nothing, so a plain ``with`` does (the dispatcher's, once
+        per request: ``async with`` makes two coroutines more); ``async with`` works the same."""
         return _Within(self, timeout)
 
     def _expire(self, slot: int) -> None:
@@ -85,7 +88,7 @@ class _Within:
         self._seconds = seconds
         self._expired = False
 
-    async def __aenter__(self) -> _Within:
+    def __enter__(self) -> _Within:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline block must run inside a task")
@@ -94,12 +97,20 @@ class _Within:
         self._slot = self._deadlines.start(self, self._seconds)
         return self
 
-    async def __aexit__(
+    def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._deadlines.cancel(self, self._slot)  # out of its slot before the block ends
         if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
+
+    async def __aenter__(self) -> _Within:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def expired(self) -> bool:
         """Whether the deadline passed while the block ran (and cancelled it)."""

@@ -44,6 +44,22 @@ async def test_a_block_outliving_its_deadline_is_cancelled_with_timeout_error() 
     assert current.cancelling() == 0  # the cancel it made is taken back
 
 
+async def test_a_plain_with_block_is_bounded_as_an_async_with_block() -> None:
+    """``with within(…)`` (no coroutine to enter or leave) cancels and raises exactly as ``async with`` does."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError), running().within(0.02) as timeout:
+        await asyncio.sleep(10)
+    assert timeout.expired()
+    assert 0.02 <= loop.time() - started <= 0.02 + GRAIN + 0.05
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
+    with running().within(10) as in_time:
+        await asyncio.sleep(0)
+    assert not in_time.expired()
+
+
 async def test_a_block_that_ends_in_time_is_not_cancelled_later() -> None:
     """A block that finished leaves its slot: its deadline passes without touching the task or the loop."""
     loop = asyncio.get_running_loop()

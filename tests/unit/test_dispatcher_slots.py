@@ -52,3 +52,18 @@ async def test_a_cancelled_waiter_takes_no_slot() -> None:
     await asyncio.gather(gone, return_exceptions=True)
     slots.release()
     await asyncio.wait_for(slots.acquire(), 1)
+
+
+async def test_taking_a_slot_without_waiting_counts_as_acquiring_one() -> None:
+    """``take`` takes only a free slot (never one a waiter is owed), and a taken slot is released as any."""
+    slots = _Slots(2)
+    assert slots.take()
+    await slots.acquire()
+    assert not slots.take()  # none free: the caller must wait in line
+    waiter = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # handed to the waiter, not left free
+    await waiter
+    assert not slots.take()
+    slots.release()
+    assert slots.take()
