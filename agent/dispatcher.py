@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -81,18 +82,25 @@ class Dispatcher:
         mine = self._by_transport.setdefault(id(transport), set())
         tasks = self._tasks
         slots = self._slots
-        for_each = self._forget
         loop = asyncio.get_running_loop()
         async for delivery in transport.deliveries():
             if not slots.take():  # a free slot is taken without making a coroutine to await
                 await slots.acquire()
-            task = loop.create_task(self._run(delivery))
+            # named: an unnamed task formats a "Task-<n>" name of its own
+            task = loop.create_task(self._run(delivery), name="cloudprov-delivery")
             tasks[task] = mine
             mine.add(task)
-            task.add_done_callback(for_each)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task).discard(task)
+    def _forget(self, task: asyncio.Task[Any] | None) -> None:
+        """Take a delivery's task out of the in-flight sets and free its slot (once: later calls do nothing).
+
+        The task calls this as it ends (a done callback would cost the event loop a callback, a Handle and
+        a turn per delivery); ``drain`` calls it for the tasks it waited for, since one cancelled before it
+        started never ran a line of ``_run``.
+        """
+        if task is not None and (mine := self._tasks.pop(task, None)) is not None:
+            mine.discard(task)
+            self._slots.release()
 
     async def drain(self, grace: float, transport: Transport | None = None) -> int:
         """Wait up to ``grace`` seconds for in-flight work (of one transport, or all); cancel the rest.
@@ -102,11 +110,13 @@ class Dispatcher:
         tasks = self._tasks if transport is None else self._by_transport.pop(id(transport), set())
         if not tasks:
             return 0
-        _done, pending = await asyncio.wait(set(tasks), timeout=grace)  # a copy: tasks end meanwhile
+        done, pending = await asyncio.wait(set(tasks), timeout=grace)  # a copy: tasks end meanwhile
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+        for task in (*done, *pending):  # those that ran ``_run`` are forgotten already
+            self._forget(task)
         return len(pending)
 
     async def _run(self, delivery: Delivery) -> None:
@@ -122,7 +132,7 @@ class Dispatcher:
                 except TransportError as error:
                     _log.warning("could not give the delivery back", error=str(error))
         finally:
-            self._slots.release()
+            self._forget(asyncio.current_task())  # and its slot freed
             # The request's log context lives in this task's own context: it ends with the task.
 
     async def process(self, delivery: Delivery) -> None:

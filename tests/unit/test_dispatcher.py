@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from protocol.envelope import ScimOperation
 from protocol.signing import Signer
 from service.client import ScimCallError, ScimClient
 from tests.agent_support import DOMAIN, PATCH_SCHEMA, USER_SCHEMA, AgentHarness, HandDelivery, running_agent, wait_until
-from transports.base import Settlement
+from transports.base import Delivery, Settlement, Transport
 from transports.local import LocalSettings, LocalTransport
 
 
@@ -299,3 +300,52 @@ async def test_client_helpers_raise_on_errors_and_page_with_cursors() -> None:
         pages = [page async for page in harness.client.read_all("/Users", page_size=4)]
         assert [len(page) for page in pages] == [4, 4, 2]
         assert len({user["id"] for page in pages for user in page}) == 10
+
+
+class _ListTransport(Transport):
+    """Hands out the deliveries it was given, at once (no turn of the loop between them), then ends."""
+
+    def __init__(self, deliveries: list[HandDelivery]) -> None:
+        self._deliveries = deliveries
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def stop_consuming(self) -> None:
+        pass
+
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        for delivery in self._deliveries:
+            yield delivery
+
+
+async def test_each_delivery_leaves_the_in_flight_count_and_frees_its_slot_as_it_ends() -> None:
+    """Finished deliveries are no longer in flight and give their slots back, whatever their outcome."""
+    async with running_agent(dispatcher={"max_in_flight": 2}) as harness:
+        dispatcher = harness.agent.dispatcher
+        signed = harness.client.request("GET", "/ServiceProviderConfig").encode()
+        deliveries = [HandDelivery(signed if n % 2 else b"not an envelope") for n in range(6)]
+        await dispatcher.consume(_ListTransport(deliveries))  # waits for slots: two at a time
+        await wait_until(lambda: dispatcher.in_flight == 0)
+        assert [d.settlement for d in deliveries].count(Settlement.DEAD_LETTER) == 3
+        assert dispatcher._slots.take()  # both slots free again
+        assert dispatcher._slots.take()
+        dispatcher._slots.release()
+        dispatcher._slots.release()
+
+
+async def test_a_delivery_cancelled_before_it_started_is_forgotten_by_the_drain() -> None:
+    """A task that never ran (cancelled before its first step) still leaves the in-flight count and its slot."""
+    async with running_agent(dispatcher={"max_in_flight": 1}) as harness:
+        dispatcher = harness.agent.dispatcher
+        transport = _ListTransport([HandDelivery(b"not an envelope")])
+        await dispatcher.consume(transport)  # made the delivery's task, which has not run yet
+        (task,) = dispatcher._by_transport[id(transport)]
+        task.cancel()
+        assert await dispatcher.drain(5.0, transport) == 0  # it ended (cancelled) within the grace period
+        assert dispatcher.in_flight == 0
+        assert dispatcher._slots.take()
+        dispatcher._slots.release()
