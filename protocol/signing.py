@@ -267,16 +267,15 @@ class SignatureBatcher:
 
     ``await batcher.sign_and_encode(signer, fields, expected=n)`` returns the envelope bytes of the
     request whose signed fields are ``fields`` (``Signer.encode_fields``: what a requester sends) once
-    its batch is signed. ``expected`` is
-    how many more requests the caller may send soon (its other requests in flight, whose replies make
-    it send again). A batch is signed at the end of the event-loop turn in which it became complete:
-    when nothing more is expected (one caller, one request at a time: no wait), when more than
-    ``COMPLETE_SHARE`` of the expected requests have joined, or when ``max_batch`` requests wait;
-    otherwise at the latest ``linger`` seconds after its first request. Requests sent together (a sync
-    cycle fanning out) therefore share a signature at once, and callers whose replies trickle in one by
-    one (a closed loop over a latent directory) share one too instead of paying a signature each:
-    signing and checking one costs more than a millisecond of waiting saves. A request alone gets a
-    plain signature.
+    its batch is signed. ``expected`` is how many more requests the caller may send soon (its other
+    requests in flight, whose replies make it send again). A batch is signed at the end of the
+    event-loop turn in which it became complete: when nothing more is expected (one caller, one
+    request at a time: no wait), when more than ``COMPLETE_SHARE`` of the expected requests have
+    joined, or when ``max_batch`` requests wait; otherwise at the latest ``linger`` seconds after its
+    first request. Requests sent together (a sync cycle fanning out) therefore share a signature at
+    once, and callers whose replies trickle in one by one (a closed loop over a latent directory)
+    share one too instead of paying a signature each: signing and checking one costs more than a
+    millisecond of waiting saves. A request alone gets a plain signature.
     """
 
     def __init__(self, *, max_batch: int = 256, linger: float = 0.0) -> None:
