@@ -198,7 +198,7 @@ class MemoryDirectory(Directory):
         wanted = frozenset(name.lower() for name in selection) or frozenset({"*"})
         every_user, every_operational = "*" in wanted, "+" in wanted
         if not every_user and not every_operational:
-            return lambda attrs: attrs.picked(wanted.__contains__)  # a C method: no Python call per attribute
+            return lambda attrs: attrs.selected(wanted)
 
         def chosen(key: str) -> bool:
             return key in wanted or (every_operational if key in hidden else every_user)
