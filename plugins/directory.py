@@ -167,6 +167,12 @@ class Attributes(Mapping[str, list[AttrValue]]):
     def copy(self) -> Attributes:
         return self._holding({key: (spelled, [*values]) for key, (spelled, values) in self._data.items()})
 
+    def sharing_values(self) -> Attributes:
+        """A copy that shares the value lists with this one: only for a caller that replaces an attribute's
+        list (``set``, ``remove``) and never changes one in place, and that can then tell an attribute it
+        did not touch by its list being the very same object (the memory store's modify)."""
+        return self._holding(self._data.copy())
+
     def picked(self, keep: Callable[[str], bool]) -> Attributes:
         """A copy of the attributes whose lower-case name ``keep`` accepts (the value lists copied too)."""
         return self._holding({key: (spelled, [*values]) for key, (spelled, values) in self._data.items() if keep(key)})

@@ -28,9 +28,12 @@ class ChangeLog:
         self._log: deque[tuple[int, Change]] = deque(maxlen=limit)
 
     def record(self, kind: ChangeKind, dn: str, attributes: Attributes, old_dn: str | None = None) -> None:
-        """Append a change; ``attributes`` is the entry's state after it (before it, for a deletion)."""
+        """Append a change; ``attributes`` is the entry's state after it (before it, for a deletion).
+
+        The log keeps ``attributes`` itself, not a copy: the store's attribute sets are never changed once
+        stored (a write swaps in a new set), and ``since`` hands out copies."""
         self.sequence += 1
-        self._log.append((self.sequence, Change(kind, dn, Entry(dn, attributes.copy()), old_dn)))
+        self._log.append((self.sequence, Change(kind, dn, Entry(dn, attributes), old_dn)))
 
     def watermark(self, sequence: int | None = None) -> str:
         return f"{_PREFIX}:{self.instance_id}:{self.sequence if sequence is None else sequence}"

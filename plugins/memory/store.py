@@ -146,7 +146,9 @@ class Store:
 
     def modify(self, dn: str, changes: Sequence[Modification]) -> Record:
         record = self.require(dn)
-        attrs = record.attributes.copy()
+        # The new set shares the lists of the attributes no change touches (every step below replaces an
+        # attribute's list, none changes one), so that ``_reindex`` passes over them at once.
+        attrs = record.attributes.sharing_values()
         for change in changes:
             self._apply(attrs, change)
         if "objectClass" not in attrs:
@@ -185,7 +187,7 @@ class Store:
             raise NotAllowedError(f"renaming {dn!r} onto itself")
         if new_key != record.key and new_key in self._by_key:
             raise AlreadyExistsError(f"an entry {new_dn!r} already exists")
-        attrs = record.attributes.copy()
+        attrs = record.attributes.sharing_values()  # as in ``modify``: lists are replaced, never changed
         for ava in dnlib.parse(record.dn)[0].avas:
             _remove_values(attrs, ava.attribute, [ava.value])
         for ava in rdn.avas:
@@ -338,17 +340,32 @@ class Store:
                 del self._index[key]
 
     def _reindex(self, record: Record, old: Attributes, new: Attributes) -> None:
-        for name in {*(n.lower() for n in old), *(n.lower() for n in new)}:
-            before, after = old.get(name, []), new.get(name, [])
-            indexed = index_name(name)
-            if before == after or indexed is None:
-                continue
-            old_keys = {normalize_value(name, value) for value in before}
-            new_keys = {normalize_value(name, value) for value in after}
-            for key in old_keys - new_keys:
-                self._index_discard((indexed, key), record)
-            for key in new_keys - old_keys:
-                self._index.setdefault((indexed, key), set()).add(record)
+        """Move ``record`` in the index from the values of ``old`` to those of ``new``. An attribute ``new``
+        holds as the very same (spelling, values) pair as ``old`` (``Attributes.sharing_values``, then
+        untouched) is skipped at once."""
+        old_table, new_table = old.by_key, new.by_key
+        held_of = old_table.get
+        for key, item in new_table.items():
+            held = held_of(key)
+            if held is not item:
+                self._reindex_values(record, key, [] if held is None else held[1], item[1])
+        if not old_table.keys() <= new_table.keys():
+            for key, (_, before) in old_table.items():
+                if key not in new_table:
+                    self._reindex_values(record, key, before, [])
+
+    def _reindex_values(self, record: Record, name: str, before: list[AttrValue], after: list[AttrValue]) -> None:
+        """Move ``record`` in the index from ``before`` to ``after``, the values of attribute ``name``
+        (lower case)."""
+        indexed = index_name(name)
+        if before == after or indexed is None:
+            return
+        old_keys = {normalize_value(name, value) for value in before}
+        new_keys = {normalize_value(name, value) for value in after}
+        for key in old_keys - new_keys:
+            self._index_discard((indexed, key), record)
+        for key in new_keys - old_keys:
+            self._index.setdefault((indexed, key), set()).add(record)
 
     def _rekey(self, record: Record, new_dn: str, moved: list[tuple[Record, str]]) -> None:
         old_dn = record.dn
