@@ -112,6 +112,27 @@ def read_step(attr: AttrMap) -> ReadStep:
     return ReadStep(attr.ldap.lower(), fallback, shape, name, sub, kind, attr.kind, attr.extension)
 
 
+class DiffRules(NamedTuple):
+    """How ``resources.diff`` treats each LDAP attribute of a mapping (keys: lower-case LDAP names)."""
+
+    #: The kind of value each attribute holds (absent: a string).
+    kinds: Mapping[str, Kind]
+    #: Attributes behind multi-valued SCIM attributes: the same values in another order are no change.
+    multi: frozenset[str]
+    #: Attributes changed value by value (group members), not replaced whole.
+    by_value: frozenset[str]
+
+
+def diff_rules(attributes: tuple[AttrMap, ...]) -> DiffRules:
+    kinds = {a.ldap.lower(): a.kind for a in attributes}
+    multi = frozenset(a.ldap.lower() for a in attributes if a.kind is Kind.REFERENCE or a.parts[2] is not None)
+    # Only members change value by value (a group may hold 50,000). Anything else is replaced whole: an
+    # LDAP attribute behind a SCIM multi-valued one may be single-valued (AD's mail, manager), and a
+    # delete plus an add of one value in one modify is refused there ("specified more than once").
+    by_value = frozenset(a.ldap.lower() for a in attributes if a.kind is Kind.REFERENCE and a.parts[0] == "members")
+    return DiffRules(kinds, multi, by_value)
+
+
 @dataclass(frozen=True, slots=True)
 class ResourceMapping:
     """How one SCIM resource type lives in the directory."""
@@ -144,6 +165,12 @@ class ResourceMapping:
     reference_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     #: ``attributes`` by lower-case SCIM attribute name, every type and sub-attribute of it (derived).
     _by_name: Mapping[str, tuple[AttrMap, ...]] = field(init=False, repr=False, compare=False)
+    #: The first of ``attributes`` with each lower-case path (derived): ``find`` answers a PATCH several
+    #: times (the RDN source, members, each reference) and should not lower every path each time.
+    _by_path: Mapping[str, AttrMap] = field(init=False, repr=False, compare=False)
+    #: How ``resources.diff`` compares and writes each lower-case LDAP attribute (derived, once per mapping
+    #: rather than at every PUT and PATCH).
+    diff_rules: DiffRules = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read_plan", tuple(read_step(a) for a in self.attributes))
@@ -152,6 +179,11 @@ class ResourceMapping:
             name = attr.parts[0].lower()
             by_name[name] = (*by_name.get(name, ()), attr)
         object.__setattr__(self, "_by_name", by_name)
+        by_path: dict[str, AttrMap] = {}
+        for attr in self.attributes:
+            by_path.setdefault(attr.path.lower(), attr)
+        object.__setattr__(self, "_by_path", by_path)
+        object.__setattr__(self, "diff_rules", diff_rules(self.attributes))
         references = dict.fromkeys(a.ldap.lower() for a in self.attributes if a.kind is Kind.REFERENCE)
         object.__setattr__(self, "reference_attributes", tuple(references))
         names = {self.id_attribute, "objectClass", self.rdn_attribute}
@@ -160,8 +192,8 @@ class ResourceMapping:
         object.__setattr__(self, "ldap_attributes", tuple(sorted(names, key=str.lower)))
 
     def find(self, path: str) -> AttrMap | None:
-        lowered = path.lower()
-        return next((a for a in self.attributes if a.path.lower() == lowered), None)
+        """The first mapping whose path is ``path`` (case-insensitive), or None."""
+        return self._by_path.get(path.lower())
 
     def by_attribute(self, name: str) -> tuple[AttrMap, ...]:
         """Every mapping of SCIM attribute ``name`` (all types and sub-attributes), in profile order."""

@@ -246,12 +246,7 @@ def _same(kind: Kind, left: AttrValue, right: AttrValue) -> bool:
 
 def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValue]]) -> list[Modification]:
     """Modifications that turn ``entry``'s mapped attributes into ``new`` (RDN attribute excluded)."""
-    kinds = {a.ldap.lower(): a.kind for a in mapping.attributes}
-    multi = {a.ldap.lower() for a in mapping.attributes if a.kind is _REFERENCE or a.parts[2] is not None}
-    # Only members change value by value (a group may hold 50,000). Anything else is replaced whole: an
-    # LDAP attribute behind a SCIM multi-valued one may be single-valued (AD's mail, manager), and a
-    # delete plus an add of one value in one modify is refused there ("specified more than once").
-    by_value = {a.ldap.lower() for a in mapping.attributes if a.kind is _REFERENCE and a.parts[0] == "members"}
+    kinds, multi, by_value = mapping.diff_rules  # see profile.diff_rules
     changes: list[Modification] = []
     for name, wanted in new.items():
         if name.lower() == mapping.rdn_attribute.lower():

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.scim.profile import AttrMap, Kind, ProfileError, load_profile
+from agent.scim.profile import AD, OPENLDAP, AttrMap, Kind, ProfileError, ResourceMapping, load_profile
 
 
 def test_builtin_profiles() -> None:
@@ -99,3 +99,19 @@ def test_resource_lookup_by_name_or_endpoint() -> None:
     assert profile.resource("groups") is profile.groups
     with pytest.raises(KeyError):
         profile.resource("printers")
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        *OPENLDAP.resources,
+        *AD.resources,
+        load_profile("openldap", {"User": {"NAME.givenName": "gn", "phoneNumbers[home]": "homePhone"}}).users,
+    ],
+)
+def test_find_is_the_first_mapping_with_the_path(mapping: ResourceMapping) -> None:
+    """``find`` (a table made once) answers as a scan of the mappings for the first case-insensitive match."""
+    paths = [a.path for a in mapping.attributes] + ["nosuch", "members.value", "emails"]
+    for path in [*paths, *(p.upper() for p in paths), *(p.lower() for p in paths)]:
+        expected = next((a for a in mapping.attributes if a.path.lower() == path.lower()), None)
+        assert mapping.find(path) is expected
