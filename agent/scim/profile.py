@@ -112,6 +112,16 @@ def read_step(attr: AttrMap) -> ReadStep:
     return ReadStep(attr.ldap.lower(), fallback, shape, name, sub, kind, attr.kind, attr.extension)
 
 
+#: A ``ReadStep`` as a plain tuple, as ``ResourceMapping.read_plan`` holds it: CPython 3.11 unpacks an exact
+#: tuple in one step but a tuple subclass (a NamedTuple) item by item through the iterator protocol, and a
+#: read unpacks one step per mapped attribute of every entry it lists.
+ReadRow = tuple[str, str | None, Shape, str, str | None, str | None, Kind, bool]
+
+
+def read_row(step: ReadStep) -> ReadRow:
+    return (step.ldap, step.fallback, step.shape, step.name, step.sub, step.type, step.kind, step.extension)
+
+
 class DiffRules(NamedTuple):
     """How ``resources.diff`` treats each LDAP attribute of a mapping (keys: lower-case LDAP names)."""
 
@@ -157,8 +167,9 @@ class ResourceMapping:
     #: What ``members``' LDAP attribute holds while a group has no members, for object classes that
     #: require one (groupOfNames MUSTs ``member``); never shown in SCIM. None: an empty group has none.
     empty_members: str | None = None
-    #: ``attributes`` as reads apply them (derived, like ``ldap_attributes``; ``replace`` recomputes both).
-    read_plan: tuple[ReadStep, ...] = field(init=False, repr=False, compare=False)
+    #: ``attributes`` as reads apply them, ``ReadStep``s as plain tuples (derived, like ``ldap_attributes``;
+    #: ``replace`` recomputes both).
+    read_plan: tuple[ReadRow, ...] = field(init=False, repr=False, compare=False)
     #: The LDAP attributes to fetch to build a full resource (every search and get asks for them).
     ldap_attributes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     #: The lower-case LDAP attributes that hold DNs of other resources (``manager``, ``member``).
@@ -173,7 +184,7 @@ class ResourceMapping:
     diff_rules: DiffRules = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "read_plan", tuple(read_step(a) for a in self.attributes))
+        object.__setattr__(self, "read_plan", tuple(read_row(read_step(a)) for a in self.attributes))
         by_name: dict[str, tuple[AttrMap, ...]] = {}
         for attr in self.attributes:
             name = attr.parts[0].lower()

@@ -72,29 +72,37 @@ def to_resource(mapping: ResourceMapping, entry: Entry, refs: Mapping[str, Ref])
             item = item_of(fallback)
             if item is None:
                 continue
-        values = item[1]
-        value = values[0]
         target = extension if in_extension else resource
         if shape is _SIMPLE:
+            value = item[1][0]
             target[name] = value if kind is _STRING and type(value) is str else to_scim(kind, value)
+        elif shape is _SUB:
+            value = item[1][0]
+            shown = value if kind is _STRING and type(value) is str else to_scim(kind, value)
+            complex_value = target.get(name)
+            if complex_value is None:  # the first sub-attribute (no empty dict made for every other one)
+                target[name] = {sub: shown}
+            else:
+                complex_value[sub] = shown
         elif shape is _TYPED:
-            elements = target.setdefault(name, [])
-            for each in values:
+            elements = target.get(name)
+            if elements is None:
+                elements = target[name] = []
+                primary_needed = True
+            else:  # another type of the same attribute came first (phoneNumbers: work, then mobile)
+                primary_needed = not any(element.get("primary") for element in elements)
+            for each in item[1]:
                 shown = each if kind is _STRING and type(each) is str else to_scim(kind, each)
                 elements.append({"value": shown, "type": element_type})
-            for element in elements:
-                if element.get("primary"):
-                    break
-            else:
+            if primary_needed:
                 elements[0]["primary"] = True
-        elif shape is _SUB:
-            target.setdefault(name, {})[sub] = value if kind is _STRING and type(value) is str else to_scim(kind, value)
         elif shape is _META:
+            value = item[1][0]
             meta[sub] = (  # type: ignore[index]  # META steps have a sub-attribute
                 timestamp_to_scim(value) if kind is _TIMESTAMP and type(value) is str else to_scim(kind, value)
             )
         else:
-            resolved = _references(values, refs)
+            resolved = _references(item[1], refs)
             if name == "members" and resolved:
                 target[name] = resolved  # no members (only a placeholder, or none resolvable): omitted
             elif resolved:
