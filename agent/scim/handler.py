@@ -321,8 +321,8 @@ class ScimHandler:
             if updated is None:
                 raise not_found(f"{mapping.name} {scim_id!r} disappeared while it was being changed")
             return 200, await self.resource(mapping, updated)
-        current = await self.resource(mapping, entry)
-        updated = await self._apply(mapping, entry, patched(current, operations))
+        current = await self.resource(mapping, entry)  # made for this PATCH: patched may change it in place
+        updated = await self._apply(mapping, entry, patched(current, operations, consume=True))
         return 200, await self.resource(mapping, updated)
 
     async def _member_changes(

@@ -170,14 +170,27 @@ def patched(
     body: Mapping[str, Any] | Sequence[PatchOperation],
     *,
     evaluator: Evaluator | None = None,
+    consume: bool = False,
 ) -> dict[str, Any]:
-    """``apply_patch(…).resource`` without working out what changed (the SCIM handler diffs LDAP values)."""
+    """``apply_patch(…).resource`` without working out what changed (the SCIM handler diffs LDAP values).
+
+    ``consume=True``: ``resource`` is the caller's to give up, a plain JSON ``dict`` that nothing else holds
+    (the SCIM handler's, just read for this PATCH): it is changed in place and returned (left half-changed
+    if an operation fails) instead of copied first, which costs as much as applying a short PATCH.
+    """
     operations = parse_operations(body) if isinstance(body, Mapping) else tuple(body)
-    engine = _Engine(_copy(resource), evaluator or Evaluator())
+    extensions_before = _extension_keys(resource)
+    doc = resource if consume and type(resource) is dict else _copy(resource)
+    engine = _Engine(doc, evaluator or Evaluator())
     for index, operation in enumerate(operations):
         _with_index(index, engine.apply, operation)
-    engine.tidy_extensions(resource)
+    engine.tidy_extensions(extensions_before)
     return engine.doc
+
+
+def _extension_keys(resource: Mapping[str, Any]) -> set[str]:
+    """The extension containers of ``resource`` (lower-case keys)."""
+    return {k.lower() for k, v in resource.items() if ":" in k and isinstance(v, Mapping)}
 
 
 class _Engine:
@@ -338,14 +351,14 @@ class _Engine:
                 return key
         return ""
 
-    def tidy_extensions(self, original: Mapping[str, Any]) -> None:
-        """Drop emptied extension containers; keep ``schemas`` in step with containers added or dropped."""
+    def tidy_extensions(self, before: set[str]) -> None:
+        """Drop emptied extension containers; keep ``schemas`` in step with containers added or dropped
+        (``before``: the original's, as ``_extension_keys`` lists them)."""
         for key in [k for k, v in self.doc.items() if ":" in k and v == {}]:
             del self.doc[key]
         schemas = self.doc.get(_key(self.doc, "schemas") or "schemas")
         if not isinstance(schemas, list):
             return
-        before = {k.lower() for k, v in original.items() if ":" in k and isinstance(v, Mapping)}
         after = {k.lower(): k for k, v in self.doc.items() if ":" in k and isinstance(v, dict)}
         listed = {s.lower() for s in schemas if isinstance(s, str)}
         for lowered, key in after.items():

@@ -468,3 +468,23 @@ def test_a_copy_of_json_data_is_equal_and_shares_nothing_mutable(value: Any) -> 
     copied = _copy(value)
     assert copied == plain(value)
     assert not set(containers(copied)) & set(containers(value))
+
+
+@settings(max_examples=200)
+@given(no_path_values, st.sampled_from(["add", "replace", "Replace"]), st.sampled_from(["title", "emails", "name"]))
+def test_a_consumed_resource_is_patched_as_a_copy_would_be(value: dict[str, Any], op: str, path: str) -> None:
+    """``patched(…, consume=True)`` (the handler's resource, changed in place) gives what ``patched`` gives
+    on a copy, extension containers and ``schemas`` included, and fails where it fails."""
+    operations = body(
+        {"op": op, "value": value},
+        {"op": "remove", "path": path},
+        {"op": "add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department", "value": "d"},
+    )
+
+    def outcome(consume: bool) -> Any:
+        try:
+            return patched(user(), operations, consume=consume)
+        except ScimError as error:
+            return error.to_body()
+
+    assert outcome(consume=True) == outcome(consume=False)
