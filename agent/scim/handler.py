@@ -63,6 +63,9 @@ SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 #: Characters AD refuses in sAMAccountName (plus white space, which logon names should not hold).
 _ACCOUNT_REFUSED = re.compile(r'["/\\\[\]:;|=,+*?<>\s]')
 _log = structlog.get_logger("cloudprov.scim")
+#: Collection paths as clients spell them, with the resource type each names: ``_route`` answers a GET of
+#: one of them as its general path does (a list of that type), without splitting and lowering the path.
+_COLLECTIONS = {"/Users": "users", "/Groups": "groups"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,9 @@ class ScimHandler:
         """The call that answers ``op`` (made again for a retry). Bound with ``functools.partial``, not a
         lambda: a closure would turn every local it captures into a cell, on every request."""
         path = op.path
+        collection = _COLLECTIONS.get(path)
+        if collection is not None and op.method == "GET":  # a list, the usual request: no path to split
+            return partial(self.lister.search, self.profile.resource(collection), op.query)
         if "?" in path:
             path = path.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
