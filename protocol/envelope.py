@@ -97,16 +97,15 @@ class Request:
         return _with_signature(self.signed_fields(), self.signature, self.proof)
 
     def signed_fields(self) -> dict[str, Any]:
-        """Every field a signature covers (all but the signature and its batch proof), in a fresh dict."""
-        return {
-            "v": self.version,
-            "id": self.id,
-            "domain": self.domain,
-            "op": self.operation.to_dict(),
-            "deadline": float(self.deadline),  # the decoder yields a float: sign what arrives
-            "reply_to": self.reply_to,
-            "key_id": self.key_id,
-        }
+        """Every field a signature covers (all but the signature and its batch proof), in a fresh dict:
+        laid out by ``request_fields``, the one layout of a request's signed fields."""
+        op = self.operation
+        fields = request_fields(
+            self.id, self.domain, op.method, op.path, op.query, op.body, self.deadline, self.key_id, self.reply_to
+        )
+        if self.version != VERSION:  # never so once decoded (``_load_object`` accepts VERSION only)
+            fields["v"] = self.version  # the key keeps its place
+        return fields
 
     def signed_part(self) -> bytes:
         """The canonical bytes a signature covers: every field but the signature and its batch proof.
@@ -205,15 +204,15 @@ def request_fields(
     key_id: str | None,
     reply_to: str | None = None,
 ) -> dict[str, Any]:
-    """``Request(…).signed_fields()`` without making the Request and its ScimOperation: what a requester
-    that sends a request and never reads it back lays out for ``Signer.encode_fields`` (two frozen objects
-    less per call). Laid out key for key as ``signed_fields`` (a test holds the two together)."""
+    """The signed fields of a request (``Request.signed_fields`` lays its own out here), also without making
+    the Request and its ScimOperation: what a requester that sends a request and never reads it back lays
+    out for ``Signer.encode_fields`` (two frozen objects less per call)."""
     return {
         "v": VERSION,
         "id": request_id,
         "domain": domain,
         "op": {"method": method, "path": path, "query": query, "body": body},
-        "deadline": float(deadline),
+        "deadline": float(deadline),  # the decoder yields a float: sign what arrives
         "reply_to": reply_to,
         "key_id": key_id,
     }

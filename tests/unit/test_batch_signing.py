@@ -367,3 +367,11 @@ def test_a_requesters_fields_are_a_requests_signed_fields() -> None:
     assert list(fields.items()) == list(request.signed_fields().items())  # same keys in the same order
     assert canonical(fields) == request.signed_part()
     assert SIGNER.encode_fields([fields]) == [SIGNER.sign(request).encode()]
+
+
+def test_a_request_of_another_version_signs_its_own_version() -> None:
+    """``Request.signed_fields`` of a request built with another version covers that version, in its place."""
+    request = Request("r7", "example.com", ScimOperation("GET", "/Users"), 1_767_225_600, "k1", version=2)
+    fields = request.signed_fields()
+    assert list(fields) == ["v", "id", "domain", "op", "deadline", "reply_to", "key_id"]
+    assert fields["v"] == 2
