@@ -281,16 +281,32 @@ class SignatureBatcher:
     def __init__(self, *, max_batch: int = 256, linger: float = 0.0) -> None:
         self.max_batch = max_batch
         self.linger = linger
-        self._pending: list[tuple[Signer, dict[str, Any], asyncio.Future[bytes]]] = []
+        self._pending: list[tuple[Signer, dict[str, Any], asyncio.Future[Any], Callable[[bytes], object]]] = []
         self._flush_at: asyncio.Handle | None = None  # a TimerHandle while the batch lingers
 
     async def sign_and_encode(self, signer: Signer, fields: dict[str, Any], *, expected: int = 0) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.sign_then(signer, fields, future.set_result, future, expected=expected)
+        return await future
+
+    def sign_then(
+        self,
+        signer: Signer,
+        fields: dict[str, Any],
+        send: Callable[[bytes], object],
+        waiter: asyncio.Future[Any],
+        *,
+        expected: int = 0,
+    ) -> None:
+        """``sign_and_encode`` without a wait of its own: once the batch is signed, ``send(envelope)`` is
+        called (in the callback that signs the batch), unless ``waiter`` is done by then (its caller stopped
+        waiting); an error signing the batch or from ``send`` is set on ``waiter``. A requester that sends
+        from a callback (``transports.base.PostingRequester``) joins a batch this way and then awaits only
+        its reply: its caller's task wakes once per request instead of twice."""
         # A body the envelope refuses fails this caller here, not the batch it would have joined.
         refuse_non_finite(fields["op"]["body"])
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
         pending = self._pending
-        pending.append((signer, fields, future))
+        pending.append((signer, fields, waiter, send))
         if len(pending) >= self.max_batch:
             self._flush()
         elif self.linger <= 0 or len(pending) > expected * COMPLETE_SHARE:
@@ -298,29 +314,32 @@ class SignatureBatcher:
             if lingering is None or isinstance(lingering, asyncio.TimerHandle):  # not yet due this turn
                 if lingering is not None:
                     lingering.cancel()
-                self._flush_at = loop.call_soon(self._flush)
+                self._flush_at = asyncio.get_running_loop().call_soon(self._flush)
         elif self._flush_at is None:
-            self._flush_at = loop.call_later(self.linger, self._flush)
-        return await future
+            self._flush_at = asyncio.get_running_loop().call_later(self.linger, self._flush)
 
     def _flush(self) -> None:
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
         pending, self._pending = self._pending, []
-        by_signer: dict[int, list[tuple[Signer, dict[str, Any], asyncio.Future[bytes]]]] = {}
+        by_signer: dict[int, list[tuple[Signer, dict[str, Any], asyncio.Future[Any], Callable[[bytes], object]]]] = {}
         for entry in pending:
-            if not entry[2].done():  # a caller cancelled while waiting
+            if not entry[2].done():  # a caller cancelled (or timed out) while waiting
                 by_signer.setdefault(id(entry[0]), []).append(entry)
         for entries in by_signer.values():
             try:
-                signed = entries[0][0].encode_fields([fields for _, fields, _ in entries])
+                signed = entries[0][0].encode_fields([fields for _, fields, _, _ in entries])
             except Exception as error:  # each caller gets the error, raised in its own task
-                for _, _, future in entries:
-                    future.set_exception(error)
+                for _, _, waiter, _ in entries:
+                    waiter.set_exception(error)
                 continue
-            for (_, _, future), envelope in zip(entries, signed, strict=True):
-                future.set_result(envelope)
+            for (_, _, waiter, send), envelope in zip(entries, signed, strict=True):
+                try:
+                    send(envelope)
+                except Exception as error:  # this caller's alone (a message too large, a closed requester)
+                    if not waiter.done():
+                        waiter.set_exception(error)
 
 
 class ReplayGuard:

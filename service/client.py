@@ -5,7 +5,8 @@ deadline ``timeout`` seconds away, signs it, sends it and returns the decoded ``
 made together share one batch signature (``protocol.signing.SignatureBatcher``): the agent checks
 one Ed25519 signature per batch instead of one per request. A call made while others are in flight
 waits up to ``batch_linger`` seconds for them to join its batch (their replies trickle in one by one
-and each makes its caller send again). Helpers
+and each makes its caller send again). Over a ``PostingRequester`` (the local transport's) a call is
+sent by the callback that signs its batch and wakes once, for its reply. Helpers
 cover the usual calls (``get``, ``search``, ``create``, ``patch``, ``delete``, ``changes``) and
 ``read_all`` streams every resource of a type with cursor paging.
 """
@@ -15,11 +16,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 from protocol.envelope import Request, Response, ScimOperation, decode_response, request_fields
 from protocol.signing import SignatureBatcher, Signer
-from transports.base import Requester
+from transports.base import PostingRequester, Requester
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 #: Seconds a call may wait for the client's other calls in flight to join its batch signature.
@@ -93,6 +95,7 @@ class ScimClient:
         try:
             # the request's signed fields only (not a Request: nothing here reads it back), positional
             request_id = os.urandom(16).hex()
+            timeout = timeout or self.timeout
             fields = request_fields(
                 request_id,
                 self.domain,
@@ -100,12 +103,29 @@ class ScimClient:
                 path,
                 dict(query or {}),
                 body,
-                time.time() + (timeout or self.timeout),
+                time.time() + timeout,
                 self.signer.key_id,
             )
-            envelope = await self._batcher.sign_and_encode(self.signer, fields, expected=self._in_flight - 1)
-            # ``send``, inlined: one coroutine less per call
-            raw = await self.requester.request(self.domain, request_id, envelope, timeout=timeout or self.timeout)
+            requester = self.requester
+            if isinstance(requester, PostingRequester):
+                # sent as its batch is signed: this task wakes once, for the reply (a test holds this way
+                # and the one below together)
+                waiter, timer = requester.expect(request_id, timeout)
+                try:
+                    self._batcher.sign_then(
+                        self.signer,
+                        fields,
+                        partial(requester.post, self.domain, request_id, timeout),
+                        waiter,
+                        expected=self._in_flight - 1,
+                    )
+                except Exception as error:  # a body the envelope refuses: raised by ``reply``, which forgets it
+                    waiter.set_exception(error)
+                raw = await requester.reply(request_id, waiter, timer, timeout)
+            else:
+                envelope = await self._batcher.sign_and_encode(self.signer, fields, expected=self._in_flight - 1)
+                # ``send``, inlined: one coroutine less per call
+                raw = await requester.request(self.domain, request_id, envelope, timeout=timeout)
             return decode_response(raw)
         finally:
             self._in_flight -= 1

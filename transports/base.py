@@ -12,6 +12,7 @@ Each implementation declares the errors worth reconnecting for in ``recoverable_
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -148,3 +149,25 @@ class Requester(abc.ABC):
     @abc.abstractmethod
     async def request(self, domain: str, request_id: str, payload: bytes, *, timeout: float) -> bytes:
         """Send one request envelope and return the response envelope (``RequestTimeoutError`` if late)."""
+
+
+class PostingRequester(Requester):
+    """A ``Requester`` whose sending awaits nothing, so a plain callback can send (a batch signer's, as it
+    signs): ``request`` in three steps, its caller's task woken once, by the reply.
+
+    ``expect`` makes the future of a request's response envelope (failing with ``TimeoutError`` after
+    ``timeout`` seconds) before the request is sent; ``post`` sends it; ``reply`` awaits that future
+    and forgets it, however the wait ends (late: ``RequestTimeoutError``). The three together behave as
+    ``request``."""
+
+    @abc.abstractmethod
+    def expect(self, request_id: str, timeout: float) -> tuple[asyncio.Future[bytes], int]:
+        """The future of ``request_id``'s response envelope and the key ``reply`` needs to stop its timer."""
+
+    @abc.abstractmethod
+    def post(self, domain: str, request_id: str, timeout: float, payload: bytes) -> None:
+        """Send a request envelope whose reply is expected (``MessageTooLargeError`` if too large)."""
+
+    @abc.abstractmethod
+    async def reply(self, request_id: str, waiter: asyncio.Future[bytes], timer: int, timeout: float) -> bytes:
+        """The response envelope ``expect`` made ``waiter`` for; the expectation ends with the wait."""

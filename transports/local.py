@@ -38,7 +38,7 @@ from protocol import deadlines
 from transports.base import (
     Delivery,
     MessageTooLargeError,
-    Requester,
+    PostingRequester,
     RequestTimeoutError,
     Settlement,
     Transport,
@@ -317,7 +317,7 @@ class LocalTransport(Transport):
             broker.queue(message.domain).dead.append(DeadLetter(message.payload, reason, message.delivery_count))
 
 
-class LocalRequester(Requester):
+class LocalRequester(PostingRequester):
     """Send requests through a ``LocalBroker`` and await their replies by request id."""
 
     def __init__(self, settings: LocalSettings | None = None) -> None:
@@ -374,3 +374,28 @@ class LocalRequester(Requester):
         finally:
             timers.cancel(waiter, slot)
             pending.pop(request_id, None)
+
+    # ``request`` in three steps (``PostingRequester``): what ``ScimClient.call`` does, sending as its batch
+    # is signed; a test holds the two ways together.
+
+    def expect(self, request_id: str, timeout: float) -> tuple[asyncio.Future[bytes], int]:
+        if request_id in self._pending:
+            raise TransportError(f"request {request_id!r} is already in flight on this requester")
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = waiter
+        return waiter, deadlines.running().start(waiter, timeout)
+
+    def post(self, domain: str, request_id: str, timeout: float, payload: bytes) -> None:
+        limit = self.max_message_size
+        if limit is not None and len(payload) > limit:
+            raise MessageTooLargeError(f"request of {len(payload)} bytes exceeds max_message_size {limit}")
+        self.broker.publish(_Message(payload, domain, self.inbox, request_id, time.monotonic() + timeout))
+
+    async def reply(self, request_id: str, waiter: asyncio.Future[bytes], timer: int, timeout: float) -> bytes:
+        try:
+            return await waiter
+        except TimeoutError:
+            raise RequestTimeoutError(f"no reply to request {request_id!r} within {timeout} s") from None
+        finally:
+            deadlines.running().cancel(waiter, timer)
+            self._pending.pop(request_id, None)
