@@ -68,6 +68,12 @@ class Delivery(abc.ABC):
     async def reply(self, payload: bytes) -> None:
         """Send a response envelope to the requester."""
 
+    def reply_and_ack_now(self, payload: bytes) -> bool:
+        """``reply(payload)`` then ``ack()``, done without awaiting anything if this transport can (True);
+        False, having done nothing, if not (then await the two). A delivery already settled, or whose
+        transport is closed, answers False: the two raise the error that applies."""
+        return False
+
     async def settle(self, outcome: Settlement, reason: str = "") -> None:
         if self.settlement is not None:
             raise AlreadySettledError(f"delivery already settled as {self.settlement.value}")

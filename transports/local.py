@@ -176,6 +176,16 @@ class LocalDelivery(Delivery):
     async def reply(self, payload: bytes) -> None:
         self._transport.send_reply(self._message, payload)
 
+    def reply_and_ack_now(self, payload: bytes) -> bool:
+        # how every delivery ends: no coroutine for the reply, its ack and what awaits them
+        transport = self._transport
+        if self.settlement is not None or transport.closed:
+            return False
+        transport.send_reply(self._message, payload)
+        self.settlement = Settlement.ACK
+        transport.settled(self, self._message, Settlement.ACK, "")
+        return True
+
     async def settle(self, outcome: Settlement, reason: str = "") -> None:
         if self.settlement is None and self._transport.closed:
             raise TransportClosedError("the transport that handed out this delivery is closed; it was returned")

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from protocol.envelope import decode_response
+from protocol.envelope import Response, decode_response
 from tests.contract.transport_suite import Responder, TransportSuite, answer, hold, make_envelope
 from transports.base import (
+    AlreadySettledError,
     MessageTooLargeError,
     Requester,
     RequestTimeoutError,
+    Settlement,
     Transport,
     TransportClosedError,
     TransportError,
@@ -215,6 +217,47 @@ async def test_acking_after_close_is_refused_and_the_message_comes_back(broker_n
         await transport.close()
         with pytest.raises(TransportClosedError):
             await delivery.ack()
+        assert delivery.settlement is None
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+        pending.cancel()
+
+
+async def test_reply_and_ack_now_does_what_reply_then_ack_do(broker_name: str) -> None:
+    """``reply_and_ack_now`` (the dispatcher's way to end a delivery) routes the same reply and settles as
+    ``reply`` then ``ack``: the requester gets it, the delivery is acked and gone from the unsettled."""
+    url = f"local://{broker_name}"
+    async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
+        assert isinstance(transport, LocalTransport)
+        results = []
+        for now in (True, False):
+            request_id, payload = _envelope()
+            pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
+            delivery = await anext(aiter(transport.deliveries()))
+            reply = Response(request_id, 200, {"now": True}, agent_id="a").encode()
+            if now:
+                assert delivery.reply_and_ack_now(reply)
+            else:
+                await delivery.reply(reply)
+                await delivery.ack()
+            results.append((await pending == reply, delivery.settlement, len(transport._unsettled)))
+            assert not delivery.reply_and_ack_now(reply)  # settled: the general path raises what applies
+            with pytest.raises(AlreadySettledError):
+                await delivery.ack()
+        assert results == [(True, Settlement.ACK, 0)] * 2
+    assert LocalBroker.named(broker_name).depth(DOMAIN) == 0
+
+
+async def test_reply_and_ack_now_after_close_does_nothing(broker_name: str) -> None:
+    """After close(), ``reply_and_ack_now`` does nothing and says so (reply and ack then raise), and the
+    message stays queued for another agent."""
+    url = f"local://{broker_name}"
+    transport = create_transport(url, domains=[DOMAIN])
+    async with transport, create_requester(url) as requester:
+        request_id, payload = _envelope()
+        pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
+        delivery = await anext(aiter(transport.deliveries()))
+        await transport.close()
+        assert not delivery.reply_and_ack_now(Response(request_id, 200).encode())
         assert delivery.settlement is None
         assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
         pending.cancel()
