@@ -22,7 +22,6 @@ import structlog
 
 from agent.config import DispatcherSection
 from agent.idempotency import InFlight, ResponseStore
-from agent.logging import REQUEST_CONTEXT
 from agent.metrics import NO_METRICS, DispatcherMetrics
 from agent.scim.handler import Result, ScimHandler
 from protocol import deadlines
@@ -157,7 +156,7 @@ class Dispatcher:
         except EnvelopeError as error:
             await self._dead_letter(delivery, f"malformed envelope: {error}", "malformed")
             return
-        REQUEST_CONTEXT.set((request.id, request.domain))  # every line logged for this request carries them
+        structlog.contextvars.bind_contextvars(request_id=request.id, domain=request.domain)
         if request.domain.lower() not in self.domains:
             misdirected = ScimError(421, f"this agent does not serve domain {request.domain!r}")
             self.metrics.refused("wrong_domain")

@@ -2,12 +2,9 @@
 
 ``configure`` is called once at start; ``set_level`` changes the lowest level logged while the
 process runs (the control plane's ``logging.level``), for loggers made before and after.
-Per-request context (``request_id``, ``domain``) is bound by the dispatcher in ``REQUEST_CONTEXT``
-(one context variable, set once per request: cheaper than ``structlog.contextvars.bind_contextvars``,
-which sets one per key) and merged into every line by ``merge_request_context``, so every line a
-request causes carries it; other context is bound with ``structlog.contextvars``. A process that
-configures structlog itself puts ``CONTEXT_PROCESSORS`` in its pipeline. The redaction processor
-masks values of keys that look like secrets and credentials embedded in URLs.
+Per-request context (``request_id``, ``domain``, ``transport``) is bound with
+``structlog.contextvars`` by the dispatcher, so every line a request causes carries it. The
+redaction processor masks values of keys that look like secrets and credentials embedded in URLs.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
@@ -56,23 +52,6 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
-#: The request being handled in this context (its task, and the tasks it starts): (request_id, domain).
-REQUEST_CONTEXT: ContextVar[tuple[str, str] | None] = ContextVar("cloudprov_request_context", default=None)
-
-
-def merge_request_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: ``request_id`` and ``domain`` of the request bound in ``REQUEST_CONTEXT`` (a
-    value the event names itself wins, as with ``merge_contextvars``)."""
-    request = REQUEST_CONTEXT.get()
-    if request is not None:
-        event.setdefault("request_id", request[0])
-        event.setdefault("domain", request[1])
-    return event
-
-
-#: The processors that merge context into every event: ``structlog.contextvars``' and the request's.
-CONTEXT_PROCESSORS = (structlog.contextvars.merge_contextvars, merge_request_context)
-
 _LEVEL_OF_METHOD = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40}
 _threshold = logging.INFO
 
@@ -100,7 +79,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=[
             _level_gate,
-            *CONTEXT_PROCESSORS,
+            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if as_json else structlog.processors.StackInfoRenderer(),

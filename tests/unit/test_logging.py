@@ -11,7 +11,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from agent.logging import CONTEXT_PROCESSORS, REDACTED, REQUEST_CONTEXT, configure, redact_secrets, redact_text
+from agent.logging import REDACTED, configure, redact_secrets, redact_text
 from tests.agent_support import DOMAIN, HandDelivery, running_agent
 
 SECRET = "s3cr3t-Pa55"
@@ -133,12 +133,12 @@ def test_configured_json_lines_carry_no_secret(capsys: pytest.CaptureFixture[str
 
 @pytest.fixture
 def log_lines() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Captured log entries with the context merged in (as the configured pipeline does)."""
+    """Captured log entries with the contextvars merged in (as the configured pipeline does)."""
     capture = LogCapture()
     processors = structlog.get_config()["processors"]
     saved = list(processors)
     processors.clear()
-    processors.extend([*CONTEXT_PROCESSORS, capture])
+    processors.extend([structlog.contextvars.merge_contextvars, capture])
     structlog.configure(processors=processors)
     try:
         yield capture.entries
@@ -187,29 +187,3 @@ async def test_retries_are_logged_with_the_request_context(log_lines: list[Mutab
     assert [line["attempt"] for line in retries] == [1]
     assert retries[0]["request_id"] == response.request_id
     assert "UnavailableError" in retries[0]["error"]
-
-
-def test_configured_lines_carry_the_bound_request(capsys: pytest.CaptureFixture[str]) -> None:
-    """The configured pipeline merges the request bound in REQUEST_CONTEXT, and structlog's contextvars,
-    into a line; a value the line names itself wins; a line outside the request carries none."""
-
-    async def during_request() -> None:
-        REQUEST_CONTEXT.set(("r-42", DOMAIN))
-        structlog.contextvars.bind_contextvars(transport="local")
-        log = structlog.get_logger("test.context")
-        log.info("in request")
-        log.info("own id", request_id="mine")
-
-    configure("info", "json")
-    try:
-        asyncio.run(during_request())
-        structlog.get_logger("test.context").info("outside")
-    finally:
-        structlog.reset_defaults()
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [(line["event"], line.get("request_id"), line.get("domain")) for line in lines] == [
-        ("in request", "r-42", DOMAIN),
-        ("own id", "mine", DOMAIN),
-        ("outside", None, None),
-    ]
-    assert lines[0]["transport"] == "local"
