@@ -13,7 +13,9 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
   for one operation; None: the client's binary list); ``raw_named`` gives the names of a search
   that lists its attributes, whose values then arrive exactly as stored (``values.to_entries``
   decodes the text ones). The list is short on purpose: bonsai compares every attribute name of
-  every entry with every listed name (two UTF-8 copies and two allocations per comparison).
+  every entry with the listed names until one matches (two copies and two allocations per
+  comparison); ``RawNames`` holds them UTF-8 encoded (bonsai encodes a ``str`` at every comparison)
+  and, once an entry has been seen, in the order the server returns them.
 - One outstanding operation per connection, as in bonsai; the pool enforces it.
 - ``make_client`` sets manual paging (bonsai's automatic paging breaks on Samba when the last page is
   exactly full), raw binary attributes, certificate checking (``demand`` unless disabled) and the CA.
@@ -22,6 +24,7 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import bonsai
@@ -44,10 +47,10 @@ class PluginClient(bonsai.LDAPClient):
     binary list during one synchronous parse (set and cleared by ``ReadableOnlyConnection``).
     """
 
-    parsing_raw: list[str] | None = None
+    parsing_raw: RawNames | None = None
 
     @property
-    def raw_attributes(self) -> list[str]:
+    def raw_attributes(self) -> list[Any]:  # str, or bytes while parsing (bonsai compares either)
         replaced = self.parsing_raw
         return replaced if replaced is not None else super().raw_attributes
 
@@ -69,7 +72,7 @@ class ReadableOnlyConnection(AIOLDAPConnection):
     _reader_fd = -1
     _pending: tuple[int, asyncio.Future[Any]] | None = None
     #: The attributes whose values the current operation keeps as bytes (None: the client's binary list).
-    raw: list[str] | None = None
+    raw: RawNames | None = None
 
     def __init__(self, client: bonsai.LDAPClient, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(client, loop)  # type: ignore[no-untyped-call]
@@ -163,6 +166,39 @@ def raw_named(attributes: list[str]) -> list[str] | None:
         plain = name.partition(";")[0]
         named.setdefault(plain.lower(), plain)
     return list(named.values())
+
+
+class RawNames(list[bytes]):
+    """``raw_named(attributes)`` as bonsai compares it fastest: UTF-8 encoded, and (after ``learn``) in the
+    order the server returns the attributes.
+
+    For every attribute of every entry, bonsai scans this list until a name matches (ignoring case),
+    copying both names at each comparison: with the list in the server's order an entry's n-th
+    attribute matches at the n-th name, not wherever the caller's (often alphabetical) order put it.
+    The order changes only the cost: membership, hence which values stay bytes, is the same.
+    """
+
+    __slots__ = ("ordered",)
+
+    def __init__(self, names: Iterable[str]) -> None:
+        super().__init__(name.encode() for name in names)
+        self.ordered = False
+
+    def learn(self, returned: Iterable[str]) -> None:
+        """Put first the names in ``returned`` (an entry's attribute names, in the server's order), in
+        that order; the others keep theirs after them. Done once: ``ordered`` is then True."""
+        position: dict[bytes, int] = {}
+        for name in returned:
+            position.setdefault(name.lower().encode(), len(position))
+        last = len(position)
+        self.sort(key=lambda name: position.get(name.lower(), last))
+        self.ordered = True
+
+    @classmethod
+    def named(cls, attributes: list[str]) -> RawNames | None:
+        """The ``RawNames`` of a search asking for ``attributes`` (None: the client's binary list)."""
+        names = raw_named(attributes)
+        return None if names is None else cls(names)
 
 
 def make_client(settings: LdapSettings, url: str) -> bonsai.LDAPClient:

@@ -49,7 +49,7 @@ from plugins.directory import (
     UnavailableError,
 )
 from plugins.ldap import compat
-from plugins.ldap.connection import binary_attributes, make_client, raw_named
+from plugins.ldap.connection import RawNames, binary_attributes, make_client
 from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, translate
 from plugins.ldap.pool import ConnectionPool
 from plugins.ldap.retry import retrying
@@ -94,7 +94,7 @@ class _Search:
     ldap_filter: str
     attrs: list[str]
     size: int
-    raw: list[str] | None
+    raw: RawNames | None
 
 
 class _NotOpen:
@@ -126,7 +126,7 @@ class LdapDirectory(Directory):
         self.root_dse: Entry | None = None
         self._tracker: Any = None
         self._binary = frozenset(name.lower() for name in binary_attributes(settings))
-        self._raw_by_attrs: dict[tuple[str, ...], list[str] | None] = {}
+        self._raw_by_attrs: dict[tuple[str, ...], RawNames | None] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -291,6 +291,8 @@ class LdapDirectory(Directory):
         if len(found) > asked.size:
             return []
         entries, optioned = to_entries(found, self._binary)
+        if entries and asked.raw is not None and not asked.raw.ordered:
+            asked.raw.learn(entries[0].attributes)
         for entry in optioned:
             await self._complete_ranges(conn, entry)
         return entries
@@ -320,6 +322,8 @@ class LdapDirectory(Directory):
                     msg_id = page.acquire_next_page()
                     entries, optioned = to_entries(found, self._binary)
                     found = ()
+                    if entries and asked.raw is not None and not asked.raw.ordered:
+                        asked.raw.learn(entries[0].attributes)
                     fetched = None
                     if optioned and msg_id is not None:  # ranged retrieval searches on this connection
                         fetched, msg_id = await conn.get_result(msg_id, timeout), None
@@ -342,15 +346,15 @@ class LdapDirectory(Directory):
         if not yielded:
             yield []
 
-    def _raw_for(self, attrs: list[str]) -> list[str] | None:
-        """``raw_named(attrs)``, remembered per attribute list."""
+    def _raw_for(self, attrs: list[str]) -> RawNames | None:
+        """``RawNames.named(attrs)``, remembered per attribute list (and ordered by its first entry)."""
         key = tuple(attrs)
         try:
             return self._raw_by_attrs[key]
         except KeyError:
             if len(self._raw_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
                 self._raw_by_attrs.clear()
-            known = self._raw_by_attrs[key] = raw_named(attrs)
+            known = self._raw_by_attrs[key] = RawNames.named(attrs)
             return known
 
     def scoped(self, base: str, ldap_filter: str) -> str:
@@ -407,7 +411,7 @@ class LdapDirectory(Directory):
             return None
 
     async def _base_entry(self, conn: Any, dn: str, attrs: list[str]) -> Entry | None:
-        conn.raw = self._raw_for(attrs)
+        conn.raw = raw = self._raw_for(attrs)
         try:
             found = await conn.search(
                 dn, bonsai.LDAPSearchScope.BASE, "(objectClass=*)", attrs, timeout=self.settings.operation_timeout
@@ -417,6 +421,8 @@ class LdapDirectory(Directory):
         if not found:
             return None
         entry = to_entry(found[0], self._binary)
+        if raw is not None and not raw.ordered:
+            raw.learn(entry.attributes)
         await self._complete_ranges(conn, entry)
         return entry
 

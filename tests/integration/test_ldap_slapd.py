@@ -241,6 +241,37 @@ async def test_named_attributes_come_back_as_stored_even_when_they_look_like_num
         assert sorted(entry.get("description")) == sorted(texts)
 
 
+async def test_named_attributes_stay_as_stored_after_the_name_order_is_learned(tmp_path: Path, ou: str) -> None:
+    """The first entry a search returns reorders the names bonsai keeps as bytes (``RawNames.learn``);
+    later searches, reads and pages with that attribute list, over entries whose attributes differ
+    from the first one's, still get every named value exactly as stored."""
+    wanted = ["title", "mobile", "employeeNumber", "uid", "description", "telephoneNumber"]
+    async with LdapDirectory(slapd_settings(tmp_path, pool_size=1)) as one:
+        await one.add(f"uid=first,{ou}", person("first", employeeNumber=["+1"]))
+        await one.add(
+            f"uid=second,{ou}",
+            person("second", telephoneNumber=["+2"], mobile=["0x3"], title=["1_000"], description=["TRUE", " 5"]),
+        )
+        first = await collect(one.search(ou, "(uid=first)", attributes=wanted))
+        assert first[0].get("employeeNumber") == ["+1"]
+        raw = one._raw_for(wanted)
+        assert raw is not None
+        assert raw.ordered
+        assert raw[:2] == [b"uid", b"employeeNumber"]
+        paged = await collect(one.search(ou, "(uid=*)", attributes=wanted, page_size=1))
+        assert sorted(e.text("uid") or "" for e in paged) == ["first", "second"]
+        for entry in [
+            *await collect(one.search(ou, "(uid=second)", attributes=wanted)),
+            await one.get(f"uid=second,{ou}", wanted),
+            *[e for e in paged if e.text("uid") == "second"],
+        ]:
+            assert entry is not None
+            assert entry.get("telephoneNumber") == ["+2"]
+            assert entry.get("mobile") == ["0x3"]
+            assert entry.get("title") == ["1_000"]
+            assert sorted(entry.get("description")) == [" 5", "TRUE"]
+
+
 # ---------------------------------------------------------------- hostile data
 HOSTILE = [
     'comma, plus+ quote" backslash\\ less< greater> semi; equals= hash#',

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugins.ldap.connection import raw_named
+from plugins.ldap.connection import RawNames, raw_named
 
 
 def test_every_named_attribute_is_kept_as_bytes_once() -> None:
@@ -21,3 +21,16 @@ def test_wildcards_and_oids_keep_the_binary_list() -> None:
     assert raw_named(["*"]) is None
     assert raw_named(["cn", "+"]) is None
     assert raw_named(["2.5.4.3"]) is None
+
+
+def test_raw_names_are_encoded_and_learn_the_servers_order_without_changing_membership() -> None:
+    """``RawNames`` holds the same names as ``raw_named`` (UTF-8 bytes); ``learn`` puts those an entry
+    returned first, in its order (names compared ignoring case), and keeps the rest after them."""
+    assert RawNames.named(["cn", "+"]) is None
+    names = RawNames.named(["cn", "mail", "telephoneNumber", "uid", "CN"])
+    assert names == [b"cn", b"mail", b"telephoneNumber", b"uid"]
+    assert names is not None
+    assert not names.ordered
+    names.learn(["objectClass", "UID", "member;range=0-1", "TelephoneNumber", "uid"])
+    assert names == [b"uid", b"telephoneNumber", b"cn", b"mail"]
+    assert names.ordered
