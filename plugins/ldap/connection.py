@@ -24,7 +24,7 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import bonsai
@@ -78,6 +78,14 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         super().__init__(client, loop)  # type: ignore[no-untyped-call]
         self._narrowable = client if isinstance(client, PluginClient) else None
         self._deadlines = deadlines.for_loop(self._loop)
+
+    def plain_search(
+        self, base: str, scope: int, ldap_filter: str, attrs: list[bytes], timeout: float, sizelimit: int
+    ) -> Awaitable[Any]:
+        """``search(base, scope, ldap_filter, attrs, timeout=timeout, sizelimit=sizelimit)`` without
+        bonsai's three Python layers around its C call (defaults filled in, the call evaluated): the
+        same request (``attrs``: the names UTF-8 encoded, as bonsai would send them), the same answer."""
+        return self._poll(c_connection.search(self, base, scope, ldap_filter, attrs, timeout, sizelimit), timeout)
 
     def _result(self, msg_id: int) -> Any:
         """bonsai's result of ``msg_id`` if it has arrived (else None), parsed with the collector

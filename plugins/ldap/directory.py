@@ -95,6 +95,7 @@ class _Search:
     attrs: list[str]
     size: int
     raw: RawNames | None
+    encoded: list[bytes]  # attrs as bonsai sends them (it encodes a str at every search)
 
 
 class _NotOpen:
@@ -126,7 +127,7 @@ class LdapDirectory(Directory):
         self.root_dse: Entry | None = None
         self._tracker: Any = None
         self._binary = frozenset(name.lower() for name in binary_attributes(settings))
-        self._raw_by_attrs: dict[tuple[str, ...], RawNames | None] = {}
+        self._names_by_attrs: dict[tuple[str, ...], tuple[RawNames | None, list[bytes]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -257,7 +258,8 @@ class LdapDirectory(Directory):
         attrs = list(attributes) if attributes is not None else self.default_attributes()
         size = max(1, min(page_size, self.settings.page_size))
         ldap_filter = self.scoped(base, ldap_filter)
-        asked = _Search(base, int(scope), ldap_filter, attrs, size, self._raw_for(attrs))
+        raw, encoded = self._names_for(attrs)
+        asked = _Search(base, int(scope), ldap_filter, attrs, size, raw, encoded)
         what = f"search {base!r} {ldap_filter}"
         if self.flavor == "openldap":
             # One plain search bounded to a page first: most searches (lookups by name or id) find a few
@@ -276,13 +278,8 @@ class LdapDirectory(Directory):
         sizeLimitExceeded) or none, because bonsai's plain search answers a missing base with []."""
         conn.raw = asked.raw
         try:
-            found = await conn.search(
-                asked.base,
-                asked.scope,
-                asked.ldap_filter,
-                asked.attrs,
-                timeout=self.settings.operation_timeout,
-                sizelimit=asked.size,
+            found = await conn.plain_search(
+                asked.base, asked.scope, asked.ldap_filter, asked.encoded, self.settings.operation_timeout, asked.size
             )
         except bonsai.SizeLimitError:
             return []
@@ -348,13 +345,17 @@ class LdapDirectory(Directory):
 
     def _raw_for(self, attrs: list[str]) -> RawNames | None:
         """``RawNames.named(attrs)``, remembered per attribute list (and ordered by its first entry)."""
+        return self._names_for(attrs)[0]
+
+    def _names_for(self, attrs: list[str]) -> tuple[RawNames | None, list[bytes]]:
+        """``RawNames.named(attrs)`` and ``attrs`` UTF-8 encoded, remembered per attribute list."""
         key = tuple(attrs)
         try:
-            return self._raw_by_attrs[key]
+            return self._names_by_attrs[key]
         except KeyError:
-            if len(self._raw_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
-                self._raw_by_attrs.clear()
-            known = self._raw_by_attrs[key] = RawNames.named(attrs)
+            if len(self._names_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
+                self._names_by_attrs.clear()
+            known = self._names_by_attrs[key] = (RawNames.named(attrs), [name.encode() for name in attrs])
             return known
 
     def scoped(self, base: str, ldap_filter: str) -> str:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import bonsai
 import pytest
 import pytest_asyncio
 
@@ -270,6 +271,24 @@ async def test_named_attributes_stay_as_stored_after_the_name_order_is_learned(t
             assert entry.get("mobile") == ["0x3"]
             assert entry.get("title") == ["1_000"]
             assert sorted(entry.get("description")) == [" 5", "TRUE"]
+
+
+async def test_plain_search_asks_and_answers_as_bonsai_search_does(directory: LdapDirectory, ou: str) -> None:
+    """``ReadableOnlyConnection.plain_search`` (bonsai's C search called directly, names encoded) returns
+    what bonsai's ``search`` returns for the same arguments, and fails the same way past the size limit."""
+    for i in range(3):
+        await directory.add(f"uid=plain{i},{ou}", person(f"plain{i}", employeeNumber=[f"+{i}"]))
+    wanted = ["uid", "employeeNumber", "cn", "entryUUID"]
+    async with directory.pool.connection() as conn:
+        for scope, ldap_filter in ((Scope.SUBTREE, "(uid=plain1)"), (Scope.ONELEVEL, "(uid=plain*)")):
+            general = await conn.search(ou, int(scope), ldap_filter, wanted, timeout=5.0, sizelimit=10)
+            direct = await conn.plain_search(ou, int(scope), ldap_filter, [n.encode() for n in wanted], 5.0, 10)
+            assert [(str(e.dn), dict(e.items())) for e in direct] == [(str(e.dn), dict(e.items())) for e in general]
+            assert len(direct) == (1 if scope is Scope.SUBTREE else 3)
+        with pytest.raises(bonsai.SizeLimitError):
+            await conn.search(ou, int(Scope.ONELEVEL), "(uid=plain*)", wanted, timeout=5.0, sizelimit=2)
+        with pytest.raises(bonsai.SizeLimitError):
+            await conn.plain_search(ou, int(Scope.ONELEVEL), "(uid=plain*)", [b"uid"], 5.0, 2)
 
 
 # ---------------------------------------------------------------- hostile data
