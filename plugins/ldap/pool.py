@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import select
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -28,13 +28,8 @@ import bonsai
 from plugins.directory import UnavailableError
 from plugins.ldap.errors import connection_is_reusable, translate
 
-
-@dataclass(slots=True)
-class _Idle:
-    conn: Any
-    generation: int
-    since: float
-    url: str
+#: An idle connection: (connection, generation, idle since, URL). A tuple: one is made per operation.
+_Idle = tuple[Any, int, float, str]
 
 
 class ConnectionPool:
@@ -51,7 +46,7 @@ class ConnectionPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clients = clients
-        self._slots = asyncio.Semaphore(size)
+        self._slots = _Slots(size)
         self._idle: list[_Idle] = []
         self._busy: set[Any] = set()
         self._generation = 0
@@ -78,17 +73,23 @@ class ConnectionPool:
         if not reusable:
             self._generation += 1  # the server may have restarted: distrust the idle ones
         if reusable and not self._closed and not conn.closed and generation == self._generation:
-            self._idle.append(_Idle(conn, generation, self._clock(), url))
+            self._idle.append((conn, generation, self._clock(), url))
         else:
             conn.close()
 
-    async def _take(self) -> tuple[Any, int, str]:
-        now = self._clock()
-        while self._idle:
-            item = self._idle.pop()
-            if item.generation == self._generation and now - item.since < self._max_idle and _healthy(item.conn):
-                return item.conn, item.generation, item.url
-            item.conn.close()
+    def _take_idle(self) -> tuple[Any, int, str] | None:
+        """The most recently used idle connection fit for reuse (closing the unfit ones); None: none."""
+        idle = self._idle
+        if idle:
+            now = self._clock()
+            while idle:
+                conn, generation, since, url = idle.pop()
+                if generation == self._generation and now - since < self._max_idle and _healthy(conn):
+                    return conn, generation, url
+                conn.close()
+        return None
+
+    async def _take_new(self) -> tuple[Any, int, str]:
         generation = self._generation
         conn, url = await self._connect()
         return conn, generation, url
@@ -117,7 +118,7 @@ class ConnectionPool:
         """Close every idle connection; busy ones close when their operation ends."""
         self._closed = True
         while self._idle:
-            self._idle.pop().conn.close()
+            self._idle.pop()[0].close()
 
 
 class _Lease:
@@ -136,12 +137,19 @@ class _Lease:
         pool = self._pool
         if pool._closed:
             raise UnavailableError("the LDAP connection pool is closed")
-        await pool._slots.acquire()
+        slots = pool._slots
+        if slots.free > 0:  # ``slots.acquire()`` without a coroutine: the common case
+            slots.free -= 1
+        else:
+            await slots.acquire()
         try:
-            self._conn, self._generation, self._url = await pool._take()
+            taken = pool._take_idle()
+            if taken is None:
+                taken = await pool._take_new()
         except BaseException:
-            pool._slots.release()
+            slots.release()
             raise
+        self._conn, self._generation, self._url = taken
         pool._busy.add(self._conn)
         return self._conn
 
@@ -152,6 +160,40 @@ class _Lease:
             self._pool._give_back(self._conn, self._generation, self._url, exc)
         finally:
             self._pool._slots.release()
+
+
+class _Slots:
+    """At most ``size`` operations hold a connection: ``asyncio.Semaphore``'s job for this one use, cheaper
+    (its ``acquire`` scans its waiters on every call). A released slot passes straight to the oldest
+    waiter, so ``free`` is 0 while anyone waits."""
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)  # a waiter cancelled meanwhile is skipped by ``release``
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot just before the cancel: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 def _healthy(conn: Any) -> bool:
