@@ -15,7 +15,8 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
   decodes the text ones). The list is short on purpose: bonsai compares every attribute name of
   every entry with the listed names until one matches (two copies and two allocations per
   comparison); ``RawNames`` holds them UTF-8 encoded (bonsai encodes a ``str`` at every comparison)
-  and, once an entry has been seen, in the order the server returns them.
+  and, once an entry has been seen, in the order the server returns them, and bonsai iterates them
+  through a ``RawCursor`` that starts each attribute's scan after the name the previous one matched.
 - One outstanding operation per connection, as in bonsai; the pool enforces it.
 - ``make_client`` sets manual paging (bonsai's automatic paging breaks on Samba when the last page is
   exactly full), raw binary attributes, certificate checking (``demand`` unless disabled) and the CA.
@@ -24,7 +25,8 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
+from operator import length_hint
 from typing import Any
 
 import bonsai
@@ -47,12 +49,15 @@ class PluginClient(bonsai.LDAPClient):
     binary list during one synchronous parse (set and cleared by ``ReadableOnlyConnection``).
     """
 
-    parsing_raw: RawNames | None = None
+    parsing_raw: RawCursor | None = None
 
     @property
-    def raw_attributes(self) -> list[Any]:  # str, or bytes while parsing (bonsai compares either)
+    def raw_attributes(self) -> Any:  # a list of str, or while parsing a RawCursor (iterated for bytes)
         replaced = self.parsing_raw
-        return replaced if replaced is not None else super().raw_attributes
+        if replaced is not None:
+            replaced._last = None  # read once per entry: the entry's first attribute starts at the top
+            return replaced
+        return super().raw_attributes
 
     @raw_attributes.setter
     def raw_attributes(self, value: list[str]) -> None:
@@ -94,7 +99,8 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         if client is None:
             with collector_paused():
                 return c_connection.get_result(self, msg_id)
-        client.parsing_raw = self.raw
+        raw = self.raw
+        client.parsing_raw = None if raw is None else raw.cursor
         try:
             with collector_paused():
                 return c_connection.get_result(self, msg_id)
@@ -186,11 +192,12 @@ class RawNames(list[bytes]):
     The order changes only the cost: membership, hence which values stay bytes, is the same.
     """
 
-    __slots__ = ("ordered",)
+    __slots__ = ("cursor", "ordered")
 
     def __init__(self, names: Iterable[str]) -> None:
         super().__init__(name.encode() for name in names)
         self.ordered = False
+        self.cursor = RawCursor(self)
 
     def learn(self, returned: Iterable[str]) -> None:
         """Put first the names in ``returned`` (an entry's attribute names, in the server's order), in
@@ -200,6 +207,7 @@ class RawNames(list[bytes]):
             position.setdefault(name.lower().encode(), len(position))
         last = len(position)
         self.sort(key=lambda name: position.get(name.lower(), last))
+        self.cursor = RawCursor(self)
         self.ordered = True
 
     @classmethod
@@ -207,6 +215,35 @@ class RawNames(list[bytes]):
         """The ``RawNames`` of a search asking for ``attributes`` (None: the client's binary list)."""
         names = raw_named(attributes)
         return None if names is None else cls(names)
+
+
+class RawCursor:
+    """``RawNames`` as bonsai iterates them while it parses a reply: every name, for each attribute of an
+    entry, but starting after the name that the entry's previous attribute matched.
+
+    bonsai iterates its list anew for each attribute (``iter``, then compares name after name until one
+    matches): with the list in the server's order, the n-th attribute of an entry was found after n
+    comparisons. Here each ``iter`` gives a rotation of the whole list (so an attribute is found, or
+    not, exactly as in the list) that starts where the previous attribute was found, read off how far
+    bonsai went through the previous iterator; the entry's next attribute is then found at the first
+    comparison. ``PluginClient.raw_attributes`` (read once per entry) starts each entry at the top.
+    """
+
+    __slots__ = ("_last", "_rotations", "_size", "_start")
+
+    def __init__(self, names: list[bytes]) -> None:
+        self._rotations = [names[at:] + names[:at] for at in range(len(names))] or [[]]
+        self._size = len(self._rotations)
+        self._start = 0
+        self._last: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        last = self._last
+        # bonsai stopped at the name that matched: the next one follows it (none matched: the same start)
+        start = 0 if last is None else (self._start + self._size - length_hint(last)) % self._size
+        self._start = start
+        self._last = found = iter(self._rotations[start])
+        return found
 
 
 def make_client(settings: LdapSettings, url: str) -> bonsai.LDAPClient:
