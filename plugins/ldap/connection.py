@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable, Iterator
-from operator import length_hint
 from typing import Any
 
 import bonsai
@@ -217,6 +216,10 @@ class RawNames(list[bytes]):
         return None if names is None else cls(names)
 
 
+#: Lists of more names are not rotated (see ``RawCursor``).
+_ROTATED_AT_MOST = 64
+
+
 class RawCursor:
     """``RawNames`` as bonsai iterates them while it parses a reply: every name, for each attribute of an
     entry, but starting after the name that the entry's previous attribute matched.
@@ -229,18 +232,23 @@ class RawCursor:
     comparison. ``PluginClient.raw_attributes`` (read once per entry) starts each entry at the top.
     """
 
-    __slots__ = ("_last", "_rotations", "_size", "_start")
+    __slots__ = ("_after", "_last", "_rotations", "_start")
 
     def __init__(self, names: list[bytes]) -> None:
-        self._rotations = [names[at:] + names[:at] for at in range(len(names))] or [[]]
-        self._size = len(self._rotations)
+        count = len(names)
+        # longer lists (rare: a search naming many attributes) are scanned from the top: rotations cost count²
+        rotated = range(count) if count <= _ROTATED_AT_MOST else range(min(count, 1))
+        self._rotations = [names[at:] + names[:at] for at in rotated] or [[]]
+        size = len(self._rotations)
+        # bonsai stopped at the name that matched: the next scan starts after it (none matched: where it
+        # started); _after[start][names left in the iterator] is that start
+        self._after = [[(start + size - left) % size for left in range(count + 1)] for start in range(size)]
         self._start = 0
-        self._last: Iterator[bytes] | None = None
+        self._last: Any = None  # the list iterator handed out last (None: the entry's first attribute)
 
     def __iter__(self) -> Iterator[bytes]:
         last = self._last
-        # bonsai stopped at the name that matched: the next one follows it (none matched: the same start)
-        start = 0 if last is None else (self._start + self._size - length_hint(last)) % self._size
+        start = 0 if last is None else self._after[self._start][last.__length_hint__()]
         self._start = start
         self._last = found = iter(self._rotations[start])
         return found

@@ -83,3 +83,15 @@ def test_the_parse_cursor_starts_after_the_previous_match() -> None:
                 break
         firsts.append(compared)
     assert firsts == [1, 1, 1, 1]
+
+
+def test_a_long_list_is_scanned_whole_without_rotations() -> None:
+    """Past 64 names the cursor hands out the list itself (rotations would cost the square of its length),
+    still finding exactly the listed names."""
+    listed = [f"attr{i}" for i in range(70)]
+    names = RawNames(listed)
+    cursor = names.cursor
+    cursor._last = None
+    for name in [*reversed(listed), "other", "ATTR3", "attr69"]:
+        assert bonsai_keeps_bytes(cursor, name) == (name.lower() in listed)
+    assert len(cursor._rotations) == 1
