@@ -32,7 +32,7 @@ import bonsai
 from bonsai._bonsai import ldapconnection as c_connection
 from bonsai.asyncio import AIOLDAPConnection
 
-from plugins.ldap.gcpause import collector_paused
+from plugins.ldap.gcpause import call_paused
 from plugins.ldap.settings import LdapSettings
 from protocol import deadlines
 
@@ -96,13 +96,11 @@ class ReadableOnlyConnection(AIOLDAPConnection):
         paused (a page of entries is parsed in one call: see gcpause.py) and the operation's ``raw``."""
         client = self._narrowable
         if client is None:
-            with collector_paused():
-                return c_connection.get_result(self, msg_id)
+            return call_paused(c_connection.get_result, self, msg_id)
         raw = self.raw
         client.parsing_raw = None if raw is None else raw.cursor
         try:
-            with collector_paused():
-                return c_connection.get_result(self, msg_id)
+            return call_paused(c_connection.get_result, self, msg_id)
         finally:
             client.parsing_raw = None
 

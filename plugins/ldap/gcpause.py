@@ -9,13 +9,29 @@ Settings: none. Guarantees:
 - only around synchronous code (no ``await`` inside, so no other task runs meanwhile); the previous
   state comes back on exit, errors included; a collector disabled by the application stays disabled.
 - cheap enough for every reply, one-entry lookups included (a class, not a generator-based context
-  manager: 0.3 instead of 2 us).
+  manager: 0.3 instead of 2 us); ``call_paused(function, *args)``, for the calls made at every reply,
+  costs less again (no object, no ``__enter__``/``__exit__`` calls).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def call_paused(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` inside ``with collector_paused():``, for short synchronous calls."""
+    if not gc.isenabled():
+        return function(*args)
+    gc.disable()
+    try:
+        return function(*args)
+    finally:
+        gc.enable()
 
 
 class collector_paused:  # noqa: N801 - used like the function it replaces

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.directory import Attributes, AttrValue, Entry, Modification, ModOp
-from plugins.ldap.gcpause import collector_paused
+from plugins.ldap.gcpause import call_paused
 
 _items = dict.items
 _RANGE = re.compile(r"^(?P<name>[^;]+(?:;(?!range=)[^;]+)*);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
@@ -52,8 +52,7 @@ def to_entries(found: Iterable[Any], binary: frozenset[str]) -> tuple[list[Entry
     bonsai's page itself (not a list of it), each bonsai entry is freed as soon as it is converted,
     and the garbage collector is paused meanwhile (``gcpause.py``).
     """
-    with collector_paused():
-        return _convert(found, binary)
+    return call_paused(_convert, found, binary)
 
 
 def _text(value: bytes) -> AttrValue:
@@ -74,13 +73,18 @@ def _convert(found: Iterable[Any], binary: frozenset[str]) -> tuple[list[Entry],
                 continue
             if ";" in name:
                 options = True
-            if len(values) == 1:
+            if len(values) == 1:  # most attributes: ``_text`` inlined
                 value = values[0]
                 kind = type(value)
                 if kind is bytes:
-                    pairs.append((name, [value if name.lower() in binary else _text(value)]))
-                else:
-                    pairs.append((name, [value if kind is str else to_value(value)]))
+                    if name.lower() not in binary:
+                        try:  # noqa: SIM105 - suppress() costs an object and two calls per value
+                            value = value.decode()
+                        except UnicodeDecodeError:
+                            pass
+                elif kind is not str:
+                    value = to_value(value)
+                pairs.append((name, [value]))
             elif values and type(values[0]) is bytes and name.lower() not in binary:
                 pairs.append((name, [_text(v) for v in values]))
             else:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from plugins.ldap.gcpause import collector_paused
+from plugins.ldap.gcpause import call_paused, collector_paused
 
 
 @pytest.fixture
@@ -38,5 +38,19 @@ def test_a_collector_the_application_disabled_stays_disabled(collector_on: None)
     gc.disable()
     with collector_paused():
         assert not gc.isenabled()
+    assert not gc.isenabled()
+    gc.enable()
+
+
+def test_call_paused_pauses_around_the_call_only(collector_on: None) -> None:
+    """``call_paused`` runs the function with the collector off, then on again, errors included; a
+    collector the application disabled stays disabled."""
+    assert call_paused(gc.isenabled) is False
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        call_paused(divmod, 1, 0)
+    assert gc.isenabled()
+    gc.disable()
+    assert call_paused(gc.isenabled) is False
     assert not gc.isenabled()
     gc.enable()
