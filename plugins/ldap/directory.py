@@ -97,6 +97,10 @@ class _Search:
     raw: RawNames | None
     encoded: list[bytes]  # attrs as bonsai sends them (it encodes a str at every search)
 
+    def __str__(self) -> str:
+        """What the search is, for error messages (made only when one is)."""
+        return f"search {self.base!r} {self.ldap_filter}"
+
 
 class _NotOpen:
     """Placeholder pool: fails loudly when the directory is used before ``open``."""
@@ -113,6 +117,15 @@ class _InFlightError(Exception):
         self.error = error
 
 
+def _translated(exc: BaseException, what: str | _Search, write: bool) -> Exception:
+    """The error to raise for ``exc`` from an operation (``what``: its description): ``_InFlightError``
+    for a write that failed after a server may have received it."""
+    error = translate(exc, context=str(what))
+    if write and isinstance(error, UnavailableError):
+        return _InFlightError(error)
+    return error
+
+
 class LdapDirectory(Directory):
     """A directory reached over LDAP; ``flavor`` says whether it is Active Directory or OpenLDAP."""
 
@@ -127,7 +140,7 @@ class LdapDirectory(Directory):
         self.root_dse: Entry | None = None
         self._tracker: Any = None
         self._binary = frozenset(name.lower() for name in binary_attributes(settings))
-        self._names_by_attrs: dict[tuple[str, ...], tuple[RawNames | None, list[bytes]]] = {}
+        self._names_by_attrs: dict[Sequence[str], tuple[list[str], RawNames | None, list[bytes]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -215,11 +228,15 @@ class LdapDirectory(Directory):
         return usable[0]
 
     # ------------------------------------------------------------------ calling with pool + retry
-    async def call(self, what: str, op: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+    async def call(self, what: str | _Search, op: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
         """Run ``op(conn)`` on a pooled connection, translating errors and retrying what is safe to retry."""
         try:
-            try:  # the common case without the retry machinery
-                return await self._once(what, op, write=write)
+            try:  # the common case: _once's body in this frame (a coroutine less), no retry machinery
+                async with self.pool.connection() as conn:
+                    try:
+                        return await op(conn)
+                    except _FAILURES as exc:
+                        raise _translated(exc, what, write) from exc
             except RECOVERABLE:
                 if self.settings.retry.attempts <= 1:
                     raise
@@ -230,15 +247,12 @@ class LdapDirectory(Directory):
             raise marker.error from marker.error.__cause__
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _once(self, what: str, op: Callable[[Any], Awaitable[T]], *, write: bool) -> T:
+    async def _once(self, what: str | _Search, op: Callable[[Any], Awaitable[T]], *, write: bool) -> T:
         async with self.pool.connection() as conn:
             try:
                 return await op(conn)
             except _FAILURES as exc:
-                error = translate(exc, context=what)
-                if write and isinstance(error, UnavailableError):
-                    raise _InFlightError(error) from exc
-                raise error from exc
+                raise _translated(exc, what, write) from exc
 
     # ------------------------------------------------------------------ reads
     def default_attributes(self) -> list[str]:
@@ -255,12 +269,10 @@ class LdapDirectory(Directory):
         attributes: Sequence[str] | None = None,
         page_size: int = 500,
     ) -> AsyncIterator[list[Entry]]:
-        attrs = list(attributes) if attributes is not None else self.default_attributes()
+        attrs, raw, encoded = self._names_for(attributes if attributes is not None else self.default_attributes())
         size = max(1, min(page_size, self.settings.page_size))
         ldap_filter = self.scoped(base, ldap_filter)
-        raw, encoded = self._names_for(attrs)
-        asked = _Search(base, int(scope), ldap_filter, attrs, size, raw, encoded)
-        what = f"search {base!r} {ldap_filter}"
+        asked = what = _Search(base, int(scope), ldap_filter, attrs, size, raw, encoded)
         if self.flavor == "openldap":
             # One plain search bounded to a page first: most searches (lookups by name or id) find a few
             # entries, and the paged-results control costs a fifth of such a lookup. More than a page
@@ -294,7 +306,7 @@ class LdapDirectory(Directory):
             await self._complete_ranges(conn, entry)
         return entries
 
-    async def _paged(self, what: str, asked: _Search) -> AsyncIterator[list[Entry]]:
+    async def _paged(self, what: _Search, asked: _Search) -> AsyncIterator[list[Entry]]:
         """A paged search streamed page by page on one connection (manual paging)."""
         timeout = self.settings.operation_timeout
 
@@ -335,7 +347,7 @@ class LdapDirectory(Directory):
                         break
                     page = found = fetched
             except _FAILURES as exc:
-                raise translate(exc, context=what) from exc
+                raise translate(exc, context=str(what)) from exc
             finally:
                 if msg_id is not None:  # the consumer stopped early: drop the page asked for in advance
                     _abandon(conn, msg_id)
@@ -343,19 +355,21 @@ class LdapDirectory(Directory):
         if not yielded:
             yield []
 
-    def _raw_for(self, attrs: list[str]) -> RawNames | None:
+    def _raw_for(self, attrs: Sequence[str]) -> RawNames | None:
         """``RawNames.named(attrs)``, remembered per attribute list (and ordered by its first entry)."""
-        return self._names_for(attrs)[0]
+        return self._names_for(attrs)[1]
 
-    def _names_for(self, attrs: list[str]) -> tuple[RawNames | None, list[bytes]]:
-        """``RawNames.named(attrs)`` and ``attrs`` UTF-8 encoded, remembered per attribute list."""
-        key = tuple(attrs)
+    def _names_for(self, attrs: Sequence[str]) -> tuple[list[str], RawNames | None, list[bytes]]:
+        """``attrs`` as a list, its ``RawNames.named`` and its names UTF-8 encoded, remembered per
+        attribute list (a tuple, as the SCIM profiles give them, is its own key)."""
+        key = attrs if type(attrs) is tuple else tuple(attrs)
         try:
             return self._names_by_attrs[key]
         except KeyError:
             if len(self._names_by_attrs) >= 256:  # lists come from mappings and code: a few in practice
                 self._names_by_attrs.clear()
-            known = self._names_by_attrs[key] = (RawNames.named(attrs), [name.encode() for name in attrs])
+            listed = list(key)
+            known = self._names_by_attrs[key] = (listed, RawNames.named(listed), [n.encode() for n in listed])
             return known
 
     def scoped(self, base: str, ldap_filter: str) -> str:
@@ -376,7 +390,7 @@ class LdapDirectory(Directory):
         return f"(&{ldap_filter}{extra if extra.startswith('(') else f'({extra})'})"
 
     async def _open_paged(
-        self, outer: AsyncExitStack, what: str, first_page: Callable[[Any], Awaitable[Any]]
+        self, outer: AsyncExitStack, what: _Search, first_page: Callable[[Any], Awaitable[Any]]
     ) -> tuple[Any, Any]:
         """A pooled connection (kept open in ``outer``) and the first page; retried as a read."""
 
@@ -387,7 +401,7 @@ class LdapDirectory(Directory):
                 try:
                     page = await first_page(conn)
                 except _FAILURES as exc:
-                    raise translate(exc, context=what) from exc
+                    raise translate(exc, context=str(what)) from exc
             except BaseException as exc:
                 await stack.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
