@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from protocol import deadlines
 from protocol.envelope import EnvelopeError, Request, decode_request, encode_response
 from protocol.errors import ScimError
 from protocol.signing import SignatureError, Verifier
+from protocol.slots import Slots
 from transports.base import Delivery, Transport, TransportError
 
 _log = structlog.get_logger("cloudprov.dispatcher")
@@ -69,7 +69,7 @@ class Dispatcher:
         self.running = InFlight()
         self.counters = Counters()
         self.metrics = metrics  #: where ``Counters`` events also go (Prometheus: ``agent.metrics``)
-        self._slots = _Slots(settings.max_in_flight)
+        self._slots = Slots(settings.max_in_flight)
         self._tasks: dict[asyncio.Task[None], set[asyncio.Task[None]]] = {}  # each with its transport's set
         self._by_transport: dict[int, set[asyncio.Task[None]]] = {}
 
@@ -239,46 +239,6 @@ class Dispatcher:
         self.metrics.dead_lettered(kind)
         _log.warning("dead-lettered", reason=reason, deliveries=delivery.delivery_count)
         await delivery.dead_letter(reason)
-
-
-class _Slots:
-    """At most ``size`` deliveries run at once: ``asyncio.Semaphore``'s job for this one use, cheaper (its
-    ``acquire`` scans its waiters on every call). A released slot passes straight to the oldest waiter."""
-
-    __slots__ = ("_free", "_waiters")
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def take(self) -> bool:
-        """Take a free slot if there is one, without waiting."""
-        if self._free > 0:
-            self._free -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self._free > 0:
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)  # a waiter cancelled meanwhile is skipped by ``release``
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a slot just before the cancel: pass it on
-                self.release()
-            raise
-
-    def release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
 
 
 def _too_late(request: Request) -> Result:

@@ -15,10 +15,8 @@ Settings: ``pool_size``, ``connect_timeout``, ``max_idle``, ``failover_hold`` an
 
 from __future__ import annotations
 
-import asyncio
 import select
 import time
-from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -27,6 +25,7 @@ import bonsai
 
 from plugins.directory import UnavailableError
 from plugins.ldap.errors import connection_is_reusable, translate
+from protocol.slots import Slots
 
 #: An idle connection: (connection, generation, idle since, URL). A tuple: one is made per operation.
 _Idle = tuple[Any, int, float, str]
@@ -46,7 +45,7 @@ class ConnectionPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clients = clients
-        self._slots = _Slots(size)
+        self._slots = Slots(size)
         self._idle: list[_Idle] = []
         self._busy: set[Any] = set()
         self._generation = 0
@@ -138,9 +137,7 @@ class _Lease:
         if pool._closed:
             raise UnavailableError("the LDAP connection pool is closed")
         slots = pool._slots
-        if slots.free > 0:  # ``slots.acquire()`` without a coroutine: the common case
-            slots.free -= 1
-        else:
+        if not slots.take():  # a free slot is taken without making a coroutine to await
             await slots.acquire()
         try:
             taken = pool._take_idle()
@@ -160,40 +157,6 @@ class _Lease:
             self._pool._give_back(self._conn, self._generation, self._url, exc)
         finally:
             self._pool._slots.release()
-
-
-class _Slots:
-    """At most ``size`` operations hold a connection: ``asyncio.Semaphore``'s job for this one use, cheaper
-    (its ``acquire`` scans its waiters on every call). A released slot passes straight to the oldest
-    waiter, so ``free`` is 0 while anyone waits."""
-
-    __slots__ = ("_waiters", "free")
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self.free > 0:
-            self.free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)  # a waiter cancelled meanwhile is skipped by ``release``
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a slot just before the cancel: pass it on
-                self.release()
-            raise
-
-    def release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
 
 
 def _healthy(conn: Any) -> bool:

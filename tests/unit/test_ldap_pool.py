@@ -1,5 +1,5 @@
 """The LDAP connection pool's slots and reuse over fake clients: a bound on connections lent, handed on in
-order, never lost (the lease takes a free slot without a coroutine; the rest goes through ``_Slots``)."""
+order, never lost (the lease takes a free slot without a coroutine; the rest goes through ``protocol.slots.Slots``)."""
 
 from __future__ import annotations
 

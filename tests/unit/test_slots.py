@@ -1,15 +1,16 @@
-"""The dispatcher's bound on deliveries in flight: a slot per delivery, handed on in order, never lost."""
+"""``protocol.slots.Slots`` (the dispatcher's bound on deliveries in flight, the LDAP pool's on connections lent):
+a slot per holder, handed on in order, never lost."""
 
 from __future__ import annotations
 
 import asyncio
 
-from agent.dispatcher import _Slots
+from protocol.slots import Slots
 
 
 async def test_a_released_slot_goes_to_the_oldest_waiter() -> None:
     """With every slot taken, acquirers wait; each release lets exactly the oldest one through."""
-    slots = _Slots(1)
+    slots = Slots(1)
     await slots.acquire()
     order: list[int] = []
 
@@ -31,7 +32,7 @@ async def test_a_released_slot_goes_to_the_oldest_waiter() -> None:
 
 async def test_a_waiter_cancelled_after_being_handed_a_slot_passes_it_on() -> None:
     """A slot handed to a waiter whose task is cancelled before it runs goes to the next waiter, not nowhere."""
-    slots = _Slots(1)
+    slots = Slots(1)
     await slots.acquire()
     first = asyncio.create_task(slots.acquire())
     second = asyncio.create_task(slots.acquire())
@@ -44,7 +45,7 @@ async def test_a_waiter_cancelled_after_being_handed_a_slot_passes_it_on() -> No
 
 async def test_a_cancelled_waiter_takes_no_slot() -> None:
     """A waiter cancelled while waiting is skipped: the next release frees a slot for a newcomer."""
-    slots = _Slots(1)
+    slots = Slots(1)
     await slots.acquire()
     gone = asyncio.create_task(slots.acquire())
     await asyncio.sleep(0)
@@ -56,7 +57,7 @@ async def test_a_cancelled_waiter_takes_no_slot() -> None:
 
 async def test_taking_a_slot_without_waiting_counts_as_acquiring_one() -> None:
     """``take`` takes only a free slot (never one a waiter is owed), and a taken slot is released as any."""
-    slots = _Slots(2)
+    slots = Slots(2)
     assert slots.take()
     await slots.acquire()
     assert not slots.take()  # none free: the caller must wait in line
