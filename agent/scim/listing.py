@@ -22,7 +22,7 @@ from agent.scim.discovery import LIST_SCHEMA
 from agent.scim.profile import ResourceMapping
 from agent.scim.projection import AttrPath, parse_paths, project
 from agent.scim.resources import Resource
-from agent.scim.translate import translation
+from agent.scim.translate import CompareTemplate, compare_template, translation
 from protocol import scimeval, scimfilter
 from protocol.errors import ScimError, invalid_value
 
@@ -36,6 +36,8 @@ _DIRECTORY_PAGE = 500
 #: Prepared filters kept (by resource type and filter text), and the longest filter text kept.
 _PREPARED_SIZE = 1024
 _PREPARED_LENGTH = 1024
+#: Comparison templates kept (by resource type, attribute path and operator).
+_TEMPLATES_SIZE = 256
 
 
 def _int(query: dict[str, str], name: str, default: int) -> int:
@@ -78,6 +80,7 @@ class Lister:
         self.handler = handler
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._prepared: dict[tuple[str, str | None], _Prepared] = {}
+        self._templates: dict[tuple[str, scimfilter.AttrPath, str], tuple[ResourceMapping, CompareTemplate | None]] = {}
 
     @property
     def settings(self) -> ScimSection:
@@ -94,17 +97,40 @@ class Lister:
         if prepared is not None and prepared.mapping is mapping:  # a profile change brings new mappings
             return prepared
         node = scimfilter.parse_filter(text) if text else None
-        if node is not None:
-            scimeval.check(node)
-        found = await translation(node, mapping, self.handler.refs)
-        exact = found.exact or node is None
-        test = None if exact or node is None else scimeval.predicate(node)
-        prepared = _Prepared(mapping, node, found.ldap_filter, exact, test)
-        if not found.resolved_ids and (text is None or len(text) <= _PREPARED_LENGTH):
+        templated = self._templated(mapping, node)
+        if templated is not None:
+            prepared, resolved_ids = templated, False
+        else:
+            if node is not None:
+                scimeval.check(node)
+            found = await translation(node, mapping, self.handler.refs)
+            exact = found.exact or node is None
+            test = None if exact or node is None else scimeval.predicate(node)
+            prepared, resolved_ids = _Prepared(mapping, node, found.ldap_filter, exact, test), found.resolved_ids
+        if not resolved_ids and (text is None or len(text) <= _PREPARED_LENGTH):
             if len(self._prepared) >= _PREPARED_SIZE:
                 self._prepared.clear()
             self._prepared[key] = prepared
         return prepared
+
+    def _templated(self, mapping: ResourceMapping, node: scimfilter.Filter | None) -> _Prepared | None:
+        """``attr op "value"`` prepared from its resource type's, attribute's and operator's template (a
+        client looking objects up by a new value each time sends this shape with a new text each time);
+        None when the general path must prepare it. Such a comparison passes ``scimeval.check`` whatever
+        the value, and its translation never resolves ids."""
+        if not isinstance(node, scimfilter.Compare) or not isinstance(node.value, str):
+            return None
+        key = (mapping.name, node.attr, node.op)
+        kept = self._templates.get(key)
+        if kept is None or kept[0] is not mapping:  # a profile change brings new mappings
+            if len(self._templates) >= _TEMPLATES_SIZE:
+                self._templates.clear()
+            kept = self._templates[key] = (mapping, compare_template(mapping, node.attr, node.op))
+        template = kept[1]
+        found = None if template is None else template.translation(node.value)
+        if found is None:
+            return None
+        return _Prepared(mapping, node, found.ldap_filter, False, scimeval.predicate(node))
 
     async def _matches(
         self, mapping: ResourceMapping, query: dict[str, str], page_size: int

@@ -84,6 +84,17 @@ def _eq(attr: str, value: str | bytes) -> str:
     return f"({attr}={escape_value(value)})"
 
 
+def _maps(mapping: ResourceMapping, path: sf.AttrPath) -> tuple[list[AttrMap], str | None]:
+    """Mappings for an attribute path and the sub-attribute asked for (lower-case)."""
+    name = path.name.lower()
+    uri = (path.uri or "").lower()
+    extension = uri == ENTERPRISE.lower()
+    if uri and not extension and uri not in {CORE_USER.lower(), CORE_GROUP.lower()}:
+        return [], path.sub_attr
+    maps = [a for a in mapping.by_attribute(name) if a.extension == extension]
+    return maps, path.sub_attr.lower() if path.sub_attr else None
+
+
 class _Translator:
     def __init__(self, mapping: ResourceMapping, refs: References) -> None:
         self.mapping = mapping
@@ -94,13 +105,7 @@ class _Translator:
 
     def _maps(self, path: sf.AttrPath) -> tuple[list[AttrMap], str | None] | None:
         """Mappings for an attribute path and the sub-attribute asked for; None for id/meta specials."""
-        name = path.name.lower()
-        uri = (path.uri or "").lower()
-        extension = uri == ENTERPRISE.lower()
-        if uri and not extension and uri not in {CORE_USER.lower(), CORE_GROUP.lower()}:
-            return [], path.sub_attr
-        maps = [a for a in self.mapping.by_attribute(name) if a.extension == extension]
-        return maps, path.sub_attr.lower() if path.sub_attr else None
+        return _maps(self.mapping, path)
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -319,3 +324,58 @@ async def translate(node: sf.Filter | None, mapping: ResourceMapping, refs: Refe
     """The LDAP filter for ``node`` within resource type ``mapping``, and whether it is exact."""
     found = await translation(node, mapping, refs)
     return found.ldap_filter, found.exact
+
+
+#: The LDAP assertion value around the escaped SCIM value, by operator, for a string attribute.
+_PATTERNS = {"eq": ("", ""), "co": ("*", "*"), "sw": ("", "*"), "ew": ("*", "")}
+
+
+@dataclass(frozen=True, slots=True)
+class CompareTemplate:
+    """``translation`` of ``attr op "value"`` for one resource type, attribute and operator, made once:
+    the LDAP filter's fixed text, between which the escaped value goes (once per mapped attribute)."""
+
+    fixed: tuple[str, ...]
+    #: ``co``/``sw``/``ew``: an empty value is a presence test, which the general path translates.
+    needs_value: bool
+
+    def translation(self, value: str) -> Translation | None:
+        """The translation of the comparison with ``value``; None when the general path must decide."""
+        if self.needs_value and not value:
+            return None
+        return Translation(escape_value(value).join(self.fixed), False, False)
+
+
+def compare_template(mapping: ResourceMapping, path: sf.AttrPath, op: str) -> CompareTemplate | None:
+    """A template for ``path op "value"`` (any string value) within ``mapping``, or None unless every
+    mapped attribute is a plain string attribute, so the translation has the same structure whatever the
+    value: ``(&<mapping filter><assertion>)`` with one assertion or an OR of several, never exact (LDAP
+    ignores insignificant spaces), no id resolved. Ids, ``meta``, ``schemas``, URN-qualified paths,
+    references, types, fallbacks and the other kinds are left to the general path."""
+    pattern = _PATTERNS.get(op)
+    if pattern is None or path.uri is not None or path.name.lower() in {"id", "meta", "schemas"}:
+        return None
+    maps, sub = _maps(mapping, path)
+    names: list[str] = []
+    for attr in maps:
+        _, attr_sub, attr_type = attr.parts
+        if attr.kind is not Kind.STRING or attr.fallback:
+            return None
+        if attr_type is not None:
+            if sub not in {None, "value"}:
+                return None
+        elif attr_sub is not None:
+            if sub is None:
+                return None
+            if sub != attr_sub.lower():
+                continue
+        names.append(attr.ldap)
+    if not names:
+        return None
+    lead, trail = pattern
+    if len(names) == 1:
+        fixed: tuple[str, ...] = (f"(&{mapping.ldap_filter}({names[0]}={lead}", f"{trail}))")
+    else:
+        between = [f"{trail})({name}={lead}" for name in names[1:]]
+        fixed = (f"(&{mapping.ldap_filter}(|({names[0]}={lead}", *between, f"{trail})))")
+    return CompareTemplate(fixed, op != "eq")

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.scim.handler import ScimHandler
-from agent.scim.profile import CORE_USER, ENTERPRISE, load_profile
+from agent.scim.profile import CORE_USER, ENTERPRISE, ResourceMapping, load_profile
 from agent.scim.refs import References
-from agent.scim.translate import translate
+from agent.scim.translate import compare_template, translate, translation
 from plugins import ldapfilter
 from plugins.memory import MemoryDirectory, MemorySettings
 from protocol import scimeval
@@ -224,3 +224,60 @@ async def test_injection_values_are_single_assertions(value: str) -> None:
     assert item.attribute == "uid"
     assert item.value == value
     assert len(node.children) == 2
+
+
+# ---- the comparison template: the general path's answer, spliced ----------------------------------
+
+
+def _template_cases() -> list[tuple[ResourceMapping, sf.AttrPath, str]]:
+    """Every (mapping, path, operator) of both profiles for which ``compare_template`` makes a template."""
+    paths = {sf.AttrPath("id"), sf.AttrPath("meta", "resourceType"), sf.AttrPath("nickName")}
+    paths.add(sf.AttrPath("userName", uri=CORE_USER))
+    for profile in (load_profile("openldap"), load_profile("ad")):
+        for mapping in profile.resources:
+            for attr in mapping.attributes:
+                name, sub, _ = attr.parts
+                paths.update(sf.AttrPath(name, s) for s in (None, sub, "value", "type", "other"))
+    return [
+        (mapping, path, op)
+        for profile in (load_profile("openldap"), load_profile("ad"))
+        for mapping in profile.resources
+        for path in sorted(paths, key=str)
+        for op in OPS
+        if compare_template(mapping, path, op) is not None
+    ]
+
+
+TEMPLATE_CASES = _template_cases()
+
+
+def test_the_usual_lookup_has_a_template() -> None:
+    """``userName eq``, ``co``, ``sw``, ``ew`` and a multi-valued attribute (emails) have templates."""
+    found = {(m.name, p.to_string(), op) for m, p, op in TEMPLATE_CASES}
+    for op in ("eq", "co", "sw", "ew"):
+        assert ("User", "userName", op) in found
+    assert ("User", "emails", "eq") in found
+    assert not any(p.name in {"id", "meta"} or p.uri for _, p, _ in TEMPLATE_CASES)
+
+
+async def _template_agrees(value: str) -> None:
+    refs = References(MemoryDirectory(), PROFILE, "dc=example,dc=com")
+    for mapping, path, op in TEMPLATE_CASES:
+        node = sf.Compare(path, op, value)  # type: ignore[arg-type]
+        template = compare_template(mapping, path, op)
+        assert template is not None
+        templated = template.translation(value)
+        if templated is None:
+            assert op != "eq"
+            assert value == ""
+            continue
+        scimeval.check(node)  # the lister skips the check for a templated comparison: it cannot fail
+        assert templated == await translation(node, mapping, refs), (mapping.name, node.to_string())
+
+
+@settings(max_examples=80, deadline=None)
+@given(value=st.one_of(AWKWARD, st.text(), st.text(alphabet=st.sampled_from([*"*()\\\x00\"'é\u017f\U0001f600 "]))))
+def test_template_equals_the_general_translation(value: str) -> None:
+    """For any value (LDAP metacharacters, NUL, quotes, unicode), the template gives exactly the general
+    path's LDAP filter, exactness and resolved-ids answer."""
+    asyncio.run(_template_agrees(value))
