@@ -48,6 +48,7 @@ __all__ = [
     "Present",
     "Substring",
     "check_evaluable",
+    "decode_value",
     "escape_value",
     "is_binary",
     "normalize_value",
@@ -683,6 +684,16 @@ def parse(text: str) -> Filter:
 @lru_cache(maxsize=4096)
 def _parse_cached(text: str) -> Filter:
     return _Parser(text).parse()
+
+
+def decode_value(text: str) -> AttrValue:
+    """An assertion value as ``parse`` decodes it (escapes resolved; bytes unless the octets are UTF-8);
+    ``InvalidFilterError`` unless it is one value (an unescaped ``*``, ``(`` or NUL, a bad escape)."""
+    parser = _Parser(text)
+    pieces = parser.value_pieces(0, len(text))
+    if len(pieces) != 1:
+        raise parser.fail("unescaped '*' in a value (escape it as \\2a)", text.index("*"))
+    return pieces[0]
 
 
 def matches(text_or_node: str | Filter, attributes: Attributes) -> bool:

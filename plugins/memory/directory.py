@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from plugins import ldapfilter
 from plugins.directory import (
     Attributes,
     AttrValue,
@@ -41,7 +40,7 @@ from plugins.memory.changelog import ChangeLog
 from plugins.memory.chaos import Chaos, ChaosStats, Sleep
 from plugins.memory.errors import DirectoryClosedError
 from plugins.memory.operational import ActiveDirectoryOperational, Clock, OpenLdapOperational, Operational
-from plugins.memory.query import Query
+from plugins.memory.query import Plans, Query
 from plugins.memory.settings import MemorySettings
 from plugins.memory.store import Store
 
@@ -71,7 +70,7 @@ class MemoryDirectory(Directory):
         self._open = False
         self._seeded = False
         self._projections: dict[tuple[str, ...] | None, Callable[[Attributes], Attributes]] = {}
-        self._queries: dict[str, Query] = {}
+        self._queries = Plans()
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -168,16 +167,9 @@ class MemoryDirectory(Directory):
 
     def _query(self, ldap_filter: str) -> Query:
         """The plan of a filter; worked out once per filter string, then remembered (up to 4,096 filters of
-        up to ``ldapfilter.CACHED_LENGTH`` characters). A plan does not depend on the data: writes leave
-        it valid."""
-        query = self._queries.get(ldap_filter) if isinstance(ldap_filter, str) else None
-        if query is None:
-            query = Query.of(ldapfilter.parse(ldap_filter))
-            if len(ldap_filter) <= ldapfilter.CACHED_LENGTH:
-                if len(self._queries) >= 4096:
-                    self._queries.clear()
-                self._queries[ldap_filter] = query
-        return query
+        up to ``ldapfilter.CACHED_LENGTH`` characters), and for ``(&…(attr=value))`` once per shape (see
+        ``plugins.memory.query.Plans``). A plan does not depend on the data: writes leave it valid."""
+        return self._queries.get(ldap_filter)
 
     def _projection(self, selection: Sequence[str] | None) -> Callable[[Attributes], Attributes]:
         """A copy of the selected attributes of an entry; a selection is worked out once, then remembered

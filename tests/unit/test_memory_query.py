@@ -20,7 +20,7 @@ from plugins.directory import (
     Scope,
 )
 from plugins.memory import MemoryDirectory
-from plugins.memory.query import Query
+from plugins.memory.query import Plans, Query
 
 PERSON: dict[str, list[AttrValue]] = {"objectClass": ["inetOrgPerson"], "cn": ["X"], "sn": ["X"]}
 
@@ -248,3 +248,48 @@ def test_indexed_search_agrees_with_evaluating_every_entry(
                         assert await found(directory, variant) == await scanned(directory, variant), variant
 
     asyncio.run(run())
+
+
+SHAPE_HEADS = [
+    "(&(objectClass=inetOrgPerson)(uid=",
+    "(&(objectClass=user)(!(objectClass=computer))(|(mail=a)(mail=b))(cn~=Z)(sAMAccountName=",
+    "(&(cn=a\\29\\28)(objectGUID=",
+    "(&(cn=a\\(uid=",  # an RFC 1960 escape before the last '(': not the shape it looks like
+    "(&(uid=",
+]
+RAW_VALUES = st.one_of(
+    st.lists(st.sampled_from([*"aZ09 *()\\\x00é\u017f", "\\2a", "\\5c", "\\c3\\a9", "\\ff", "\\0"]), max_size=8).map(
+        "".join
+    ),
+    st.builds(ldapfilter.escape_value, st.one_of(st.text(max_size=8), st.binary(max_size=8))),
+)
+
+
+def _plan_or_error(plan: Any, text: str) -> Any:
+    try:
+        return plan(text)
+    except InvalidFilterError:
+        return "refused"
+
+
+@settings(max_examples=200, deadline=None)
+@given(head=st.sampled_from(SHAPE_HEADS), raw=RAW_VALUES)
+def test_a_plan_by_shape_is_the_plan_of_the_parsed_filter(head: str, raw: str) -> None:
+    """Once a ``(&…(attr=value))`` shape is known, a new value's plan (node, keys, narrowing, rest) is
+    exactly the parsed filter's, and a value the parser refuses is refused."""
+    plans = Plans()
+    _plan_or_error(plans.get, head + "plain))")
+    text = head + raw + "))"
+    expected = _plan_or_error(lambda t: Query.of(ldapfilter.parse(t)), text)
+    assert _plan_or_error(plans.get, text) == expected
+    assert _plan_or_error(plans.get, text) == expected  # remembered by text too
+
+
+def test_a_plan_by_shape_is_used() -> None:
+    """A lookup by a new value takes its plan from the shape, without parsing the filter."""
+    plans = Plans()
+    plans.get("(&(objectClass=inetOrgPerson)(uid=first))")
+    before = ldapfilter._parse_cached.cache_info().misses
+    query = plans.get("(&(objectClass=inetOrgPerson)(uid=Sec\\2aond))")
+    assert ldapfilter._parse_cached.cache_info().misses == before
+    assert query.keys == (("objectclass", "inetorgperson"), ("uid", "sec*ond"))
