@@ -312,6 +312,24 @@ def predicate(filter_: Filter) -> Predicate:
     return lambda resource: evaluate(filter_, resource, "", resource)
 
 
+def text_predicates(name: str, op: CompareOp) -> Callable[[str], Predicate]:
+    """``predicate(Compare(AttrPath(name), op, value))`` for any string ``value``, with what does not
+    depend on the value (the case rule) worked out once: a lister preparing ``name op "…"`` with a new
+    value each time makes only the comparison's own function."""
+    attr = AttrPath(name)
+    if op not in _TEXT_OPS:
+        return lambda wanted: predicate(Compare(attr, op, wanted))
+    case_exact = _DEFAULT._is_case_exact(attr, "")
+    dated = op in ("eq", "ne")
+
+    def make(wanted: str) -> Predicate:
+        if dated and parse_datetime(wanted) is not None:
+            return predicate(Compare(attr, op, wanted))
+        return _text_predicate(name, op, wanted, case_exact)
+
+    return make
+
+
 def _text_predicate(name: str, op: CompareOp, wanted: str, case_exact: bool) -> Predicate:
     """``name op "wanted"`` as ``_compare`` decides it for a string operand that is not a date-time
     (nothing to order chronologically): a string value compares (case-folded unless caseExact), a

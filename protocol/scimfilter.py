@@ -453,15 +453,25 @@ _SIMPLE_RE = re.compile(
 )
 
 
+def simple_compare(text: str) -> tuple[str, str | None, CompareOp, str] | None:
+    """``(name, sub, op, value)`` of a filter of the usual shape ``name[.sub] op "text"`` (no URN, no
+    escape in the string), which ``parse_filter`` reads as ``Compare(AttrPath(name, sub), op, value)``;
+    None for any other filter (which may still be well formed)."""
+    simple = _SIMPLE_RE.fullmatch(text) if len(text) <= MAX_LENGTH else None
+    if simple is None:
+        return None
+    name, sub, op, value = simple.groups()
+    compare_op = _OPS.get(op.lower())
+    return None if compare_op is None else (name, sub, compare_op, value)
+
+
 @lru_cache(maxsize=4096)
 def parse_filter(text: str) -> Filter:
     """Parse a SCIM filter; raise ``invalid_filter`` naming the offset and what was expected."""
-    simple = _SIMPLE_RE.fullmatch(text) if len(text) <= MAX_LENGTH else None
+    simple = simple_compare(text)
     if simple is not None:
-        name, sub, op, value = simple.groups()
-        compare_op = _OPS.get(op.lower())
-        if compare_op is not None:
-            return Compare(AttrPath(name, sub, None), compare_op, value)
+        name, sub, op, value = simple
+        return Compare(AttrPath(name, sub, None), op, value)
     return _parse_filter(text)
 
 

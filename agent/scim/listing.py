@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -69,6 +69,10 @@ class _Prepared(NamedTuple):
     test: scimeval.Predicate | None
 
 
+#: A comparison's template (None: the general path), and how its predicate is made (None: ``predicate``).
+_Template = tuple[ResourceMapping, CompareTemplate | None, Callable[[str], scimeval.Predicate] | None]
+
+
 def _projected(
     resources: list[Resource], attributes: list[AttrPath] | None, excluded: list[AttrPath] | None
 ) -> list[Resource]:
@@ -80,7 +84,7 @@ class Lister:
         self.handler = handler
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._prepared: dict[tuple[str, str | None], _Prepared] = {}
-        self._templates: dict[tuple[str, scimfilter.AttrPath, str], tuple[ResourceMapping, CompareTemplate | None]] = {}
+        self._templates: dict[tuple[str, str, str | None, str], _Template] = {}
 
     @property
     def settings(self) -> ScimSection:
@@ -96,11 +100,11 @@ class Lister:
         prepared = self._prepared.get(key)
         if prepared is not None and prepared.mapping is mapping:  # a profile change brings new mappings
             return prepared
-        node = scimfilter.parse_filter(text) if text else None
-        templated = self._templated(mapping, node)
+        templated = self._templated(mapping, text) if text else None
         if templated is not None:
             prepared, resolved_ids = templated, False
         else:
+            node = scimfilter.parse_filter(text) if text else None
             if node is not None:
                 scimeval.check(node)
             found = await translation(node, mapping, self.handler.refs)
@@ -113,24 +117,33 @@ class Lister:
             self._prepared[key] = prepared
         return prepared
 
-    def _templated(self, mapping: ResourceMapping, node: scimfilter.Filter | None) -> _Prepared | None:
+    def _templated(self, mapping: ResourceMapping, text: str) -> _Prepared | None:
         """``attr op "value"`` prepared from its resource type's, attribute's and operator's template (a
         client looking objects up by a new value each time sends this shape with a new text each time);
         None when the general path must prepare it. Such a comparison passes ``scimeval.check`` whatever
         the value, and its translation never resolves ids."""
-        if not isinstance(node, scimfilter.Compare) or not isinstance(node.value, str):
+        simple = scimfilter.simple_compare(text)
+        if simple is None:
             return None
-        key = (mapping.name, node.attr, node.op)
+        name, sub, op, value = simple
+        key = (mapping.name, name, sub, op)
         kept = self._templates.get(key)
         if kept is None or kept[0] is not mapping:  # a profile change brings new mappings
             if len(self._templates) >= _TEMPLATES_SIZE:
                 self._templates.clear()
-            kept = self._templates[key] = (mapping, compare_template(mapping, node.attr, node.op))
-        template = kept[1]
-        found = None if template is None else template.translation(node.value)
+            template = compare_template(mapping, scimfilter.AttrPath(name, sub), op)
+            kept = self._templates[key] = (
+                mapping,
+                template,
+                scimeval.text_predicates(name, op) if sub is None else None,
+            )
+        _, template, predicates = kept
+        found = None if template is None else template.translation(value)
         if found is None:
             return None
-        return _Prepared(mapping, node, found.ldap_filter, False, scimeval.predicate(node))
+        node = scimfilter.Compare(scimfilter.AttrPath(name, sub, None), op, value)
+        test = scimeval.predicate(node) if predicates is None else predicates(value)
+        return _Prepared(mapping, node, found.ldap_filter, False, test)
 
     async def _matches(
         self, mapping: ResourceMapping, query: dict[str, str], page_size: int

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.scim.handler import ScimHandler
+from agent.scim.listing import Lister
 from agent.scim.profile import CORE_USER, ENTERPRISE, ResourceMapping, load_profile
 from agent.scim.refs import References
 from agent.scim.translate import compare_template, translate, translation
@@ -19,6 +22,7 @@ from plugins.memory import MemoryDirectory, MemorySettings
 from protocol import scimeval
 from protocol import scimfilter as sf
 from protocol.envelope import ScimOperation
+from protocol.errors import ScimError
 
 PROFILE = load_profile("openldap")
 USERS = PROFILE.users
@@ -281,3 +285,51 @@ def test_template_equals_the_general_translation(value: str) -> None:
     """For any value (LDAP metacharacters, NUL, quotes, unicode), the template gives exactly the general
     path's LDAP filter, exactness and resolved-ids answer."""
     asyncio.run(_template_agrees(value))
+
+
+def _answer(check: Callable[[dict[str, Any]], bool], resource: dict[str, Any]) -> Any:
+    try:
+        return check(resource)
+    except ScimError as error:  # the same refusal either way (an ordering meeting a boolean value)
+        return error.detail
+
+
+async def _prepared_both_ways(text: str, resources: list[dict[str, Any]]) -> None:
+    refs = References(MemoryDirectory(), PROFILE, "dc=example,dc=com")
+    handler = type("Handler", (), {"refs": refs})()
+    for mapping in PROFILE.resources:
+        lister = Lister(handler)  # type: ignore[arg-type]
+        for _ in range(2):  # the first makes the template, the second uses it
+            prepared = await lister._prepare(mapping, text)
+        node = sf.parse_filter(text)
+        scimeval.check(node)
+        found = await translation(node, mapping, refs)
+        assert prepared.node == node
+        assert (prepared.ldap_filter, prepared.exact) == (found.ldap_filter, found.exact)
+        if found.exact:
+            assert prepared.test is None
+            continue
+        assert prepared.test is not None
+        for resource in resources:
+            assert _answer(prepared.test, resource) == _answer(partial(scimeval.holds, node), resource)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    path=st.sampled_from(["userName", "title", "emails", "emails.value", "name.givenName", "displayName", "id"]),
+    op=st.sampled_from(OPS),
+    value=st.one_of(AWKWARD, st.text(alphabet=st.sampled_from([*"aA*()é\u017f 0-:T"]), max_size=12)),
+    stored=st.lists(AWKWARD, max_size=3),
+)
+def test_a_lookup_prepared_by_template_is_prepared_as_by_the_general_path(
+    path: str, op: str, value: str, stored: list[str]
+) -> None:
+    """``attr op "value"`` prepared from a template has the general path's node, LDAP filter, exactness
+    and re-check answers."""
+    values = [*stored, value, "2020-01-01T00:00:00Z"]
+    resources: list[dict[str, Any]] = [
+        {"userName": v, "title": v, "displayName": v, "emails": [{"value": v}], "name": {"givenName": v}, "id": v}
+        for v in values
+    ]
+    resources.append({"userName": None, "emails": [{"value": True}], "title": 3})
+    asyncio.run(_prepared_both_ways(f'{path} {op} "{_json_escape(value)}"', resources))
