@@ -365,28 +365,15 @@ class LocalRequester(PostingRequester):
         self._pending = {}
 
     async def request(self, domain: str, request_id: str, payload: bytes, *, timeout: float) -> bytes:
-        broker = self.broker
-        limit = self.max_message_size
-        if limit is not None and len(payload) > limit:
-            raise MessageTooLargeError(f"request of {len(payload)} bytes exceeds max_message_size {limit}")
-        if request_id in self._pending:
-            raise TransportError(f"request {request_id!r} is already in flight on this requester")
-        pending = self._pending
-        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        pending[request_id] = waiter
-        broker.publish(_Message(payload, domain, self.inbox, request_id, time.monotonic() + timeout))
-        timers = deadlines.running()
-        slot = timers.start(waiter, timeout)  # the waiter fails with TimeoutError when the time is up
+        waiter, timer = self.expect(request_id, timeout)
         try:
-            return await waiter
-        except TimeoutError:
-            raise RequestTimeoutError(f"no reply to request {request_id!r} within {timeout} s") from None
-        finally:
-            timers.cancel(waiter, slot)
-            pending.pop(request_id, None)
+            self.post(domain, request_id, timeout, payload)
+        except Exception as error:  # too large, not connected: raised by ``reply``, which forgets the request
+            waiter.set_exception(error)
+        return await self.reply(request_id, waiter, timer, timeout)
 
-    # ``request`` in three steps (``PostingRequester``): what ``ScimClient.call`` does, sending as its batch
-    # is signed; a test holds the two ways together.
+    # ``request``'s three steps (``PostingRequester``): ``ScimClient.call`` takes them itself, sending as its
+    # batch is signed; a test holds the two ways together.
 
     def expect(self, request_id: str, timeout: float) -> tuple[asyncio.Future[bytes], int]:
         if request_id in self._pending:
