@@ -15,6 +15,13 @@ its ``proof``, the sibling hashes from its leaf to the root. The ``Verifier`` fo
 the root's signature once and remembers verified roots, so the rest of the batch costs a few hashes
 each. Forging a request into a signed batch means a SHA-256 second preimage; the context prefix keeps
 a root signature from ever verifying as a single request's (those sign JSON, which starts with ``{``).
+
+**libsodium signs and checks.** Keys are ``cryptography`` objects (PEM, config, bootstrap, the control
+plane's certificates), but the signatures themselves are made and checked by libsodium (PyNaCl):
+the same Ed25519 (RFC 8032, deterministic: byte for byte the signature OpenSSL makes) at half the
+cost. On the project's test machine a signature takes 19 µs to make and 53 µs to check, against 31
+and 103 µs through ``cryptography``'s OpenSSL; at C=64 over a 5 ms directory, where a batch holds
+about 16 requests, that was a sixth of every request's instructions.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign, crypto_sign_open, crypto_sign_seed_keypair
+from nacl.exceptions import BadSignatureError
 
 from protocol.envelope import Request, canonical, encode_signed, refuse_non_finite
 from protocol.errors import ProtocolError, ScimError
@@ -100,13 +108,30 @@ def _raw32(text: str, kind: str) -> bytes:
 
 def public_key_text(key: Ed25519PublicKey) -> str:
     """The base64 form of a public key, as it appears in config and bootstrap replies."""
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
+    return base64.b64encode(_public_raw(key)).decode()
 
 
 def private_key_text(key: Ed25519PrivateKey) -> str:
-    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    return base64.b64encode(raw).decode()
+    return base64.b64encode(_private_raw(key)).decode()
+
+
+def _private_raw(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def _public_raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _check(public: bytes, signature: bytes, message: bytes) -> None:
+    """Raise ``BadSignatureError`` unless ``signature`` is an Ed25519 signature of ``message`` by ``public``.
+
+    libsodium takes signature and message as one buffer: a signature of any other length than 64 bytes
+    would shift the message it checks, so it is refused first.
+    """
+    if len(signature) != 64:
+        raise BadSignatureError(f"an Ed25519 signature is 64 bytes, not {len(signature)}")
+    crypto_sign_open(signature + message, public)
 
 
 class Signer:
@@ -115,6 +140,7 @@ class Signer:
     def __init__(self, key_id: str, private_key: Ed25519PrivateKey) -> None:
         self.key_id = key_id
         self._key = private_key
+        self._secret = crypto_sign_seed_keypair(_private_raw(private_key))[1]  # libsodium's form: seed + public
 
     @classmethod
     def generate(cls, key_id: str = "k1") -> Signer:
@@ -130,8 +156,7 @@ class Signer:
 
     def sign(self, request: Request) -> Request:
         unsigned = self._own(request)
-        signature = self._key.sign(unsigned.signed_part())
-        return unsigned.with_signature(self.key_id, base64.b64encode(signature).decode())
+        return unsigned.with_signature(self.key_id, _b64(self._sign(unsigned.signed_part())))
 
     def sign_batch(self, requests: list[Request]) -> list[Request]:
         """``requests`` under one signature over their Merkle root, each with its proof (one alone: plain)."""
@@ -139,7 +164,7 @@ class Signer:
             return [self.sign(requests[0])]
         unsigned = [self._own(request) for request in requests]
         root, proofs = merkle_tree([_leaf(request.signed_part()) for request in unsigned])
-        signature = base64.b64encode(self._key.sign(BATCH_CONTEXT + root)).decode()
+        signature = _b64(self._sign(BATCH_CONTEXT + root))
         return [
             request.with_signature(self.key_id, signature, proof)
             for request, proof in zip(unsigned, proofs, strict=True)
@@ -164,10 +189,13 @@ class Signer:
             if fields["key_id"] != key_id:  # the key id is part of what is signed
                 fields["key_id"] = key_id
         if len(batch) == 1:
-            return [encode_signed(batch[0], _b64(self._key.sign(canonical(batch[0]))), None)]
+            return [encode_signed(batch[0], _b64(self._sign(canonical(batch[0]))), None)]
         root, proofs = merkle_tree([_leaf(canonical(fields)) for fields in batch])
-        signature = _b64(self._key.sign(BATCH_CONTEXT + root))
+        signature = _b64(self._sign(BATCH_CONTEXT + root))
         return [encode_signed(fields, signature, proof) for fields, proof in zip(batch, proofs, strict=True)]
+
+    def _sign(self, message: bytes) -> bytes:
+        return crypto_sign(message, self._secret)[:64]  # libsodium returns signature + message
 
     def _own(self, request: Request) -> Request:
         """``request`` naming this signer's key: the key id is part of what is signed (a request built for
@@ -381,7 +409,7 @@ class Verifier:
         max_lifetime: float = 900.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._keys = dict(keys)
+        self._keys = {key_id: _public_raw(key) for key_id, key in keys.items()}
         self.clock_skew = clock_skew
         self.max_lifetime = max_lifetime
         self._clock = clock
@@ -396,7 +424,7 @@ class Verifier:
 
     def set_keys(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
         """Replace the trusted keys (bootstrap delivers them); a key left out is revoked at once."""
-        self._keys = dict(keys)
+        self._keys = {key_id: _public_raw(key) for key_id, key in keys.items()}
         self._roots.clear()
 
     def verify(self, request: Request, *, redelivered: bool = False) -> None:
@@ -415,14 +443,14 @@ class Verifier:
             )
         try:
             if request.proof is None:
-                key.verify(base64.b64decode(request.signature, validate=True), request.signed_part())
+                _check(key, base64.b64decode(request.signature, validate=True), request.signed_part())
             else:
                 folds = self._folds
                 if len(folds) > MAX_FOLDS:  # a batch's steps are needed while it arrives, not after
                     folds.clear()
                 root = merkle_root(_leaf(request.signed_part()), request.proof, folds)
                 self._verify_batched(key, request.key_id, request.signature, root)
-        except (InvalidSignature, binascii.Error, ValueError):
+        except (BadSignatureError, binascii.Error, ValueError):
             raise ForgedRequestError(
                 f"request {request.id}: signature does not verify with key {request.key_id!r}"
             ) from None
@@ -440,7 +468,7 @@ class Verifier:
             raise ReplayedRequestError(f"request {request.id} was already accepted; a fresh copy of it is a replay")
         self.replays.remember(request.id, request.deadline + self.clock_skew, now)
 
-    def _verify_batched(self, key: Ed25519PublicKey, key_id: str, signature: str, root: bytes) -> None:
+    def _verify_batched(self, key: bytes, key_id: str, signature: str, root: bytes) -> None:
         """Check a batch root's signature once; later requests of the same batch hit the cache.
 
         Remembered by the signature's text as sent (the bytes it decodes to verified; the same text decodes
@@ -450,7 +478,7 @@ class Verifier:
         if remembered in self._roots:
             self._roots.move_to_end(remembered)
             return
-        key.verify(base64.b64decode(signature, validate=True), BATCH_CONTEXT + root)
+        _check(key, base64.b64decode(signature, validate=True), BATCH_CONTEXT + root)
         self._roots[remembered] = None
         if len(self._roots) > self.max_roots:
             self._roots.popitem(last=False)

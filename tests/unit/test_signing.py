@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from hypothesis import given
 from hypothesis import strategies as st
+from nacl.exceptions import BadSignatureError
 
+from protocol import signing
 from protocol.envelope import Request, ScimOperation, decode_request
 from protocol.signing import (
     ExpiredRequestError,
@@ -109,6 +111,9 @@ def test_unknown_key_is_refused() -> None:
         pytest.param(lambda r: dataclasses.replace(r, signature="AAAA"), id="garbage-signature"),
         pytest.param(lambda r: dataclasses.replace(r, signature="not base64!"), id="not-base64"),
         pytest.param(lambda r: dataclasses.replace(r, signature=OTHER.sign(r).signature), id="other-key-signature"),
+        pytest.param(lambda r: dataclasses.replace(r, signature=_resized(r.signature, 63)), id="signature-63-bytes"),
+        pytest.param(lambda r: dataclasses.replace(r, signature=_resized(r.signature, 65)), id="signature-65-bytes"),
+        pytest.param(lambda r: dataclasses.replace(r, signature=_resized(r.signature, 32)), id="signature-32-bytes"),
     ],
 )
 def test_forged_request_is_refused(tamper: Any) -> None:
@@ -117,6 +122,38 @@ def test_forged_request_is_refused(tamper: Any) -> None:
     with pytest.raises(ForgedRequestError, match="does not verify") as caught:
         _verifier().verify(_wire(tamper(signed)))
     assert caught.value.status == 401
+
+
+def _resized(signature: str, size: int) -> str:
+    """``signature`` cut or padded (with the first byte of a signed JSON text, ``{``) to ``size`` bytes."""
+    raw = base64.b64decode(signature)
+    return base64.b64encode((raw + b"{")[:size]).decode()
+
+
+@given(st.binary(max_size=2048))
+def test_signatures_are_those_openssl_makes_and_checks(message: bytes) -> None:
+    """libsodium signs and checks the same Ed25519 as ``cryptography``: a service or agent on either verifies
+    the other's signatures, and a signature is byte for byte the same (RFC 8032 is deterministic)."""
+    ours = SIGNER._sign(message)
+    assert ours == SIGNER.private_key.sign(message)
+    SIGNER.public_key.verify(ours, message)  # cryptography's check of ours (raises if it fails)
+    raw_public = SIGNER.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    signing._check(raw_public, SIGNER.private_key.sign(message), message)  # ours of cryptography's
+    with pytest.raises(BadSignatureError):
+        signing._check(raw_public, ours, message + b"x")
+
+
+def test_a_signature_of_another_length_never_shifts_the_message_checked() -> None:
+    """libsodium checks one buffer, signature then message: 63 bytes of a genuine signature of ``m[1:]``
+    followed by ``m`` would read as that signature over ``m[1:]`` if the length were not checked first."""
+    raw_public = SIGNER.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    for n in range(10_000):  # about 256 tries find a signature whose last byte is the message's first
+        message = b'{"n":%d}' % n
+        signature = SIGNER._sign(message[1:])
+        if signature[63] == message[0]:
+            break
+    with pytest.raises(BadSignatureError, match="64 bytes"):
+        signing._check(raw_public, signature[:63], message)
 
 
 def test_expired_request_is_refused_with_408() -> None:
