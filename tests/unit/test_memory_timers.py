@@ -2,13 +2,16 @@
 
 Each sleeper must wake no earlier than its time, all of them must wake, a cancelled one must not stop
 the others, and a queue must keep working when a later event loop uses it (tests and benches run one
-loop after another).
+loop after another): with its wake-ups from a timerfd (Linux) and from an event-loop timer alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import random
+import sys
 
 import pytest
 
@@ -23,9 +26,14 @@ async def _sleep_and_note(timers: TimerQueue, seconds: float, woke: list[tuple[f
     woke.append((loop.time(), due, n))
 
 
-async def test_every_sleeper_wakes_at_or_after_its_time_in_time_order() -> None:
+@pytest.fixture(params=[True, False], ids=["timerfd", "loop-timer"])
+def precise(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+async def test_every_sleeper_wakes_at_or_after_its_time_in_time_order(precise: bool) -> None:
     """Sleepers started in any order with any delays (equal ones included) each wake, never early."""
-    timers = TimerQueue()
+    timers = TimerQueue(precise=precise)
     rng = random.Random(5)
     delays = [rng.choice([0.0, 0.001, 0.003, 0.003, 0.01, 0.02]) for _ in range(60)]
     woke: list[tuple[float, float, int]] = []
@@ -39,9 +47,9 @@ async def test_every_sleeper_wakes_at_or_after_its_time_in_time_order() -> None:
     assert [due for _, due, _ in woke] == sorted(due for _, due, _ in woke)
 
 
-async def test_a_cancelled_sleeper_leaves_the_others_waking() -> None:
+async def test_a_cancelled_sleeper_leaves_the_others_waking(precise: bool) -> None:
     """Cancelling the earliest sleeper raises ``CancelledError`` in it alone; later ones still wake."""
-    timers = TimerQueue()
+    timers = TimerQueue(precise=precise)
     woke: list[tuple[float, float, int]] = []
     first = asyncio.create_task(_sleep_and_note(timers, 0.005, woke, 0))
     second = asyncio.create_task(_sleep_and_note(timers, 0.01, woke, 1))
@@ -53,9 +61,9 @@ async def test_a_cancelled_sleeper_leaves_the_others_waking() -> None:
     assert [n for _, _, n in woke] == [1]
 
 
-def test_a_queue_keeps_working_on_a_later_event_loop() -> None:
+def test_a_queue_keeps_working_on_a_later_event_loop(precise: bool) -> None:
     """A loop that ended while a sleeper waited leaves no timer behind that the next loop would wait on."""
-    timers = TimerQueue()
+    timers = TimerQueue(precise=precise)
 
     async def abandon() -> None:
         asyncio.get_running_loop().create_task(timers.sleep(0.005))  # the loop ends before it is due
@@ -80,3 +88,39 @@ async def test_the_directory_waits_its_latency_by_default() -> None:
         await asyncio.gather(*(directory.ping() for _ in range(10)))
         assert loop.time() - started >= 0.02
         assert directory.stats.round_trips >= 10
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfds are Linux's")
+def test_on_linux_the_wake_ups_come_from_a_timerfd_watched_only_while_someone_sleeps() -> None:
+    """The default queue arms a timerfd; the loop watches it while a sleeper waits and not after."""
+    timers = TimerQueue()
+    assert timers.precise
+
+    async def sleep_and_look() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        sleeper = asyncio.create_task(timers.sleep(0.002))
+        await asyncio.sleep(0)
+        watched_while_sleeping = timers._watched and loop.remove_reader(timers._fd)
+        if watched_while_sleeping:  # put back what the look took away
+            loop.add_reader(timers._fd, timers._wake, loop)
+        await sleeper
+        return watched_while_sleeping, loop.remove_reader(timers._fd)
+
+    assert asyncio.run(sleep_and_look()) == (True, False)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_queues_used_on_many_loops_leave_no_file_descriptor_open() -> None:
+    """Each loop change closes the previous timerfd, and a dropped queue closes its own."""
+    before = _open_fds()
+    for _ in range(20):
+        timers = TimerQueue()
+        for _ in range(3):
+            asyncio.run(timers.sleep(0.0001))
+        del timers
+    gc.collect()
+    assert _open_fds() == before
