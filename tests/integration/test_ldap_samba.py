@@ -106,6 +106,9 @@ async def test_paging_when_the_last_page_is_exactly_full(directory: LdapDirector
     assert sizes == [10, 10]
 
 
+# 1,600 entries made and deleted one by one: 19 s on an idle test machine, past the default 120 s limit
+# when the machine is busy with other work
+@pytest.mark.timeout(400)
 async def test_group_bigger_than_max_val_range_reads_completely(directory: LdapDirectory, ou: str) -> None:
     """A group of 1,600 members (AD's MaxValRange is 1,500) reads completely, also when the server hands
     out ranges (member;range=0-99 …), and member changes are value adds/deletes."""
