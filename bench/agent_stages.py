@@ -31,7 +31,6 @@ import service.client
 from bench.agent_load import run_phase
 from bench.common import result
 from plugins.memory.chaos import TimerQueue
-from protocol.envelope import Request, Response
 from transports.local import LocalRequester
 
 _clock = time.perf_counter
@@ -48,12 +47,30 @@ def _instrument() -> tuple[dict[str, dict[str, float]], list[float], Callable[[]
         setattr(owner, name, make(original))
         undo.append(lambda: setattr(owner, name, original))
 
-    def fields(original: Any) -> Any:
-        def request_fields(request_id: str, *rest: Any) -> dict[str, Any]:
-            marks["made"][request_id] = _clock()
-            return original(request_id, *rest)  # type: ignore[no-any-return]
+    def before(stage: str) -> Callable[[Any], Any]:
+        """Marks ``stage`` for the request id a function takes first, as it is called."""
 
-        return request_fields
+        def make(original: Any) -> Any:
+            def marked(request_id: str, *rest: Any) -> Any:
+                marks[stage][request_id] = _clock()
+                return original(request_id, *rest)
+
+            return marked
+
+        return make
+
+    def after(stage: str, request_id: Callable[[Any], str]) -> Callable[[Any], Any]:
+        """Marks ``stage`` for the request id of what a decoder returns, as it returns."""
+
+        def make(original: Any) -> Any:
+            def marked(raw: bytes | str) -> Any:
+                decoded = original(raw)
+                marks[stage][request_id(decoded)] = _clock()
+                return decoded
+
+            return marked
+
+        return make
 
     def post(original: Any) -> Any:
         def posted(self: LocalRequester, domain: str, request_id: str, *rest: Any) -> None:
@@ -61,29 +78,6 @@ def _instrument() -> tuple[dict[str, dict[str, float]], list[float], Callable[[]
             original(self, domain, request_id, *rest)
 
         return posted
-
-    def decode(original: Any) -> Any:
-        def decode_request(raw: bytes | str) -> Request:
-            request: Request = original(raw)
-            marks["decoded"][request.id] = _clock()
-            return request
-
-        return decode_request
-
-    def encode(original: Any) -> Any:
-        def encode_response(request_id: str, *rest: Any) -> bytes:
-            marks["encoded"][request_id] = _clock()
-            return original(request_id, *rest)  # type: ignore[no-any-return]
-
-        return encode_response
-
-    def answer(original: Any) -> Any:
-        def decode_response(raw: bytes | str) -> Response:
-            response: Response = original(raw)
-            marks["answered"][response.request_id] = _clock()
-            return response
-
-        return decode_response
 
     def sleep(original: Any) -> Any:
         async def timed_sleep(self: TimerQueue, seconds: float) -> None:
@@ -93,11 +87,11 @@ def _instrument() -> tuple[dict[str, dict[str, float]], list[float], Callable[[]
 
         return timed_sleep
 
-    wrap(service.client, "request_fields", fields)
+    wrap(service.client, "request_fields", before("made"))
     wrap(LocalRequester, "post", post)
-    wrap(agent.dispatcher, "decode_request", decode)
-    wrap(agent.dispatcher, "encode_response", encode)
-    wrap(service.client, "decode_response", answer)
+    wrap(agent.dispatcher, "decode_request", after("decoded", lambda request: request.id))
+    wrap(agent.dispatcher, "encode_response", before("encoded"))
+    wrap(service.client, "decode_response", after("answered", lambda response: response.request_id))
     wrap(TimerQueue, "sleep", sleep)
 
     def restore() -> None:
