@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -180,7 +180,11 @@ class ScimHandler:
     async def resources(self, mapping: ResourceMapping, entries: list[Entry]) -> list[Resource]:
         """SCIM resources for a page of entries, references resolved in one batch."""
         dns = reference_dns(mapping, entries)
-        refs = await self.refs.refs_for(dns) if dns else {}
+        return self.listed(mapping, entries, await self.refs.refs_for(dns) if dns else {})
+
+    def listed(self, mapping: ResourceMapping, entries: list[Entry], refs: Mapping[str, Ref]) -> list[Resource]:
+        """SCIM resources for a page of entries whose references (``reference_dns``) ``refs`` resolves: for a
+        caller that resolves them only when there are some (no coroutine for a page without any)."""
         if len(entries) <= REMEMBER_PAGE:
             self.refs.remember_listed(mapping, entries)
         return [to_resource(mapping, entry, refs) for entry in entries]

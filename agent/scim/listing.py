@@ -14,14 +14,15 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent.scim.discovery import LIST_SCHEMA
 from agent.scim.profile import ResourceMapping
 from agent.scim.projection import AttrPath, parse_paths, project
-from agent.scim.resources import Resource
+from agent.scim.refs import Ref
+from agent.scim.resources import Resource, reference_dns
 from agent.scim.translate import CompareTemplate, compare_template, translation
 from protocol import scimeval, scimfilter
 from protocol.errors import ScimError, invalid_value
@@ -93,12 +94,19 @@ class Lister:
     def project(self, resource: Resource, query: dict[str, str]) -> Resource:
         return project(resource, parse_paths(query.get("attributes")), parse_paths(query.get("excludedAttributes")))
 
+    def _kept(self, mapping: ResourceMapping, text: str | None) -> _Prepared | None:
+        """The filter as ``_prepare`` keeps it, if it does (checked without a coroutine: most lists repeat
+        a filter)."""
+        prepared = self._prepared.get((mapping.name, text))
+        if prepared is None or prepared.mapping is not mapping:  # a profile change brings new mappings
+            return None
+        return prepared
+
     async def _prepare(self, mapping: ResourceMapping, text: str | None) -> _Prepared:
         """The request's filter parsed, checked and translated; kept per resource type and filter text
         unless its translation resolved ids (``id``-valued references), whose DNs can change."""
-        key = (mapping.name, text)
-        prepared = self._prepared.get(key)
-        if prepared is not None and prepared.mapping is mapping:  # a profile change brings new mappings
+        prepared = self._kept(mapping, text)
+        if prepared is not None:
             return prepared
         templated = self._templated(mapping, text) if text else None
         if templated is not None:
@@ -114,7 +122,7 @@ class Lister:
         if not resolved_ids and (text is None or len(text) <= _PREPARED_LENGTH):
             if len(self._prepared) >= _PREPARED_SIZE:
                 self._prepared.clear()
-            self._prepared[key] = prepared
+            self._prepared[mapping.name, text] = prepared
         return prepared
 
     def _templated(self, mapping: ResourceMapping, text: str) -> _Prepared | None:
@@ -161,30 +169,45 @@ class Lister:
     async def _page(
         self, mapping: ResourceMapping, page: list[Entry], test: scimeval.Predicate | None
     ) -> list[Resource]:
-        """A directory page as the resources that pass the filter's re-check (``test``); the entries go now,
-        not once the response is sent (the page is ours once the directory yielded it)."""
-        resources = await self.handler.resources(mapping, page)
+        """``_passing`` of a directory page, its references resolved in one batch."""
+        dns = reference_dns(mapping, page)
+        return self._passing(mapping, page, await self.handler.refs.refs_for(dns) if dns else {}, test)
+
+    def _passing(
+        self, mapping: ResourceMapping, page: list[Entry], refs: Mapping[str, Ref], test: scimeval.Predicate | None
+    ) -> list[Resource]:
+        """A directory page, its references resolved in ``refs``, as the resources that pass the filter's
+        re-check (``test``); the entries go now, not once the response is sent (the page is ours once the
+        directory yielded it)."""
+        resources = self.handler.listed(mapping, page, refs)
         page.clear()
         return resources if test is None else [resource for resource in resources if test(resource)]
 
     async def search(self, mapping: ResourceMapping, query: dict[str, str]) -> tuple[int, Any]:
         attributes = parse_paths(query.get("attributes"))
         excluded = parse_paths(query.get("excludedAttributes"))
-        count = min(max(_int(query, "count", self.settings.default_page_size), 0), self.settings.max_page_size)
+        settings = self.settings
+        count = min(max(_int(query, "count", settings.default_page_size), 0), settings.max_page_size)
         if "cursor" in query:
             return await self._cursor_page(mapping, query, count, attributes, excluded)
         start = max(_int(query, "startIndex", 1), 1)
         total = 0
         window: list[Resource] = []
         # The directory's pages straight, not through ``_matches``: an async generator per request costs
-        # its setup and teardown (the event loop tracks each one), and most lists are one page.
-        prepared = await self._prepare(mapping, query.get("filter") or None)
+        # its setup and teardown (the event loop tracks each one), and most lists are one page. Likewise a
+        # kept filter and a page without references are dealt with without a coroutine.
+        text = query.get("filter") or None
+        prepared = self._kept(mapping, text)
+        if prepared is None:
+            prepared = await self._prepare(mapping, text)
         test = prepared.test
         handler = self.handler
         async for page in handler.directory.search(
             handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
         ):
-            for resource in await self._page(mapping, page, test):
+            dns = reference_dns(mapping, page)
+            refs = await handler.refs.refs_for(dns) if dns else {}
+            for resource in self._passing(mapping, page, refs, test):
                 total += 1
                 if total >= start and len(window) < count:
                     window.append(project(resource, attributes, excluded))
