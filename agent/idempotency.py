@@ -43,14 +43,24 @@ class ResponseStore:
             self._bytes -= len(item[1])
 
     def put(self, request_id: str, response: bytes) -> None:
-        self._drop(request_id)
+        items = self._items
+        if request_id in items:
+            self._drop(request_id)
         now = time.monotonic()
-        self._items[request_id] = (now + self._ttl, response)
+        items[request_id] = (now + self._ttl, response)
         self._bytes += len(response)
-        while self._items:
-            oldest_id, (expires, _) = next(iter(self._items.items()))
-            fits = self._bytes <= self._max_bytes or len(self._items) == 1  # the newest is always kept
-            if expires >= now and len(self._items) <= self._max and fits:
+        # Usually every bound holds and the oldest response is fresh: one look at it, no loop to set up.
+        if self._bytes > self._max_bytes or len(items) > self._max or next(iter(items.values()))[0] < now:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        """Drop the oldest responses while the oldest has expired or a bound is exceeded; the newest is always
+        kept, whatever its size."""
+        items = self._items
+        while items:
+            oldest_id, (expires, _) = next(iter(items.items()))
+            fits = self._bytes <= self._max_bytes or len(items) == 1
+            if expires >= now and len(items) <= self._max and fits:
                 break
             self._drop(oldest_id)
 
