@@ -293,3 +293,14 @@ def test_a_plan_by_shape_is_used() -> None:
     query = plans.get("(&(objectClass=inetOrgPerson)(uid=Sec\\2aond))")
     assert ldapfilter._parse_cached.cache_info().misses == before
     assert query.keys == (("objectclass", "inetorgperson"), ("uid", "sec*ond"))
+
+
+@pytest.mark.timeout(20)
+def test_a_long_value_that_is_no_equality_is_told_apart_at_once() -> None:
+    """The shape pattern never backtracks through the ways of splitting a value (a pattern with a repeated
+    run inside a repetition tries 2^n of them before it gives up): a prefix search of 60 characters, whose
+    ``*`` makes it no equality, is planned as the parser plans it, well within this test's time limit."""
+    plans = Plans()
+    plans.get("(&(objectClass=inetOrgPerson)(uid=first))")  # the shape is known
+    text = "(&(objectClass=inetOrgPerson)(uid=" + "a" * 60 + "*))"
+    assert plans.get(text) == Query.of(ldapfilter.parse(text))
