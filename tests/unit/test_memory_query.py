@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from plugins.directory import (
     Scope,
 )
 from plugins.memory import MemoryDirectory
-from plugins.memory.query import Plans, Query
+from plugins.memory.query import _LAST_EQUALITY, Plans, Query
 
 PERSON: dict[str, list[AttrValue]] = {"objectClass": ["inetOrgPerson"], "cn": ["X"], "sn": ["X"]}
 
@@ -295,12 +296,28 @@ def test_a_plan_by_shape_is_used() -> None:
     assert query.keys == (("objectclass", "inetorgperson"), ("uid", "sec*ond"))
 
 
-@pytest.mark.timeout(20)
-def test_a_long_value_that_is_no_equality_is_told_apart_at_once() -> None:
-    """The shape pattern never backtracks through the ways of splitting a value (a pattern with a repeated
-    run inside a repetition tries 2^n of them before it gives up): a prefix search of 60 characters, whose
-    ``*`` makes it no equality, is planned as the parser plans it, well within this test's time limit."""
-    plans = Plans()
-    plans.get("(&(objectClass=inetOrgPerson)(uid=first))")  # the shape is known
-    text = "(&(objectClass=inetOrgPerson)(uid=" + "a" * 60 + "*))"
-    assert plans.get(text) == Query.of(ldapfilter.parse(text))
+#: ``query._LAST_EQUALITY`` as first written, a repetition per plain character of the value.
+_ONE_AT_A_TIME = re.compile(r"(\(&.*\(([A-Za-z][A-Za-z0-9-]*)=)((?:[^*()\\\x00]|\\[0-9A-Fa-f]{2})*)\)\)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.one_of(st.sampled_from(SHAPE_HEADS), st.text(alphabet="(&)=ab\\\n", max_size=12)),
+    raw=RAW_VALUES,
+    tail=st.sampled_from(["))", ")", ")))", "", ")(x=y))", "\n))"]),
+)
+def test_the_shape_pattern_takes_plain_runs_as_the_one_character_form_does(head: str, raw: str, tail: str) -> None:
+    """The shape pattern, which takes a value's plain characters a run at a time, matches exactly the texts
+    the one-repetition-per-character form matches, with the same groups."""
+    text = head + raw + tail
+    mine, reference = _LAST_EQUALITY.fullmatch(text), _ONE_AT_A_TIME.fullmatch(text)
+    assert (mine and mine.groups()) == (reference and reference.groups())
+
+
+@pytest.mark.timeout(10)
+def test_a_long_value_that_does_not_end_the_shape_is_refused_at_once() -> None:
+    """A filter that looks like the shape up to a long value but ends otherwise (a nested AND's ``)))``) is
+    refused in time linear in its length, never by trying every split of the value's characters."""
+    value = "uid=t-ann,ou=people,dc=example,dc=com" * 20
+    for tail in (")))", ")", "*))", "\\))"):
+        assert _LAST_EQUALITY.fullmatch(f"(&(objectClass=inetOrgPerson)(&(uid=t-*)(manager={value}{tail}") is None
