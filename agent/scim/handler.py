@@ -16,9 +16,8 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from tenacity import stop_after_attempt
@@ -68,8 +67,10 @@ _log = structlog.get_logger("cloudprov.scim")
 _COLLECTIONS = {"/Users": "users", "/Groups": "groups"}
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
+    """A SCIM operation's answer (one per request): a NamedTuple, immutable as a frozen dataclass is, but
+    made as one tuple rather than with an ``object.__setattr__`` call per field."""
+
     status: int
     body: Any
     transient: bool = False
