@@ -211,16 +211,17 @@ async def test_a_cancelled_caller_does_not_hold_up_the_batch() -> None:
 async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
     """Callers with others in flight wait for them: replies arriving one turn apart still share a signature."""
     batcher = SignatureBatcher(linger=60.0)
-    first = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(0), expected=8))
+    expected = round(2 / signing.COMPLETE_SHARE)  # two requests are that share of them, three more
+    first = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(0), expected=expected))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert not first.done()  # eight more are expected: it waits for some of them
-    second = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(1), expected=8))
+    assert not first.done()  # more are expected: it waits for some of them
+    second = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(1), expected=expected))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert not second.done()  # two of nine: not yet more than a quarter of the eight expected
-    third = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(2), expected=8))
-    # three are more than a quarter of the eight expected: signed at the end of this turn, not after 60 s
+    assert not second.done()  # two: not yet more than COMPLETE_SHARE of the expected
+    third = asyncio.ensure_future(batcher.sign_and_encode(SIGNER, _fields(2), expected=expected))
+    # three are more than COMPLETE_SHARE of the expected: signed at the end of this turn, not after 60 s
     signed = _decoded(await asyncio.wait_for(asyncio.gather(first, second, third), timeout=10))
     assert len({request.signature for request in signed}) == 1
     verifier = _verifier()
