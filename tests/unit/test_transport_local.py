@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -12,6 +13,7 @@ from protocol.envelope import Response, decode_response
 from tests.contract.transport_suite import Responder, TransportSuite, answer, hold, make_envelope
 from transports.base import (
     AlreadySettledError,
+    Delivery,
     MessageTooLargeError,
     Requester,
     RequestTimeoutError,
@@ -206,8 +208,10 @@ async def test_message_handed_to_a_cancelled_consumer_is_not_lost(broker_name: s
         assert decode_response(await pending).request_id == request_id
 
 
-async def test_acking_after_close_is_refused_and_the_message_comes_back(broker_name: str) -> None:
-    """A delivery returned by close() cannot be acked any more: the ack raises and the message stays queued."""
+@contextlib.asynccontextmanager
+async def _delivered_then_closed(broker_name: str) -> AsyncIterator[tuple[str, Delivery]]:
+    """A request's id and its delivery, taken by a transport that was closed after handing it out (the
+    request's caller stops waiting when the block ends)."""
     url = f"local://{broker_name}"
     transport = create_transport(url, domains=[DOMAIN])
     async with transport, create_requester(url) as requester:
@@ -215,11 +219,19 @@ async def test_acking_after_close_is_refused_and_the_message_comes_back(broker_n
         pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
         delivery = await anext(aiter(transport.deliveries()))
         await transport.close()
+        try:
+            yield request_id, delivery
+        finally:
+            pending.cancel()
+
+
+async def test_acking_after_close_is_refused_and_the_message_comes_back(broker_name: str) -> None:
+    """A delivery returned by close() cannot be acked any more: the ack raises and the message stays queued."""
+    async with _delivered_then_closed(broker_name) as (_, delivery):
         with pytest.raises(TransportClosedError):
             await delivery.ack()
         assert delivery.settlement is None
         assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
-        pending.cancel()
 
 
 async def test_reply_and_ack_now_does_what_reply_then_ack_do(broker_name: str) -> None:
@@ -250,14 +262,7 @@ async def test_reply_and_ack_now_does_what_reply_then_ack_do(broker_name: str) -
 async def test_reply_and_ack_now_after_close_does_nothing(broker_name: str) -> None:
     """After close(), ``reply_and_ack_now`` does nothing and says so (reply and ack then raise), and the
     message stays queued for another agent."""
-    url = f"local://{broker_name}"
-    transport = create_transport(url, domains=[DOMAIN])
-    async with transport, create_requester(url) as requester:
-        request_id, payload = _envelope()
-        pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
-        delivery = await anext(aiter(transport.deliveries()))
-        await transport.close()
+    async with _delivered_then_closed(broker_name) as (request_id, delivery):
         assert not delivery.reply_and_ack_now(Response(request_id, 200).encode())
         assert delivery.settlement is None
         assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
-        pending.cancel()
