@@ -14,19 +14,15 @@ before the operation touches the data: a failed write never half-happens. After 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import heapq
 import itertools
 import math
-import os
 import random
-import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from plugins.directory import DirectoryTimeoutError, UnavailableError
+from plugins.memory import timerfd
 from plugins.memory.latency import FixedLatency
 from plugins.memory.settings import FaultSettings, MemorySettings
 
@@ -66,7 +62,7 @@ class TimerQueue:
     someone sleeps, and a queue moves to a later event loop (tests and benches run one after another).
     """
 
-    __slots__ = ("_due", "_fd", "_libc", "_loop", "_sequence", "_spec", "_timer", "_timer_at", "_watched")
+    __slots__ = ("_due", "_fd", "_loop", "_precise", "_sequence", "_timer", "_timer_at", "_watched")
 
     def __init__(self, *, precise: bool = True) -> None:
         self._due: list[tuple[float, int, asyncio.Future[None]]] = []
@@ -74,15 +70,14 @@ class TimerQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
-        self._libc = _LIBC if precise else None  # None: wake-ups from a loop timer
-        self._spec = _Itimerspec()  # reused for every arming
-        self._fd = -1
+        self._precise = precise and timerfd.available()  # False: wake-ups from a loop timer
+        self._fd: timerfd.TimerFd | None = None
         self._watched = False
 
     @property
     def precise(self) -> bool:
         """Whether wake-ups come from a timerfd (else from an event-loop timer)."""
-        return self._libc is not None
+        return self._precise
 
     async def sleep(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -98,36 +93,28 @@ class TimerQueue:
     def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
         self._close_fd()
         self._due, self._loop, self._timer, self._timer_at = [], loop, None, math.inf
-        if self._libc is not None:
-            self._fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
-            if self._fd < 0:  # out of file descriptors, say: the loop's own timer still works
-                self._libc, self._fd = None, -1
+        if self._precise:
+            self._fd = timerfd.TimerFd.open()
+            if self._fd is None:  # out of file descriptors, say: the loop's own timer still works
+                self._precise = False
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         self._timer_at = when
-        libc = self._libc
-        if libc is None:
+        fd = self._fd
+        if fd is None:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_at(when, self._wake, loop)
             return
-        seconds = int(when)
-        nanoseconds = math.ceil((when - seconds) * 1e9)  # up: the fd never fires before ``when``
-        spec = self._spec
-        value = spec.it_value
-        value.tv_sec, value.tv_nsec = (seconds + 1, 0) if nanoseconds >= 1_000_000_000 else (seconds, nanoseconds)
-        if libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        fd.arm(when)
         if not self._watched:
-            loop.add_reader(self._fd, self._wake, loop)
+            loop.add_reader(fd.fd, self._wake, loop)
             self._watched = True
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._libc is not None:
-            # the expiry count, read to quiet the fd until it is armed again (nothing to read: it fired,
-            # then was re-armed before the loop got to it)
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._fd, 8)
+        fd = self._fd
+        if fd is not None:
+            fd.clear()
         due = self._due
         # the wake-up fired, so its time counts as come even if the clock reads a hair before it
         now = max(loop.time(), self._timer_at)
@@ -139,50 +126,21 @@ class TimerQueue:
             self._arm(loop, due[0][0])
             return
         self._timer, self._timer_at = None, math.inf
-        if self._watched:  # nobody sleeps: the loop stops watching the fd
-            loop.remove_reader(self._fd)
+        if self._watched and fd is not None:  # nobody sleeps: the loop stops watching the fd
+            loop.remove_reader(fd.fd)
             self._watched = False
 
     def _close_fd(self) -> None:
-        if self._fd >= 0:
+        fd = self._fd
+        if fd is not None:
             loop = self._loop
             if self._watched and loop is not None and not loop.is_closed():
-                loop.remove_reader(self._fd)
-            os.close(self._fd)
-        self._fd, self._watched = -1, False
+                loop.remove_reader(fd.fd)
+            fd.close()
+        self._fd, self._watched = None, False
 
     def __del__(self) -> None:
         self._close_fd()
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
-_CLOCK_MONOTONIC = time.CLOCK_MONOTONIC if hasattr(time, "CLOCK_MONOTONIC") else 1  # the loop's clock
-_TFD_NONBLOCK, _TFD_CLOEXEC, _TFD_TIMER_ABSTIME = os.O_NONBLOCK, os.O_CLOEXEC, 1
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    """The C library, if it offers timerfds (Linux) and the loop's clock is ``CLOCK_MONOTONIC``."""
-    if not sys.platform.startswith("linux") or time.get_clock_info("monotonic").implementation != (
-        "clock_gettime(CLOCK_MONOTONIC)"
-    ):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _load_libc()
 
 
 class Chaos:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import os
 import random
 import sys
@@ -44,7 +45,10 @@ async def test_every_sleeper_wakes_at_or_after_its_time_in_time_order(precise: b
                 await asyncio.sleep(0.0005)  # later sleepers start while earlier ones wait
     assert sorted(n for _, _, n in woke) == list(range(len(delays)))
     assert all(woke_at >= due for woke_at, due, _ in woke)
-    assert [due for _, due, _ in woke] == sorted(due for _, due, _ in woke)
+    # in time order, to within the few microseconds between this test reading the clock and the queue
+    # reading it (two sleepers started that close together may swap)
+    dues = [due for _, due, _ in woke]
+    assert all(earlier <= later + 20e-6 for earlier, later in itertools.pairwise(dues))
 
 
 async def test_a_cancelled_sleeper_leaves_the_others_waking(precise: bool) -> None:
@@ -100,11 +104,13 @@ def test_on_linux_the_wake_ups_come_from_a_timerfd_watched_only_while_someone_sl
         loop = asyncio.get_running_loop()
         sleeper = asyncio.create_task(timers.sleep(0.002))
         await asyncio.sleep(0)
-        watched_while_sleeping = timers._watched and loop.remove_reader(timers._fd)
+        assert timers._fd is not None
+        fd = timers._fd.fd
+        watched_while_sleeping = timers._watched and loop.remove_reader(fd)
         if watched_while_sleeping:  # put back what the look took away
-            loop.add_reader(timers._fd, timers._wake, loop)
+            loop.add_reader(fd, timers._wake, loop)
         await sleeper
-        return watched_while_sleeping, loop.remove_reader(timers._fd)
+        return watched_while_sleeping, loop.remove_reader(fd)
 
     assert asyncio.run(sleep_and_look()) == (True, False)
 
