@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 #: Bytes of responses kept at most: redeliveries come soon after the first copy, and a full read of a
 #: large directory (pages of thousands of resources) must not keep every page it returned.
@@ -18,8 +19,16 @@ MAX_BYTES = 8 * 1024 * 1024
 
 
 class ResponseStore:
-    def __init__(self, ttl: float = 3600.0, max_entries: int = 100_000, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(
+        self,
+        ttl: float = 3600.0,
+        max_entries: int = 100_000,
+        max_bytes: int = MAX_BYTES,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ttl = ttl
+        self._clock = clock  # seconds, monotonic (tests move it)
         self._max = max_entries
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -32,7 +41,7 @@ class ResponseStore:
         item = self._items.get(request_id)
         if item is None:
             return None
-        if item[0] < time.monotonic():
+        if item[0] < self._clock():
             self._drop(request_id)
             return None
         return item[1]
@@ -46,7 +55,7 @@ class ResponseStore:
         items = self._items
         if request_id in items:
             self._drop(request_id)
-        now = time.monotonic()
+        now = self._clock()
         items[request_id] = (now + self._ttl, response)
         self._bytes += len(response)
         # Usually every bound holds and the oldest response is fresh: one look at it, no loop to set up.

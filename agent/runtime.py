@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections.abc import Callable, Coroutine
@@ -22,6 +23,7 @@ from typing import Any
 
 import structlog
 
+import protocol
 from agent.config import AgentSettings
 from agent.dispatcher import Dispatcher
 from agent.logging import set_level
@@ -129,7 +131,7 @@ class Agent:
             "uptime_s": round(time.time() - self.started_at, 1),
             "ready": not self.not_ready_reasons(),
             "in_flight": dispatcher.in_flight if dispatcher else 0,
-            "counters": dict(vars(dispatcher.counters)) if dispatcher else {},
+            "counters": dataclasses.asdict(dispatcher.counters) if dispatcher else {},
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -155,7 +157,12 @@ class Agent:
                     self._consume(self.transport)
                     services = [group.create_task(service(self)) for service in self.services]
                     directory = type(self.directory).__name__
-                    log.info("agent started", domains=list(settings.agent.domains), directory=directory)
+                    log.info(
+                        "agent started",
+                        domains=list(settings.agent.domains),
+                        directory=directory,
+                        compiled=protocol.compiled(),
+                    )
                     self.started.set()
                     stopper = group.create_task(stop.wait())
                     await self._serve_until(stopper)
@@ -169,7 +176,7 @@ class Agent:
             finally:
                 self._group = None
                 await self.transport.close()
-        log.info("agent stopped", **{k: v for k, v in vars(self._dispatcher.counters).items() if v})
+        log.info("agent stopped", **{k: v for k, v in dataclasses.asdict(self._dispatcher.counters).items() if v})
 
     async def _serve_until(self, stopper: asyncio.Task[Any]) -> None:
         """Return once ``stopper`` is done or the current transport ends (not a retired one)."""

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+import protocol
 from agent.config import ConfigError, load_settings
 from agent.logging import configure
 from cli.control import add_agent_register, add_control_commands
@@ -38,7 +39,7 @@ def _version() -> str:
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
-    print(f"cloudprov {_version()}")
+    print(f"cloudprov {_version()} ({'compiled' if protocol.compiled() else 'plain Python'})")
     return 0
 
 

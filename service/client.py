@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from protocol.envelope import Request, Response, ScimOperation, decode_response, request_fields
 from protocol.signing import SignatureBatcher, Signer
 from transports.base import PostingRequester, Requester
@@ -37,6 +39,7 @@ class ScimCallError(Exception):
         self.response = response
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by code that is not
 class ScimClient:
     def __init__(
         self,
@@ -161,13 +164,33 @@ class ScimClient:
             query["watermark"] = watermark
         return await self.ok("GET", "/Changes", query)
 
-    async def read_all(self, endpoint: str, *, page_size: int = 1000, **query: str) -> AsyncIterator[list[Any]]:
+    def read_all(self, endpoint: str, *, page_size: int = 1000, **query: str) -> AsyncIterator[list[Any]]:
         """Every resource of ``endpoint``, page by page, with cursor paging (one directory pass)."""
-        params = {**query, "count": str(page_size), "cursor": ""}
-        while True:
-            body = await self.ok("GET", endpoint, params)
-            yield body.get("Resources", [])
-            cursor = body.get("nextCursor")
-            if not cursor:
-                return
-            params["cursor"] = cursor
+        return _Pages(self, endpoint, {**query, "count": str(page_size), "cursor": ""})
+
+
+class _Pages(AsyncIterator[list[Any]]):
+    """``ScimClient.read_all``: one cursor-paged list call per page until the agent gives no next cursor.
+    Written out rather than as an async generator, which mypyc does not compile (this module is
+    compiled: pyproject's ``[tool.cloudprov] compiled``)."""
+
+    def __init__(self, client: ScimClient, endpoint: str, params: dict[str, str]) -> None:
+        self._client = client
+        self._endpoint = endpoint
+        self._params = params
+        self._ended = False
+
+    def __aiter__(self) -> _Pages:
+        return self
+
+    async def __anext__(self) -> list[Any]:
+        if self._ended:
+            raise StopAsyncIteration
+        body = await self._client.ok("GET", self._endpoint, self._params)
+        cursor = body.get("nextCursor")
+        if cursor:
+            self._params["cursor"] = cursor
+        else:
+            self._ended = True
+        resources: list[Any] = body.get("Resources", [])
+        return resources

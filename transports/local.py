@@ -31,8 +31,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
-from urllib.parse import unquote
 from uuid import uuid4
+
+from mypy_extensions import mypyc_attr
 
 from protocol import deadlines
 from transports.base import (
@@ -45,22 +46,7 @@ from transports.base import (
     TransportClosedError,
     TransportError,
 )
-from transports.registry import read_settings, split_url
-
-
-@dataclass(frozen=True, slots=True)
-class LocalSettings:
-    """Settings of both sides of the local transport (``retry_delay`` matters to the agent side only)."""
-
-    broker: str = "default"
-    max_message_size: int | None = None
-    retry_delay: float = 0.0
-
-    @classmethod
-    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> LocalSettings:
-        parts = split_url(url)
-        name = unquote(parts.netloc or parts.path.strip("/")) or "default"
-        return read_settings(cls, url, options, broker=name)
+from transports.local_settings import LocalSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +189,7 @@ class LocalDelivery(Delivery):
         self._transport.settled(self, self._message, outcome, reason)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by code that is not
 class LocalTransport(Transport):
     """Consume the request queues of ``domains`` on a ``LocalBroker``."""
 
@@ -258,27 +245,8 @@ class LocalTransport(Transport):
                 self._broker.publish(delivery._message, front=True)
         self._unsettled.clear()
 
-    async def deliveries(self) -> AsyncIterator[Delivery]:
-        broker = self.broker
-        queues = [broker.queue(domain) for domain in self.domains]
-        turn = 0
-        while not self._stopping:
-            message = self._take(queues, turn)
-            turn += 1
-            if message is None:
-                message = await self._wait(queues)
-                if message is None:
-                    return
-                if self._stopping:
-                    broker.publish(message, front=True)
-                    return
-            if message.expires_at is not None and message.expires_at < time.monotonic():
-                broker.expired += 1
-                continue
-            message.delivery_count += 1
-            delivery = LocalDelivery(self, message)
-            self._unsettled[delivery] = None
-            yield delivery
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        return _Deliveries(self)
 
     def _take(self, queues: list[_Queue], turn: int) -> _Message | None:
         count = len(queues)
@@ -325,6 +293,49 @@ class LocalTransport(Transport):
                 broker.publish(message)
         elif outcome is Settlement.DEAD_LETTER:
             broker.queue(message.domain).dead.append(DeadLetter(message.payload, reason, message.delivery_count))
+
+
+class _Deliveries(AsyncIterator[Delivery]):
+    """``LocalTransport.deliveries``: its domains' queues taken in turn, waiting when all are empty, until
+    the transport stops consuming. Written out rather than as an async generator, which mypyc does not
+    compile (this module is compiled: pyproject's ``[tool.cloudprov] compiled``)."""
+
+    __slots__ = ("_ended", "_queues", "_transport", "_turn")
+
+    def __init__(self, transport: LocalTransport) -> None:
+        self._transport = transport
+        self._queues: list[_Queue] | None = None
+        self._turn = 0
+        self._ended = False
+
+    def __aiter__(self) -> _Deliveries:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        transport = self._transport
+        broker = transport.broker
+        queues = self._queues
+        if queues is None:
+            queues = self._queues = [broker.queue(domain) for domain in transport.domains]
+        while not self._ended and not transport._stopping:
+            message = transport._take(queues, self._turn)
+            self._turn += 1
+            if message is None:
+                message = await transport._wait(queues)
+                if message is None:
+                    break
+                if transport._stopping:
+                    broker.publish(message, front=True)
+                    break
+            if message.expires_at is not None and message.expires_at < time.monotonic():
+                broker.expired += 1
+                continue
+            message.delivery_count += 1
+            delivery = LocalDelivery(transport, message)
+            transport._unsettled[delivery] = None
+            return delivery
+        self._ended = True
+        raise StopAsyncIteration
 
 
 class LocalRequester(PostingRequester):

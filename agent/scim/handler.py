@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import structlog
+from mypy_extensions import mypyc_attr
 from tenacity import stop_after_attempt
 
 from agent.config import RetrySection, ScimSection
@@ -76,6 +77,7 @@ class Result(NamedTuple):
     transient: bool = False
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; tests wrap ``handle`` in a subclass
 class ScimHandler:
     def __init__(
         self,
@@ -111,11 +113,11 @@ class ScimHandler:
             return Result(status, body)
         except ScimError as error:
             return Result(error.status, error.to_body())
-        except DirectoryError as error:
-            transient = isinstance(error, UnavailableError)
+        except DirectoryError as refused:  # a name of its own: compiled, ``error`` above is a ScimError
+            transient = isinstance(refused, UnavailableError)
             if not transient:
-                _log.warning("directory refused", error=str(error), kind=type(error).__name__)
-            return Result(*_error_body(scim_error(error)), transient=transient)
+                _log.warning("directory refused", error=str(refused), kind=type(refused).__name__)
+            return Result(*_error_body(scim_error(refused)), transient=transient)
         except Exception:
             _log.exception("SCIM operation failed", method=op.method, path=op.path)
             return Result(*_error_body(ScimError(500, f"the agent failed on {op.method} {op.path}; see its log")))

@@ -153,18 +153,10 @@ class Lister:
         test = scimeval.predicate(node) if predicates is None else predicates(value)
         return _Prepared(mapping, node, found.ldap_filter, False, test)
 
-    async def _matches(
-        self, mapping: ResourceMapping, query: dict[str, str], page_size: int
-    ) -> AsyncIterator[list[Resource]]:
+    def _matches(self, mapping: ResourceMapping, query: dict[str, str], page_size: int) -> _Matches:
         """Every resource of ``mapping`` that matches the request's filter, in directory order, a
         directory page at a time (a page may be empty)."""
-        prepared = await self._prepare(mapping, query.get("filter") or None)
-        test = prepared.test
-        handler = self.handler
-        async for page in handler.directory.search(
-            handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=page_size
-        ):
-            yield await self._page(mapping, page, test)
+        return _Matches(self, mapping, query, page_size)
 
     async def _page(
         self, mapping: ResourceMapping, page: list[Entry], test: scimeval.Predicate | None
@@ -288,3 +280,38 @@ class Lister:
         else:
             body["nextCursor"] = token
         return 200, body
+
+
+class _Matches(AsyncIterator[list[Resource]]):
+    """``Lister._matches``: the filter prepared at the first page, then the directory's pages through
+    ``Lister._page``; ``aclose`` closes the directory's search. Written out rather than as an async
+    generator, which mypyc does not compile (this module is compiled: pyproject's
+    ``[tool.cloudprov] compiled``)."""
+
+    def __init__(self, lister: Lister, mapping: ResourceMapping, query: dict[str, str], page_size: int) -> None:
+        self._lister = lister
+        self._mapping = mapping
+        self._query = query
+        self._page_size = page_size
+        self._pages: AsyncIterator[list[Entry]] | None = None
+        self._test: scimeval.Predicate | None = None
+
+    def __aiter__(self) -> _Matches:
+        return self
+
+    async def __anext__(self) -> list[Resource]:
+        lister, mapping = self._lister, self._mapping
+        pages = self._pages
+        if pages is None:
+            prepared = await lister._prepare(mapping, self._query.get("filter") or None)
+            self._test = prepared.test
+            handler = lister.handler
+            pages = self._pages = handler.directory.search(
+                handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=self._page_size
+            )
+        return await lister._page(mapping, await pages.__anext__(), self._test)
+
+    async def aclose(self) -> None:
+        closer = getattr(self._pages, "aclose", None)
+        if closer is not None:
+            await closer()

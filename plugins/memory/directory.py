@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import UTC, datetime
 from typing import ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from plugins.directory import (
     Attributes,
     AttrValue,
@@ -49,6 +51,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by code that is not
 class MemoryDirectory(Directory):
     """An in-process LDAP directory with real LDAP semantics, injectable latency and faults."""
 
@@ -134,7 +137,7 @@ class MemoryDirectory(Directory):
 
     # ---------------------------------------------------------------------------------- reads
 
-    async def search(
+    def search(
         self,
         base: str,
         ldap_filter: str = "(objectClass=*)",
@@ -143,22 +146,7 @@ class MemoryDirectory(Directory):
         attributes: Sequence[str] | None = None,
         page_size: int = 500,
     ) -> AsyncIterator[list[Entry]]:
-        if page_size < 1:
-            raise ValueError(f"page_size must be at least 1, not {page_size}")
-        await self._round_trip("search")
-        found = self._store.search(base, self._query(ldap_filter), scope if type(scope) is Scope else Scope(scope))
-        if not found:
-            yield []
-            return
-        size = min(page_size, self.settings.page_size_limit)
-        project = self._projection(attributes)
-        if len(found) <= size:
-            yield [Entry(dn, project(attrs)) for dn, attrs in found]
-            return
-        for start in range(0, len(found), size):
-            if start:
-                await self._round_trip("search (next page)")
-            yield [Entry(dn, project(attrs)) for dn, attrs in found[start : start + size]]
+        return _Pages(self, base, ldap_filter, scope, attributes, page_size)
 
     async def get(self, dn: str, attributes: Sequence[str] | None = None) -> Entry | None:
         await self._round_trip("get")
@@ -230,3 +218,71 @@ class MemoryDirectory(Directory):
 
     async def ping(self) -> None:
         await self._round_trip("ping")
+
+
+class _Pages(AsyncIterator[list[Entry]]):
+    """``MemoryDirectory.search``'s pages: the first after the round trip that searches, each further one
+    after a round trip of its own; a search that finds nothing gives one empty page. Written out rather
+    than as an async generator, which mypyc does not compile (this module is compiled: pyproject's
+    ``[tool.cloudprov] compiled``)."""
+
+    __slots__ = (
+        "_attributes",
+        "_base",
+        "_directory",
+        "_filter",
+        "_found",
+        "_page_size",
+        "_project",
+        "_scope",
+        "_start",
+    )
+
+    def __init__(
+        self,
+        directory: MemoryDirectory,
+        base: str,
+        ldap_filter: str,
+        scope: Scope,
+        attributes: Sequence[str] | None,
+        page_size: int,
+    ) -> None:
+        self._directory = directory
+        self._base = base
+        self._filter = ldap_filter
+        self._scope = scope
+        self._attributes = attributes
+        self._page_size = page_size
+        self._found: list[tuple[str, Attributes]] | None = None
+        self._project: Callable[[Attributes], Attributes] | None = None
+        self._start = 0
+
+    def __aiter__(self) -> _Pages:
+        return self
+
+    async def __anext__(self) -> list[Entry]:
+        directory = self._directory
+        found = self._found
+        if found is None:
+            if self._page_size < 1:
+                raise ValueError(f"page_size must be at least 1, not {self._page_size}")
+            await directory._round_trip("search")
+            scope = self._scope
+            found = self._found = directory._store.search(
+                self._base, directory._query(self._filter), scope if type(scope) is Scope else Scope(scope)
+            )
+            if not found:
+                self._start = 1  # past the end: one empty page, then no more
+                return []
+            self._page_size = min(self._page_size, directory.settings.page_size_limit)
+            self._project = directory._projection(self._attributes)
+        elif self._start >= len(found):
+            raise StopAsyncIteration
+        else:
+            await directory._round_trip("search (next page)")
+        project = self._project
+        assert project is not None
+        start = self._start
+        end = self._start = start + self._page_size
+        page = found if start == 0 and end >= len(found) else found[start:end]
+        return [Entry(dn, project(attrs)) for dn, attrs in page]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import protocol
 from cli.main import build_parser, main
 from protocol.signing import Signer, load_private_key, load_public_key
 
@@ -82,11 +83,12 @@ def test_missing_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    """``cloudprov version`` prints the name and a version."""
+    """``cloudprov version`` prints the name, a version, and whether the install runs compiled."""
     assert main(["version"]) == 0
     out = capsys.readouterr().out.strip()
-    assert out.startswith("cloudprov ")
-    assert len(out.split()) == 2
+    name, number, build = out.split(" ", 2)
+    assert (name, bool(number)) == ("cloudprov", True)
+    assert build == ("(compiled)" if protocol.compiled() else "(plain Python)")
 
 
 def test_keys_generate_prints_a_working_pair(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent import runtime
 from agent.scim.handler import Result, ScimHandler
 from protocol.envelope import ScimOperation
 from protocol.signing import Signer
@@ -235,18 +236,18 @@ async def test_max_in_flight_bounds_concurrency(monkeypatch: pytest.MonkeyPatch)
     """No more than max_in_flight requests are handled at once, and the bound is reached under load."""
     running = 0
     peak = 0
-    handle = ScimHandler.handle
 
-    async def counted(self: ScimHandler, op: ScimOperation) -> Result:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        try:
-            return await handle(self, op)
-        finally:
-            running -= 1
+    class Counted(ScimHandler):
+        async def handle(self, op: ScimOperation) -> Result:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                return await super().handle(op)
+            finally:
+                running -= 1
 
-    monkeypatch.setattr(ScimHandler, "handle", counted)
+    monkeypatch.setattr(runtime, "ScimHandler", Counted)  # the handler the agent makes
     async with running_agent(memory={"latency": 0.02}, dispatcher={"max_in_flight": 3}) as harness:
         responses = await asyncio.gather(
             *(harness.client.call("GET", "/Users", {"filter": f'userName eq "user{i:05d}"'}) for i in range(1, 21))
@@ -276,15 +277,15 @@ async def test_trusted_delivery_skips_signature_checks() -> None:
 
 async def test_agent_error_gives_the_delivery_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected error while processing gives the delivery back; its redelivery is answered."""
-    handle = ScimHandler.handle
     failures = [RuntimeError("bug")]
 
-    async def flaky(self: ScimHandler, op: ScimOperation) -> Result:
-        if failures:
-            raise failures.pop()
-        return await handle(self, op)
+    class Flaky(ScimHandler):
+        async def handle(self, op: ScimOperation) -> Result:
+            if failures:
+                raise failures.pop()
+            return await super().handle(op)
 
-    monkeypatch.setattr(ScimHandler, "handle", flaky)
+    monkeypatch.setattr(runtime, "ScimHandler", Flaky)  # the handler the agent makes
     async with running_agent() as harness:
         response = await harness.client.call("GET", "/ServiceProviderConfig")
         assert response.status == 200

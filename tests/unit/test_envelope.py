@@ -251,14 +251,33 @@ def test_a_response_field_of_the_wrong_type_is_refused(changes: dict[str, Any], 
         decode_response(json.dumps(data).encode())
 
 
+# a value of its field's type for every field, each different from the others
+_DISTINCT: dict[type, dict[str, Any]] = {
+    ScimOperation: {"method": "PATCH", "path": "/Users/1", "query": {"q": "1"}, "body": {"b": 2}},
+    Request: {
+        "id": "r1",
+        "domain": "d1",
+        "operation": ScimOperation("GET", "/Groups"),
+        "deadline": 3.5,
+        "key_id": "k1",
+        "signature": "s1",
+        "reply_to": "inbox",
+        "proof": ("p1",),
+        "version": 7,
+    },
+    Response: {"request_id": "r2", "status": 201, "body": [1], "agent_id": "a1", "timing": {"t": 1.0}, "version": 8},
+}
+
+
 @pytest.mark.parametrize("cls", [ScimOperation, Request, Response])
 def test_each_envelope_init_sets_every_field_to_its_own_argument(cls: type) -> None:
     """The envelope classes' own __init__ sets each dataclass field, by keyword, to the value passed for it."""
-    values = {field.name: object() for field in dataclasses.fields(cls)}
+    values = _DISTINCT[cls]
+    assert set(values) == {field.name for field in dataclasses.fields(cls)}
     made = cls(**values)
     assert {name: getattr(made, name) for name in values} == values
     assert made == cls(**values)
-    assert made != cls(**{**values, dataclasses.fields(cls)[0].name: object()})
+    assert made != cls(**{**values, dataclasses.fields(cls)[0].name: "another"})
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from unittest.mock import patch
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import idempotency
 from agent.idempotency import ResponseStore
 
 
@@ -76,14 +73,13 @@ def test_a_store_keeps_what_evicting_the_oldest_one_by_one_keeps(
     oldest while it has expired or a bound is exceeded (the newest always kept) would hold."""
     clock = _Clock()
     bounds = (5.0, max_entries, max_bytes)
-    with patch.object(idempotency, "time", clock):
-        store = ResponseStore(ttl=5.0, max_entries=max_entries, max_bytes=max_bytes)
-        expected: dict[str, tuple[float, int]] = {}
-        for request_id, size, later in puts:
-            clock.now += later
-            store.put(request_id, bytes(size))
-            _reference_put(expected, request_id, size, clock.now, bounds)
-            assert [(key, expires, len(held)) for key, (expires, held) in store._items.items()] == [
-                (key, expires, size) for key, (expires, size) in expected.items()
-            ]
-            assert store._bytes == sum(size for _, size in expected.values())
+    store = ResponseStore(ttl=5.0, max_entries=max_entries, max_bytes=max_bytes, clock=clock.monotonic)
+    expected: dict[str, tuple[float, int]] = {}
+    for request_id, size, later in puts:
+        clock.now += later
+        store.put(request_id, bytes(size))
+        _reference_put(expected, request_id, size, clock.now, bounds)
+        assert [(key, expires, len(held)) for key, (expires, held) in store._items.items()] == [
+            (key, expires, size) for key, (expires, size) in expected.items()
+        ]
+        assert store._bytes == sum(size for _, size in expected.values())

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent import runtime
 from agent.config import AgentSettings
 from agent.runtime import Agent, AgentNotStartedError
 from agent.scim.handler import Result, ScimHandler
@@ -39,13 +40,13 @@ def broker_name() -> Iterator[str]:
 def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths of every operation that reached the SCIM handler, in order."""
     calls: list[str] = []
-    handle = ScimHandler.handle
 
-    async def recorded(self: ScimHandler, op: ScimOperation) -> Result:
-        calls.append(op.path)
-        return await handle(self, op)
+    class Recorded(ScimHandler):
+        async def handle(self, op: ScimOperation) -> Result:
+            calls.append(op.path)
+            return await super().handle(op)
 
-    monkeypatch.setattr(ScimHandler, "handle", recorded)
+    monkeypatch.setattr(runtime, "ScimHandler", Recorded)  # the handler the agent makes
     return calls
 
 

@@ -295,10 +295,10 @@ def _answer(check: Callable[[dict[str, Any]], bool], resource: dict[str, Any]) -
 
 
 async def _prepared_both_ways(text: str, resources: list[dict[str, Any]]) -> None:
-    refs = References(MemoryDirectory(), PROFILE, "dc=example,dc=com")
-    handler = type("Handler", (), {"refs": refs})()
+    handler = ScimHandler(MemoryDirectory(), PROFILE)
+    refs = handler.refs
     for mapping in PROFILE.resources:
-        lister = Lister(handler)  # type: ignore[arg-type]
+        lister = Lister(handler)
         for _ in range(2):  # the first makes the template, the second uses it
             prepared = await lister._prepare(mapping, text)
         node = sf.parse_filter(text)
