@@ -3,6 +3,8 @@
 #   scripts/setup.sh          the product with every transport (no LDAP: bonsai needs C headers)
 #   scripts/setup.sh dev      everything the tests need, LDAP included; installs the Debian packages
 #                             bonsai builds against when run as root
+# The hot modules are compiled with mypyc (setup.py; gcc and Python's headers, installed when run as
+# root); CLOUDPROV_COMPILE=0 installs plain Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -32,6 +34,25 @@ pip_install() {
     || { grep -v '^WARNING: Location' "$log" | tail -30 >&2; echo "setup: pip install $* failed" >&2; exit 1; }
 }
 pip_install --upgrade pip
+
+# The request path is compiled with mypyc as cloudprov installs (setup.py): that needs a C compiler and
+# Python's headers. Without them cloudprov installs as plain Python (the same code, more CPU per request).
+compiler_ready() {
+  command -v cc >/dev/null 2>&1 && .venv/bin/python - <<'PY'
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+}
+if [ "${CLOUDPROV_COMPILE:-1}" != 0 ] && ! compiler_ready && [ "$(id -u)" = 0 ]; then
+  system_packages gcc python3-dev
+fi
+if [ "${CLOUDPROV_COMPILE:-1}" != 0 ] && ! compiler_ready; then
+  echo "setup: no C compiler or Python headers: installing plain Python (apt-get install gcc python3-dev to compile)" >&2
+  export CLOUDPROV_COMPILE=0
+fi
+if [ "${CLOUDPROV_COMPILE:-1}" = 0 ]; then  # compiled modules left from an earlier setup would shadow the source
+  find agent cli plugins protocol service transports -name '*.so' -delete
+fi
 pip_install -e ".[$extras]"
 rm -f "$log"
 .venv/bin/cloudprov version >/dev/null || { echo "setup: the install did not produce .venv/bin/cloudprov" >&2; exit 1; }

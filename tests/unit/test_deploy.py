@@ -184,6 +184,9 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
     builder, final = instructions[froms[0] : froms[-1]], instructions[froms[-1] :]
     assert any("libldap2-dev" in rest and "gcc" in rest for keyword, rest in builder if keyword == "RUN")
     assert any('".[all]"' in rest for keyword, rest in builder if keyword == "RUN")
+    # the request path compiled (setup.py, mypyc) and checked to be
+    assert any(keyword == "COPY" and "setup.py" in rest.split() for keyword, rest in builder)
+    assert any("(compiled)" in rest for keyword, rest in builder if keyword == "RUN")
     assert not any("-dev" in rest or "gcc" in rest for keyword, rest in final if keyword == "RUN")
     assert any(rest.startswith("--from=builder") for keyword, rest in final if keyword == "COPY")
     users = [rest for keyword, rest in final if keyword == "USER"]
