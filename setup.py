@@ -1,6 +1,13 @@
 """Build hook: the modules named in pyproject.toml's ``[tool.cloudprov] compiled`` are compiled to C with
-mypyc as cloudprov is installed; the same source runs its request path with about a quarter less CPU
-(README, "Compiled modules"). ``CLOUDPROV_COMPILE=0`` installs plain Python.
+mypyc as cloudprov is installed; the same source then runs its request path with about a third less CPU
+(README, "Compiled modules").
+
+``CLOUDPROV_COMPILE``: ``0`` installs plain Python; ``1`` compiles or fails; unset, cloudprov compiles
+when it can and otherwise installs plain Python with a message. Compiling needs a C compiler, mypy
+(mypyc) and cloudprov's own dependencies importable by this build, since mypyc type-checks the code
+against them: ``scripts/setup.sh`` and the Docker image install those first, then build with
+``pip install --no-build-isolation``. An isolated build (``pip install .``) has none of them and
+installs plain Python.
 
 mypyc keeps its type-check cache under ``build/`` (not in the ``.mypy_cache`` that ``mypy`` runs change).
 Its incremental mode sometimes fails inside mypyc after a source change (``emit_undefined_attr_check``);
@@ -11,8 +18,11 @@ changed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from setuptools import setup
@@ -22,18 +32,41 @@ HERE = Path(__file__).parent
 CACHE = HERE / "build" / "mypyc-cache"
 
 
-def compiled_modules() -> list[str]:
+def _project() -> dict[str, object]:
     with (HERE / "pyproject.toml").open("rb") as file:
-        return list(tomllib.load(file)["tool"]["cloudprov"]["compiled"])
+        return tomllib.load(file)
+
+
+def _missing(project: dict[str, object]) -> list[str]:
+    """What this build cannot import that compiling needs: mypy, and every dependency of cloudprov."""
+    dependencies = project["project"]["dependencies"]  # type: ignore[index]
+    names = ["mypy", *(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0] for requirement in dependencies)]
+    missing = []
+    for name in names:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
 
 
 def extensions() -> list[object]:
-    if os.environ.get("CLOUDPROV_COMPILE", "1") == "0":
+    wanted = os.environ.get("CLOUDPROV_COMPILE", "")
+    if wanted == "0":
+        return []
+    project = _project()
+    missing = _missing(project)
+    if missing:
+        why = f"cannot import {', '.join(missing)} in this build (see setup.py)"
+        if wanted == "1":
+            raise SystemExit(f"CLOUDPROV_COMPILE=1, but the build {why}")
+        print(f"cloudprov: installing plain Python, not compiled: the build {why}", file=sys.stderr)
         return []
     from mypyc.build import mypycify
 
     os.environ["MYPY_CACHE_DIR"] = str(CACHE)
-    paths = [module.replace(".", "/") + ".py" for module in compiled_modules()]
+    modules: list[str] = project["tool"]["cloudprov"]["compiled"]  # type: ignore[index]
+    paths = [module.replace(".", "/") + ".py" for module in modules]
     try:
         return list(mypycify(paths, opt_level="3", separate=True))
     except Exception:  # mypyc failing over a stale cache (a type error exits instead), so: once more, afresh

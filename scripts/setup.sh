@@ -33,26 +33,31 @@ pip_install() {
   .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 \
     || { grep -v '^WARNING: Location' "$log" | tail -30 >&2; echo "setup: pip install $* failed" >&2; exit 1; }
 }
-pip_install --upgrade pip
+pip_install --upgrade pip "setuptools>=77"
 
-# The request path is compiled with mypyc as cloudprov installs (setup.py): that needs a C compiler and
-# Python's headers. Without them cloudprov installs as plain Python (the same code, more CPU per request).
+# The request path is compiled with mypyc as cloudprov installs (setup.py): that needs a C compiler,
+# Python's headers, mypy, and cloudprov's dependencies installed first. Without a compiler cloudprov
+# installs as plain Python (the same code, more CPU per request).
 compiler_ready() {
   command -v cc >/dev/null 2>&1 && .venv/bin/python - <<'PY'
 import os, sys, sysconfig
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
 PY
 }
-if [ "${CLOUDPROV_COMPILE:-1}" != 0 ] && ! compiler_ready && [ "$(id -u)" = 0 ]; then
+compile=${CLOUDPROV_COMPILE:-1}
+if [ "$compile" != 0 ] && ! compiler_ready && [ "$(id -u)" = 0 ]; then
   system_packages gcc python3-dev
 fi
-if [ "${CLOUDPROV_COMPILE:-1}" != 0 ] && ! compiler_ready; then
+if [ "$compile" != 0 ] && ! compiler_ready; then
   echo "setup: no C compiler or Python headers: installing plain Python (apt-get install gcc python3-dev to compile)" >&2
-  export CLOUDPROV_COMPILE=0
+  compile=0
 fi
-if [ "${CLOUDPROV_COMPILE:-1}" = 0 ]; then  # compiled modules left from an earlier setup would shadow the source
+CLOUDPROV_COMPILE=0 pip_install -e ".[$extras]"  # the dependencies, and cloudprov as plain Python
+if [ "$compile" = 0 ]; then  # compiled modules left from an earlier setup would shadow the source
   find agent cli plugins protocol service transports -name '*.so' -delete
+else
+  pip_install "mypy>=2.4,<3"  # mypyc
+  CLOUDPROV_COMPILE=1 pip_install --no-build-isolation --no-deps -e .
 fi
-pip_install -e ".[$extras]"
 rm -f "$log"
 .venv/bin/cloudprov version >/dev/null || { echo "setup: the install did not produce .venv/bin/cloudprov" >&2; exit 1; }
