@@ -56,7 +56,7 @@ CLOUDPROV_COMPILE=0 pip_install -e ".[$extras]"  # the dependencies, and cloudpr
 if [ "$compile" = 0 ]; then  # compiled modules left from an earlier setup would shadow the source
   find agent cli plugins protocol service transports -name '*.so' -delete
 else
-  pip_install "mypy>=2.4,<3"  # mypyc
+  pip_install "mypy>=2.4,<3" types-PyYAML  # mypyc, and the stubs it checks yaml with
   CLOUDPROV_COMPILE=1 pip_install --no-build-isolation --no-deps -e .
 fi
 rm -f "$log"
