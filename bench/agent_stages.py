@@ -14,6 +14,10 @@ clock (the wrappers cost a few microseconds a request, so its rate is a little b
 and prints the median and mean of each. In a closed loop of C callers, requests/s is
 C / (L + the time outside the directory): at C=64 and L=5 ms, 0.8 of C/L leaves 1.25 ms.
 
+It wraps functions, which code compiled with mypyc (``setup.py``) calls directly, so it runs
+cloudprov as plain Python (``bench.plain``) whatever is installed: its stages are plain Python's
+(``bench.agent_load`` measures the compiled code; a request costs about a third more CPU here).
+
     .venv/bin/python -m bench.agent_stages --requests 20000 --concurrency 64 --latency-ms 5
 """
 
@@ -26,12 +30,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import agent.dispatcher
-import service.client
-from bench.agent_load import run_phase
-from bench.common import result
-from plugins.memory.chaos import TimerQueue
-from transports.local import LocalRequester
+from bench import plain
+
+plain.use()  # before cloudprov is imported: the wrapped calls must go through module attributes
+
+import agent.dispatcher  # noqa: E402
+import service.client  # noqa: E402
+from bench.agent_load import run_phase  # noqa: E402
+from bench.common import result  # noqa: E402
+from plugins.memory.chaos import TimerQueue  # noqa: E402
+from transports.local import LocalRequester  # noqa: E402
 
 _clock = time.perf_counter
 
