@@ -300,11 +300,12 @@ class _Deliveries(AsyncIterator[Delivery]):
     the transport stops consuming. Written out rather than as an async generator, which mypyc does not
     compile (this module is compiled: pyproject's ``[tool.cloudprov] compiled``)."""
 
-    __slots__ = ("_ended", "_queues", "_transport", "_turn")
+    __slots__ = ("_broker", "_ended", "_queues", "_transport", "_turn")
 
     def __init__(self, transport: LocalTransport) -> None:
         self._transport = transport
-        self._queues: list[_Queue] | None = None
+        self._broker: LocalBroker | None = None  # and its queues: looked up at the first delivery
+        self._queues: list[_Queue] = []
         self._turn = 0
         self._ended = False
 
@@ -313,10 +314,11 @@ class _Deliveries(AsyncIterator[Delivery]):
 
     async def __anext__(self) -> Delivery:
         transport = self._transport
-        broker = transport.broker
+        broker = self._broker
+        if broker is None:
+            broker = self._broker = transport.broker
+            self._queues = [broker.queue(domain) for domain in transport.domains]
         queues = self._queues
-        if queues is None:
-            queues = self._queues = [broker.queue(domain) for domain in transport.domains]
         while not self._ended and not transport._stopping:
             message = transport._take(queues, self._turn)
             self._turn += 1
