@@ -206,12 +206,13 @@ class Signer:
 BATCH_CONTEXT = b"cloudprov batch signature v1\x00"
 #: A batch that waits for more requests is complete once it holds more than this share of the requests
 #: its callers expect: a closed loop then moves in several overlapping cohorts, not in one lockstep round
-#: whose CPU work and round trip never overlap. An eighth: over a 5 ms directory (bench.agent_load, an
-#: idle machine, alternated with a quarter) 0.85-0.87 of C/L instead of 0.82 at 8 in flight, 0.86
-#: instead of 0.71-0.73 at 16, 0.72-0.73 instead of 0.66-0.67 at 32, 0.56-0.61 instead of 0.53-0.55 at
-#: 64; SCIM over slapd at 16, where the CPU is the limit, the same within the noise (a quarter, in its
-#: day, had beaten waiting for all by 12-15% at 16-32).
-COMPLETE_SHARE = 0.125
+#: whose CPU work and round trip never overlap. A sixteenth: over a 5 ms directory (bench.agent_load,
+#: compiled, an idle machine, alternated with an eighth, twice) 0.74-0.75 of C/L instead of 0.72 at 64 in
+#: flight, 0.82-0.83 instead of 0.80-0.81 at 32, 0.87 instead of 0.85 at 16, the same at 8 and for the
+#: GET/PATCH mix, for about a tenth more CPU per request at 64 (more, smaller batches); over RabbitMQ
+#: (bench.transport_rpc, 100 in flight) and SCIM over slapd at 16 the same within the noise. An eighth,
+#: in its day, had beaten a quarter at every concurrency.
+COMPLETE_SHARE = 0.0625
 #: Proof steps a ``Verifier`` remembers (by exact input, so only work is saved): a batch of n requests
 #: has 2(n - 1) of them; about 2.5 MB at most.
 MAX_FOLDS = 8192
