@@ -6,7 +6,8 @@ collector settings of ``cloudprov agent run``, ``settle_heap``):
      (target >= 2,000 filtered GETs/s);
   2. filtered GETs with directory latency L at each concurrency of ``--sweep`` and at C: requests/s,
      p50/p99, the ratio to the ideal C/L (every GET is one directory round trip; target >= 0.8 at
-     C=64, L=5 ms) and the ratio to the lower of C/L and the CPU ceiling;
+     C=64, L=5 ms), the ratio to the lower of C/L and the CPU ceiling, and the share of the time the
+     process was busy (``cpu_busy``: the CPU is the limit near 1, idle gaps between cohorts below);
   3. a mix of filtered GETs and PATCHes (``--patch-share``) with latency L: requests/s and the ratio
      to C / (L x measured round trips per request).
 The phases take ``--rounds`` turns and each figure is the median over the turns: the machine's speed
@@ -108,6 +109,9 @@ async def run_phase(
     figures["round_trips_per_request"] = round(round_trips, 2)
     # CPU per request (requester and agent together): the cost that a busy machine does not distort.
     figures["cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
+    # The share of the phase the process was busy: near 1, the CPU is the limit; well below it with a
+    # ratio short of C/L, the loop idles between cohorts (docs/performance.md, "Cohorts against the cost").
+    figures["cpu_busy"] = round(cpu / elapsed, 3)
     if latency > 0:
         ideal = concurrency / (latency * max(round_trips, 1.0))
         figures["ideal_rps"] = round(ideal, 1)
