@@ -274,7 +274,12 @@ class _Translator:
         if op in {"co", "sw", "ew"}:
             if value == "":
                 return _Out(present, True)
-            escaped = escape_value(value)
+            # Spaces folded as LDAP folds them (runs to one, none at the ends): a value holding the SCIM
+            # substring holds the folded one, and servers differ on spaces at a substring's ends.
+            folded = " ".join(value.split())
+            if not folded:  # only spaces: nothing left to narrow with
+                return _Out(present, False)
+            escaped = escape_value(folded)
             pattern = {"co": f"*{escaped}*", "sw": f"{escaped}*", "ew": f"*{escaped}"}[op]
             return _Out(f"({ldap}={pattern})", False)
         return _Out(present, False)  # ordering on strings: servers may lack an ORDERING rule
@@ -336,13 +341,16 @@ class CompareTemplate:
     the LDAP filter's fixed text, between which the escaped value goes (once per mapped attribute)."""
 
     fixed: tuple[str, ...]
-    #: ``co``/``sw``/``ew``: an empty value is a presence test, which the general path translates.
+    #: ``co``/``sw``/``ew``: the value goes in with its spaces folded, and an empty value (or one of only
+    #: spaces) is a presence test, which the general path translates.
     needs_value: bool
 
     def translation(self, value: str) -> Translation | None:
         """The translation of the comparison with ``value``; None when the general path must decide."""
-        if self.needs_value and not value:
-            return None
+        if self.needs_value:
+            value = " ".join(value.split())
+            if not value:
+                return None
         return Translation(escape_value(value).join(self.fixed), False, False)
 
 

@@ -202,7 +202,8 @@ def _json_escape(value: str) -> str:
 @settings(max_examples=40, deadline=None)
 @given(value=st.text(min_size=1, max_size=12).filter(lambda v: v.strip() != ""))
 def test_values_never_change_structure(template: str, value: str) -> None:
-    """Whatever the value, the LDAP filter has the structure of a plain value, and carries the value verbatim."""
+    """Whatever the value, the LDAP filter has the structure of a plain value, and carries the value verbatim
+    (a substring's with its runs of spaces folded to one and none at its ends, as LDAP compares them)."""
     reference = asyncio.run(_ldap(template.replace("{v}", "plain")))
     actual = asyncio.run(_ldap(template.replace("{v}", _json_escape(value))))
     assert _shape(ldapfilter.parse(actual)) == _shape(ldapfilter.parse(reference))
@@ -211,7 +212,7 @@ def test_values_never_change_structure(template: str, value: str) -> None:
             assert found in {value, "plain", "inetOrgPerson"}, found
         elif isinstance(found, tuple):
             pieces = [p for p in (found[0], *found[1], found[2]) if p is not None]
-            assert pieces == [value] or pieces == ["plain"], pieces
+            assert pieces == [" ".join(value.split())] or pieces == ["plain"], pieces
 
 
 @pytest.mark.parametrize(
@@ -271,9 +272,9 @@ async def _template_agrees(value: str) -> None:
         template = compare_template(mapping, path, op)
         assert template is not None
         templated = template.translation(value)
-        if templated is None:
+        if templated is None:  # an empty substring, or one of only spaces: the general path decides
             assert op != "eq"
-            assert value == ""
+            assert value.strip() == ""
             continue
         scimeval.check(node)  # the lister skips the check for a templated comparison: it cannot fail
         assert templated == await translation(node, mapping, refs), (mapping.name, node.to_string())
