@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -125,6 +125,14 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def stop_consuming(self) -> None:
         """Take no new work; deliveries already handed out can still be replied to and settled."""
+
+    def hand_over(self, take: Callable[[Delivery], bool]) -> bool:
+        """Offer each delivery to ``take`` as it arrives, before ``deliveries()`` would yield it, if this
+        transport can (True; the default cannot). ``take(delivery)`` returns whether it took the delivery,
+        without awaiting anything; one it does not take goes to ``deliveries()`` as usual. Saves the
+        consumer one event-loop turn per arrival: the local transport, whose requester publishes in the
+        callback that signs a batch, then starts the batch's work in that callback."""
+        return False
 
     @property
     def connected(self) -> bool:

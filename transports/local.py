@@ -20,7 +20,9 @@ Guarantees
     ``broker.dead_letters(domain)`` and it is never handed out again. A request leaves the queue
     unseen once its requester stopped waiting. Replies reach the requester that sent the request,
     routed by request id; late or duplicate replies are dropped and counted. Payloads are passed by
-    reference and no task is started per message.
+    reference and no task is started per message. A consumer that takes deliveries as they arrive
+    (``hand_over``: the dispatcher) is offered each new message first, in the callback that publishes
+    it, unless older ones wait in the queue; several such consumers are offered messages in turn.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 from uuid import uuid4
@@ -69,11 +71,12 @@ class _Message:
 
 
 class _Queue:
-    __slots__ = ("dead", "messages", "waiters")
+    __slots__ = ("dead", "messages", "takers", "waiters")
 
     def __init__(self) -> None:
         self.messages: deque[_Message] = deque()
         self.waiters: deque[asyncio.Future[_Message | None]] = deque()
+        self.takers: deque[Callable[[_Message], bool]] = deque()  # consumers' ``hand_over``, taken in turn
         self.dead: list[DeadLetter] = []
 
 
@@ -121,6 +124,8 @@ class LocalBroker:
     def publish(self, message: _Message, *, front: bool = False) -> None:
         """Hand ``message`` to a waiting consumer, or queue it (at the front for returned messages)."""
         queue = self.queue(message.domain)
+        if queue.takers and not front and not queue.messages and _hand(queue.takers, message):
+            return  # taken as it arrived; never ahead of messages already waiting
         while queue.waiters:
             waiter = queue.waiters.popleft()
             if not waiter.done():
@@ -148,6 +153,16 @@ class LocalBroker:
             self.dropped_replies += 1
             return
         waiter.set_result(payload)
+
+
+def _hand(takers: deque[Callable[[_Message], bool]], message: _Message) -> bool:
+    """Offer ``message`` to each consumer's taker in turn (the next message starts with the next one)."""
+    for _ in range(len(takers)):
+        take = takers[0]
+        takers.rotate(-1)
+        if take(message):
+            return True
+    return False
 
 
 class LocalDelivery(Delivery):
@@ -204,6 +219,7 @@ class LocalTransport(Transport):
         self._stopping = False
         self._unsettled: dict[LocalDelivery, None] = {}
         self._waiters: set[asyncio.Future[_Message | None]] = set()
+        self._taker: Callable[[_Message], bool] | None = None  # in its domains' queues while handed over
 
     @classmethod
     def from_url(cls, url: str, *, domains: Sequence[str], options: Mapping[str, Any] | None = None) -> Self:
@@ -230,6 +246,7 @@ class LocalTransport(Transport):
 
     async def stop_consuming(self) -> None:
         self._stopping = True
+        self._withdraw()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -247,6 +264,44 @@ class LocalTransport(Transport):
 
     def deliveries(self) -> AsyncIterator[Delivery]:
         return _Deliveries(self)
+
+    def hand_over(self, take: Callable[[Delivery], bool]) -> bool:
+        """Deliveries go to ``take`` as the requester publishes them (in its batch's signing callback),
+        while no older message waits in the queue; one ``take`` refuses waits for ``deliveries()``. A
+        later call replaces the earlier ``take``; ``stop_consuming`` and ``close`` withdraw it."""
+        if self._stopping or self._closed:
+            return False
+        self._withdraw()
+
+        def taker(message: _Message) -> bool:
+            return self._offer(message, take)
+
+        broker = self.broker
+        for domain in self.domains:
+            broker.queue(domain).takers.append(taker)
+        self._taker = taker
+        return True
+
+    def _offer(self, message: _Message, take: Callable[[Delivery], bool]) -> bool:
+        if message.expires_at is not None and message.expires_at < time.monotonic():
+            self.broker.expired += 1  # its requester stopped waiting: dropped unseen, as deliveries() does
+            return True
+        message.delivery_count += 1
+        delivery = LocalDelivery(self, message)
+        self._unsettled[delivery] = None
+        if take(delivery):
+            return True
+        message.delivery_count -= 1  # not handed out after all
+        del self._unsettled[delivery]
+        return False
+
+    def _withdraw(self) -> None:
+        taker, self._taker = self._taker, None
+        if taker is not None and self._broker is not None:
+            for domain in self.domains:
+                takers = self._broker.queue(domain).takers
+                if taker in takers:
+                    takers.remove(taker)
 
     def _take(self, queues: list[_Queue], turn: int) -> _Message | None:
         count = len(queues)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -254,6 +255,30 @@ async def test_max_in_flight_bounds_concurrency(monkeypatch: pytest.MonkeyPatch)
         )
         assert [r.status for r in responses] == [200] * 20
     assert peak == 3
+
+
+_CALLER = contextvars.ContextVar[str]("caller")
+
+
+async def test_requests_handed_over_run_in_the_agents_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local transport hands a request to the dispatcher in the callback that publishes it, on the
+    requester's side; the request still runs in a context of the agent's (no log fields, no context
+    variables of the caller), one of its own per request, and is handled at once, not a turn later."""
+    seen: list[str | None] = []
+
+    class Observing(ScimHandler):
+        async def handle(self, op: ScimOperation) -> Result:
+            seen.append(_CALLER.get(None))
+            _CALLER.set("set by a request")  # stays in this request's context
+            return await super().handle(op)
+
+    monkeypatch.setattr(runtime, "ScimHandler", Observing)  # the handler the agent makes
+    async with running_agent() as harness:
+        _CALLER.set("the requester")
+        responses = await asyncio.gather(*(harness.client.call("GET", "/ServiceProviderConfig") for _ in range(3)))
+        assert [r.status for r in responses] == [200] * 3
+        assert harness.agent.dispatcher.counters.answered == 3
+    assert seen == [None, None, None]
 
 
 async def test_handler_outliving_the_deadline_gets_504() -> None:

@@ -266,3 +266,104 @@ async def test_reply_and_ack_now_after_close_does_nothing(broker_name: str) -> N
         assert not delivery.reply_and_ack_now(Response(request_id, 200).encode())
         assert delivery.settlement is None
         assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+
+
+def _publish(requester: Requester, path: str, timeout: float = 30) -> tuple[bytes, asyncio.Future[bytes]]:
+    """Publish a request as ``ScimClient`` does over the local transport (``expect``, then ``post``, which
+    publishes at once); returns the payload and the future its reply resolves."""
+    assert isinstance(requester, LocalRequester)
+    request_id, payload = _envelope(path)
+    waiter, _ = requester.expect(request_id, 30)
+    requester.post(DOMAIN, request_id, timeout, payload)
+    return payload, waiter
+
+
+def _forget(*waiters: asyncio.Future[bytes]) -> None:
+    for waiter in waiters:
+        waiter.cancel()  # the test is done with it: the requester's close would fail it instead
+
+
+async def test_hand_over_takes_a_request_in_the_call_that_publishes_it(broker_name: str) -> None:
+    """A consumer that takes deliveries as they arrive gets each one inside ``post``, not a turn later,
+    and its reply reaches the requester as any delivery's does."""
+    url = f"local://{broker_name}"
+    taken: list[Delivery] = []
+    async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
+        assert transport.hand_over(lambda delivery: taken.append(delivery) is None)
+        payload, waiter = _publish(requester, "/Users")
+        assert [d.payload for d in taken] == [payload]  # no await in between
+        assert taken[0].delivery_count == 1
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 0
+        assert taken[0].reply_and_ack_now(b"answer")
+        assert await waiter == b"answer"
+
+
+async def test_hand_over_refused_goes_to_deliveries_and_keeps_the_order(broker_name: str) -> None:
+    """A delivery the taker refuses waits for ``deliveries()``; while it waits, later requests queue behind
+    it instead of being taken ahead of it; the refused one is handed out once, not twice."""
+    url = f"local://{broker_name}"
+    accept = False
+    taken: list[bytes] = []
+
+    def take(delivery: Delivery) -> bool:
+        if accept:
+            taken.append(delivery.payload)
+        return accept
+
+    async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
+        transport.hand_over(take)
+        first, first_reply = _publish(requester, "/Users/first")  # refused: queued
+        accept = True
+        second, second_reply = _publish(requester, "/Users/second")  # taken only after the first
+        assert taken == []
+        deliveries = aiter(transport.deliveries())
+        got = [await anext(deliveries), await anext(deliveries)]
+        assert [d.payload for d in got] == [first, second]
+        assert [d.delivery_count for d in got] == [1, 1]
+        for delivery in got:
+            await answer(delivery)
+        await asyncio.gather(first_reply, second_reply)
+
+
+async def test_hand_over_ends_when_consuming_stops(broker_name: str) -> None:
+    """After ``stop_consuming`` the taker is offered nothing: requests wait in the queue for a consumer."""
+    url = f"local://{broker_name}"
+    taken: list[Delivery] = []
+    async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
+        transport.hand_over(lambda delivery: taken.append(delivery) is None)
+        await transport.stop_consuming()
+        assert not transport.hand_over(lambda delivery: taken.append(delivery) is None)
+        _, waiter = _publish(requester, "/Users")
+        assert taken == []
+        assert LocalBroker.named(broker_name).depth(DOMAIN) == 1
+        _forget(waiter)
+
+
+async def test_hand_over_drops_an_expired_request_unseen(broker_name: str) -> None:
+    """A request whose requester stopped waiting is not offered to the taker, and is counted."""
+    url = f"local://{broker_name}"
+    taken: list[Delivery] = []
+    async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
+        transport.hand_over(lambda delivery: taken.append(delivery) is None)
+        _, waiter = _publish(requester, "/Users", timeout=-1)  # expired as it is published
+        assert taken == []
+        assert LocalBroker.named(broker_name).expired == 1
+        _forget(waiter)
+
+
+async def test_competing_takers_share_the_requests(broker_name: str) -> None:
+    """Two transports taking deliveries as they arrive on one domain are offered requests in turn."""
+    url = f"local://{broker_name}"
+    left: list[Delivery] = []
+    right: list[Delivery] = []
+    async with (
+        create_transport(url, domains=[DOMAIN]) as one,
+        create_transport(url, domains=[DOMAIN]) as other,
+        create_requester(url) as requester,
+    ):
+        one.hand_over(lambda delivery: left.append(delivery) is None)
+        other.hand_over(lambda delivery: right.append(delivery) is None)
+        waiters = [_publish(requester, f"/Users/{i}")[1] for i in range(10)]
+        assert len(left) == len(right) == 5
+        assert {d.payload for d in left}.isdisjoint(d.payload for d in right)
+        _forget(*waiters)
