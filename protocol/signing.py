@@ -329,24 +329,18 @@ class SignatureBatcher:
         waiter: asyncio.Future[Any],
         *,
         expected: int = 0,
-        complete: bool = False,
-    ) -> bool:
+    ) -> None:
         """``sign_and_encode`` without a wait of its own: once the batch is signed, ``send(envelope)`` is
         called (in the callback that signs the batch), unless ``waiter`` is done by then (its caller stopped
         waiting); an error signing the batch or from ``send`` is set on ``waiter``. A requester that sends
         from a callback (``transports.base.PostingRequester``) joins a batch this way and then awaits only
-        its reply: its caller's task wakes once per request instead of twice. ``complete``: the caller knows
-        nobody else is about to join this turn; a batch that would be signed at the end of the turn is then
-        signed in this call instead. Returns whether it was signed in this call for that reason."""
+        its reply: its caller's task wakes once per request instead of twice."""
         # A body the envelope refuses fails this caller here, not the batch it would have joined.
         refuse_non_finite(fields["op"]["body"])
         pending = self._pending
         pending.append((signer, fields, waiter, send))
         if len(pending) >= self.max_batch:
             self._flush()
-        elif complete and (self.linger <= 0 or len(pending) > expected * COMPLETE_SHARE):
-            self._flush()  # nobody else is about to join this turn: signed now, a turn sooner
-            return True
         elif self.linger <= 0 or len(pending) > expected * COMPLETE_SHARE:
             lingering = self._flush_at
             if lingering is None or isinstance(lingering, asyncio.TimerHandle):  # not yet due this turn
@@ -355,7 +349,6 @@ class SignatureBatcher:
                 self._flush_at = asyncio.get_running_loop().call_soon(self._flush)
         elif self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(self.linger, self._flush)
-        return False
 
     def _flush(self) -> None:
         if self._flush_at is not None:

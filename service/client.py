@@ -56,7 +56,6 @@ class ScimClient:
         self.timeout = timeout
         self._batcher = SignatureBatcher(linger=batch_linger)
         self._in_flight = 0
-        self._taken_seen = 0  # the requester's replies_taken() when a batch was last signed as complete
 
     def _unsigned(
         self, method: str, path: str, query: Mapping[str, str] | None, body: Any, timeout: float | None
@@ -115,21 +114,14 @@ class ScimClient:
                 # sent as its batch is signed: this task wakes once, for the reply (a test holds this way
                 # and the one below together)
                 waiter, timer = requester.expect(request_id, timeout)
-                # Complete: every caller a reply woke since the last batch signed so has sent again (a
-                # closed loop's cohort), so nobody else is about to join; a call not following a reply
-                # (a sync cycle fanning out) leaves the batch to the end of the turn.
-                taken = requester.replies_taken()
-                complete = taken != self._taken_seen and requester.replies_waiting() == 0
                 try:
-                    if self._batcher.sign_then(
+                    self._batcher.sign_then(
                         self.signer,
                         fields,
                         partial(requester.post, self.domain, request_id, timeout),
                         waiter,
                         expected=self._in_flight - 1,
-                        complete=complete,
-                    ):
-                        self._taken_seen = taken
+                    )
                 except Exception as error:  # a body the envelope refuses: raised by ``reply``, which forgets it
                     waiter.set_exception(error)
                 raw = await requester.reply(request_id, waiter, timer, timeout)

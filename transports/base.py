@@ -174,17 +174,6 @@ class PostingRequester(Requester):
     and forgets it, however the wait ends (late: ``RequestTimeoutError``). The three together behave as
     ``request``."""
 
-    def replies_waiting(self) -> int:
-        """How many replies have arrived whose callers have not yet taken them (their tasks are about to
-        wake), or -1 where the requester does not know."""
-        return -1
-
-    def replies_taken(self) -> int:
-        """How many replies callers have taken so far (a count that only grows), or -1 where the requester
-        does not know. With ``replies_waiting`` at 0, a count that moved since a batch was last signed
-        tells a batch signer that the callers woken by replies have all had their turn to send again."""
-        return -1
-
     @abc.abstractmethod
     def expect(self, request_id: str, timeout: float) -> tuple[asyncio.Future[bytes], int]:
         """The future of ``request_id``'s response envelope and the key ``reply`` needs to stop its timer."""

@@ -89,7 +89,6 @@ class LocalBroker:
         self.name = name
         self._queues: dict[str, _Queue] = {}
         self._inboxes: dict[str, dict[str, asyncio.Future[bytes]]] = {}
-        self._owners: dict[str, LocalRequester] = {}  # an inbox's requester, told of each reply routed to it
         #: Replies that found nobody waiting (late, duplicate, or for a closed requester).
         self.dropped_replies = 0
         #: Requests removed from a queue because their requester had stopped waiting.
@@ -137,18 +136,15 @@ class LocalBroker:
         else:
             queue.messages.append(message)
 
-    def open_inbox(self, name: str, owner: LocalRequester | None = None) -> dict[str, asyncio.Future[bytes]]:
+    def open_inbox(self, name: str) -> dict[str, asyncio.Future[bytes]]:
         if name in self._inboxes:
             raise TransportError(f"reply inbox {name!r} is already open on broker {self.name!r}")
         inbox: dict[str, asyncio.Future[bytes]] = {}
         self._inboxes[name] = inbox
-        if owner is not None:
-            self._owners[name] = owner
         return inbox
 
     def close_inbox(self, name: str) -> None:
         self._inboxes.pop(name, None)
-        self._owners.pop(name, None)
 
     def route_reply(self, reply_to: str, correlation_id: str, payload: bytes) -> None:
         inbox = self._inboxes.get(reply_to)
@@ -157,9 +153,6 @@ class LocalBroker:
             self.dropped_replies += 1
             return
         waiter.set_result(payload)
-        owner = self._owners.get(reply_to)
-        if owner is not None:
-            owner.arrived += 1
 
 
 def _hand(takers: deque[Callable[[_Message], bool]], message: _Message) -> bool:
@@ -411,8 +404,6 @@ class LocalRequester(PostingRequester):
         self.inbox = f"reply.{uuid4().hex}"
         self._broker: LocalBroker | None = None
         self._pending: dict[str, asyncio.Future[bytes]] = {}
-        self.arrived = 0  # replies routed here that their callers have not taken yet
-        self.taken = 0  # replies callers have taken
 
     @classmethod
     def from_url(cls, url: str, *, options: Mapping[str, Any] | None = None) -> Self:
@@ -428,7 +419,7 @@ class LocalRequester(PostingRequester):
         if self._broker is not None:
             return
         broker = LocalBroker.named(self.settings.broker)
-        self._pending = broker.open_inbox(self.inbox, self)
+        self._pending = broker.open_inbox(self.inbox)
         self._broker = broker
 
     async def close(self) -> None:
@@ -467,22 +458,9 @@ class LocalRequester(PostingRequester):
 
     async def reply(self, request_id: str, waiter: asyncio.Future[bytes], timer: int, timeout: float) -> bytes:
         try:
-            payload = await waiter
+            return await waiter
         except TimeoutError:
             raise RequestTimeoutError(f"no reply to request {request_id!r} within {timeout} s") from None
-        except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.arrived -= 1  # its caller stopped waiting after the reply had arrived
-            raise
         finally:
             deadlines.running().cancel(waiter, timer)
             self._pending.pop(request_id, None)
-        self.arrived -= 1
-        self.taken += 1
-        return payload
-
-    def replies_waiting(self) -> int:
-        return self.arrived
-
-    def replies_taken(self) -> int:
-        return self.taken

@@ -230,29 +230,6 @@ async def test_requests_sent_in_later_turns_join_a_lingering_batch() -> None:
         verifier.verify(_wire(request))
 
 
-async def test_a_batch_known_complete_is_signed_in_the_call_that_completes_it() -> None:
-    """``complete``: nobody else is about to join this turn (every caller woken by a reply has sent again).
-    A batch past the share is then signed and sent inside the call, a turn sooner; below the share it
-    still lingers, and without ``complete`` it waits for the end of the turn."""
-    loop = asyncio.get_running_loop()
-    batcher = SignatureBatcher(linger=60.0)
-    expected = round(2 / signing.COMPLETE_SHARE)  # two are that share: the third makes the batch pass it
-    sent: list[bytes] = []
-    waiters = [loop.create_future() for _ in range(4)]
-    batcher.sign_then(SIGNER, _fields(0), sent.append, waiters[0], expected=expected, complete=True)
-    batcher.sign_then(SIGNER, _fields(1), sent.append, waiters[1], expected=expected, complete=True)
-    assert sent == []  # at the share, not past it: it lingers, complete or not
-    batcher.sign_then(SIGNER, _fields(2), sent.append, waiters[2], expected=expected)
-    assert sent == []  # past the share, but others may still join this turn: signed at its end
-    batcher.sign_then(SIGNER, _fields(3), sent.append, waiters[3], expected=expected, complete=True)
-    assert len(sent) == 4  # signed and sent in this call
-    signed = _decoded(sent)
-    assert len({request.signature for request in signed}) == 1
-    verifier = _verifier()
-    for request in signed:
-        verifier.verify(_wire(request))
-
-
 async def test_a_request_with_nothing_else_in_flight_does_not_linger() -> None:
     batcher = SignatureBatcher(linger=60.0)
     alone = decode_request(await asyncio.wait_for(batcher.sign_and_encode(SIGNER, _fields(0)), timeout=10))

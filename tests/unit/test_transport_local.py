@@ -367,26 +367,3 @@ async def test_competing_takers_share_the_requests(broker_name: str) -> None:
         assert len(left) == len(right) == 5
         assert {d.payload for d in left}.isdisjoint(d.payload for d in right)
         _forget(*waiters)
-
-
-async def test_requester_counts_replies_until_their_callers_take_them(broker_name: str) -> None:
-    """``replies_waiting``: replies routed to the requester whose callers have not woken to take them yet
-    (what tells ``ScimClient`` that a batch is complete); a caller cancelled after its reply arrived
-    leaves the count too."""
-    url = f"local://{broker_name}"
-    async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
-        assert isinstance(requester, LocalRequester)
-        assert requester.replies_waiting() == 0
-        calls = [
-            asyncio.create_task(requester.request(DOMAIN, *_envelope(f"/Users/{i}"), timeout=30)) for i in range(3)
-        ]
-        deliveries = aiter(transport.deliveries())
-        got = [await anext(deliveries) for _ in range(3)]
-        assert requester.replies_waiting() == 0
-        for delivery in got:
-            assert delivery.reply_and_ack_now(b"answer")
-        assert requester.replies_waiting() == 3  # arrived; no caller has run yet
-        calls[2].cancel()  # its reply is there, but its caller stops waiting
-        await asyncio.gather(*calls, return_exceptions=True)
-        assert requester.replies_waiting() == 0
-        assert [c.result() for c in calls[:2]] == [b"answer", b"answer"]
