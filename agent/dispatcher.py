@@ -83,7 +83,8 @@ class Dispatcher:
 
         A transport that can hand deliveries over as they arrive (``Transport.hand_over``: the local one)
         gets them started at once while a slot is free, one event-loop turn sooner than through
-        ``deliveries()``: at C=64 over a 5 ms directory, 0.81 of C/L instead of 0.75-0.76."""
+        ``deliveries()``: at C=64 over a 5 ms directory, 0.78-0.80 of C/L instead of 0.74-0.75
+        (``bench.agent_load``; docs/performance.md)."""
         mine = self._by_transport.setdefault(id(transport), set())
         slots = self._slots
         loop = asyncio.get_running_loop()
