@@ -283,17 +283,23 @@ class LocalTransport(Transport):
         return True
 
     def _offer(self, message: _Message, take: Callable[[Delivery], bool]) -> bool:
-        if message.expires_at is not None and message.expires_at < time.monotonic():
-            self.broker.expired += 1  # its requester stopped waiting: dropped unseen, as deliveries() does
-            return True
-        message.delivery_count += 1
-        delivery = LocalDelivery(self, message)
-        self._unsettled[delivery] = None
-        if take(delivery):
-            return True
+        delivery = self._hand_out(message)
+        if delivery is None or take(delivery):
+            return True  # taken, or expired and dropped
         message.delivery_count -= 1  # not handed out after all
         del self._unsettled[delivery]
         return False
+
+    def _hand_out(self, message: _Message) -> LocalDelivery | None:
+        """``message`` as a delivery counted and tracked until settled; None (counted, dropped unseen) once
+        its requester stopped waiting."""
+        if message.expires_at is not None and message.expires_at < time.monotonic():
+            self.broker.expired += 1
+            return None
+        message.delivery_count += 1
+        delivery = LocalDelivery(self, message)
+        self._unsettled[delivery] = None
+        return delivery
 
     def _withdraw(self) -> None:
         taker, self._taker = self._taker, None
@@ -384,13 +390,9 @@ class _Deliveries(AsyncIterator[Delivery]):
                 if transport._stopping:
                     broker.publish(message, front=True)
                     break
-            if message.expires_at is not None and message.expires_at < time.monotonic():
-                broker.expired += 1
-                continue
-            message.delivery_count += 1
-            delivery = LocalDelivery(transport, message)
-            transport._unsettled[delivery] = None
-            return delivery
+            delivery = transport._hand_out(message)
+            if delivery is not None:
+                return delivery
         self._ended = True
         raise StopAsyncIteration
 
