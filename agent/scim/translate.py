@@ -274,9 +274,7 @@ class _Translator:
         if op in {"co", "sw", "ew"}:
             if value == "":
                 return _Out(present, True)
-            # Spaces folded as LDAP folds them (runs to one, none at the ends): a value holding the SCIM
-            # substring holds the folded one, and servers differ on spaces at a substring's ends.
-            folded = " ".join(value.split())
+            folded = _folded(value)
             if not folded:  # only spaces: nothing left to narrow with
                 return _Out(present, False)
             escaped = escape_value(folded)
@@ -331,6 +329,13 @@ async def translate(node: sf.Filter | None, mapping: ResourceMapping, refs: Refe
     return found.ldap_filter, found.exact
 
 
+def _folded(substring: str) -> str:
+    """A ``co``/``sw``/``ew`` value with its spaces folded as LDAP folds them (runs to one, none at the
+    ends): a value holding the SCIM substring holds the folded one, and servers differ on spaces at a
+    substring's ends. Empty when the value is only spaces."""
+    return " ".join(substring.split())
+
+
 #: The LDAP assertion value around the escaped SCIM value, by operator, for a string attribute.
 _PATTERNS = {"eq": ("", ""), "co": ("*", "*"), "sw": ("", "*"), "ew": ("*", "")}
 
@@ -348,7 +353,7 @@ class CompareTemplate:
     def translation(self, value: str) -> Translation | None:
         """The translation of the comparison with ``value``; None when the general path must decide."""
         if self.needs_value:
-            value = " ".join(value.split())
+            value = _folded(value)
             if not value:
                 return None
         return Translation(escape_value(value).join(self.fixed), False, False)
