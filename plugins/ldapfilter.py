@@ -311,21 +311,28 @@ class Substring(Filter):
             self,
             "keys",
             (
-                None if self.initial is None else self._piece(self.initial),
+                None if self.initial is None else self._piece(self.initial, head=False),
                 tuple(self._piece(piece) for piece in self.any),
-                None if self.final is None else self._piece(self.final),
+                None if self.final is None else self._piece(self.final, tail=False),
             ),
         )
 
-    def _piece(self, piece: AttrValue) -> Normalized:
+    def _piece(self, piece: AttrValue, *, head: bool = True, tail: bool = True) -> Normalized:
+        """A piece in the form of the values it is looked for in (``normalize_value``: no spaces at the
+        ends, inner runs as one). A space at a piece's inner end is significant and kept as one; at the
+        value's ends there is none to find, so the initial piece's leading spaces and the final piece's
+        trailing ones go (slapd: ``(cn=*b )`` matches "a b", RFC 4518 §2.6.1 agrees). A piece of spaces
+        only is one space: an inner space, which an initial piece never finds (slapd finds nothing for
+        ``(cn= *)``); a final piece of spaces only is empty, and every value ends with it."""
         if is_binary(self.attribute):
             return normalize_value(self.attribute, piece)
         text = piece.decode("utf-8", "surrogateescape") if isinstance(piece, bytes) else piece
-        # Keep one leading/trailing space: inside a pattern it is significant.
         core = " ".join(text.split()).casefold()
-        head = " " if text[:1].isspace() and core else ""
-        tail = " " if text[-1:].isspace() and core else ""
-        return head + core + tail if core else " "
+        if not core:
+            return " " if tail else ""
+        before = " " if head and text[:1].isspace() else ""
+        after = " " if tail and text[-1:].isspace() else ""
+        return before + core + after
 
     def to_string(self) -> str:
         pieces = [

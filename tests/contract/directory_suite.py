@@ -354,6 +354,30 @@ class DirectoryBehaviour:
         assert await collect(directory, container, f"({attribute}={injected})") == []
         assert await collect(directory, container, f"({attribute}={escape_value('x' + chr(0) + 'y')})") == []
 
+    async def test_spaces_at_the_outer_ends_of_substring_pieces_are_insignificant(
+        self, directory: Directory, shapes: Shapes, container: str
+    ) -> None:
+        """A value has no spaces at its ends to find (RFC 4518 §2.6.1), so ``*b `` finds the values ending in
+        b and `` a*`` those starting with a. (At a piece's inner end servers differ: slapd and the memory
+        directory look for the space, ``*a *`` finds "a b" but not "ab"; Samba ignores it there too.)"""
+        attribute = shapes.text_attribute
+        values = ["ab", "a b", "x a b y", "b"]
+        by_value = {}
+        for index, value in enumerate(values):
+            extra: dict[str, list[AttrValue]] = {attribute: [value]}
+            by_value[value] = await self.add_person(directory, shapes, f"s{index}", container, **extra)
+        expected = {
+            "*b ": ["ab", "a b", "b"],
+            "*b  ": ["ab", "a b", "b"],
+            " a*": ["ab", "a b"],
+            "  a*b ": ["ab", "a b"],
+            " x*y ": ["x a b y"],
+        }
+        for pattern, matching in expected.items():
+            escaped = "*".join(escape_value(piece) for piece in pattern.split("*"))
+            found = await collect(directory, container, f"({attribute}={escaped})")
+            assert normalized(found) == normalized([by_value[value] for value in matching]), repr(pattern)
+
     async def test_bad_filter_raises_invalid_filter(self, directory: Directory, container: str) -> None:
         """A malformed filter raises InvalidFilterError when the search runs."""
         for bad in ("(cn=a", "(cn=a)(", "(&(cn=a)", "(cn=\\zz)"):

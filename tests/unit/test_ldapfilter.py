@@ -202,6 +202,13 @@ ENTRY = Attributes(
         ("(cn=*smith)", True),
         ("(cn=*smithx)", False),
         ("(cn=john*ohn*)", False),
+        # spaces at a substring piece's ends, as slapd matches them (checked against slapd 2.5)
+        ("(cn=*smith )", True),
+        ("(cn= john*)", True),
+        ("(cn=*john *)", True),
+        ("(cn=*smith *)", False),
+        ("(cn=* )", True),
+        ("(cn= *)", False),
         ("(uSNChanged>=99)", True),
         ("(uSNChanged>=1000)", False),
         ("(uSNChanged<=100)", True),
