@@ -8,7 +8,7 @@ would, for the in-memory directory.
 Matching rules (one short table, not a schema):
 - attribute names are case-insensitive; options (``cn;lang-en``) are kept in the AST and ignored when
   matching;
-- every attribute is caseIgnore (insignificant spaces collapsed, Unicode case folding) except the
+- every attribute is caseIgnore (RFC 4518: NFKC, Unicode case folding, insignificant spaces) except the
   octet-string ones in ``BINARY_ATTRIBUTES`` (objectGUID, objectSid, …), which compare raw bytes;
   ``~=`` is case-insensitive equality;
 - ``>=``/``<=`` compare as integers when both sides are integers (uSNChanged, userAccountControl),
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from unicodedata import normalize
 
 from plugins.directory import Attributes, AttrValue, InvalidFilterError
 
@@ -104,7 +105,14 @@ def normalize_value(attribute: str, value: AttrValue) -> Normalized:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
             return value
-    return " ".join(value.split()).casefold()
+    return _prepared(value)
+
+
+def _prepared(text: str) -> str:
+    """RFC 4518 string preparation for caseIgnore matching, as the servers do it: compatibility forms
+    folded (NFKC, as slapd does: a full-width B, U+FF22, is "b"), case folded, runs of white space one space and
+    none at the ends (U+0020 and, per RFC 4518's mapping, tabs, line breaks and other separators)."""
+    return " ".join(normalize("NFKC", normalize("NFKC", text).casefold()).split())
 
 
 def _as_int(value: Normalized) -> int | None:
@@ -327,7 +335,7 @@ class Substring(Filter):
         if is_binary(self.attribute):
             return normalize_value(self.attribute, piece)
         text = piece.decode("utf-8", "surrogateescape") if isinstance(piece, bytes) else piece
-        core = " ".join(text.split()).casefold()
+        core = _prepared(text)
         if not core:
             return " " if tail else ""
         before = " " if head and text[:1].isspace() else ""

@@ -209,6 +209,9 @@ ENTRY = Attributes(
         ("(cn=*smith *)", False),
         ("(cn=* )", True),
         ("(cn= *)", False),
+        # compatibility forms fold as slapd folds them (NFKC): full-width letters, a no-break space
+        ("(cn=\\ef\\bc\\aa\\ef\\bd\\8fhn smith)", True),
+        ("(cn=john\\c2\\a0smith)", True),
         ("(uSNChanged>=99)", True),
         ("(uSNChanged>=1000)", False),
         ("(uSNChanged<=100)", True),
