@@ -109,9 +109,10 @@ def normalize_value(attribute: str, value: AttrValue) -> Normalized:
 
 
 def _prepared(text: str) -> str:
-    """RFC 4518 string preparation for caseIgnore matching, as the servers do it: compatibility forms
-    folded (NFKC, as slapd does: a full-width B, U+FF22, is "b"), case folded, runs of white space one space and
-    none at the ends (U+0020 and, per RFC 4518's mapping, tabs, line breaks and other separators)."""
+    """RFC 4518 string preparation for caseIgnore matching: compatibility forms folded (NFKC: a full-width
+    B, U+FF22, is "b", in slapd too), case folded, runs of white space one space and none at the ends.
+    Where slapd 2.5 departs from RFC 4518 this follows the RFC: it folds "ß" to "ss" and takes tabs and
+    line breaks for spaces, which slapd keeps as they are."""
     return " ".join(normalize("NFKC", normalize("NFKC", text).casefold()).split())
 
 
