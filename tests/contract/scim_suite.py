@@ -31,6 +31,7 @@ Guarantees
 from __future__ import annotations
 
 import abc
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
@@ -42,7 +43,10 @@ from agent.scim.handler import Result, ScimHandler
 from agent.scim.profile import CORE_GROUP, CORE_USER, ENTERPRISE, Profile, load_profile
 from plugins import dn as dnlib
 from plugins.directory import Directory
+from protocol import scimeval
+from protocol import scimfilter as sf
 from protocol.envelope import ScimOperation
+from protocol.errors import ScimError
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
@@ -56,6 +60,88 @@ def patch_body(*operations: dict[str, Any]) -> dict[str, Any]:
 
 def member_ids(group: dict[str, Any]) -> set[str]:
     return {m["value"] for m in group.get("members", [])}
+
+
+# ---- generated filters: what a list selects is what evaluating the filter on each resource selects ----
+
+# LDAP filter metacharacters, a backslash, runs of spaces (which LDAP matching partly ignores), case, and
+# characters whose case folding differs between Unicode's full folding and simple lower-casing.
+_AWKWARD = [*"aAbB*()\\ éÉß", "\u017f", "  "]
+_ATTRIBUTES = [
+    "userName",
+    "title",
+    "displayName",
+    "name.givenName",
+    "emails",
+    "emails.value",
+    f"{ENTERPRISE}:department",
+    "nickName",  # not mapped
+]
+_OPERATORS = ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"]
+
+
+def _awkward(rng: random.Random, shortest: int, longest: int) -> str:
+    return "".join(rng.choice(_AWKWARD) for _ in range(rng.randint(shortest, longest)))
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comparison(rng: random.Random, attributes: list[str], seen: list[tuple[str, str]]) -> str:
+    attribute = rng.choice(attributes)
+    if rng.random() < 0.2:
+        return f"{attribute} pr"
+    text = _awkward(rng, 0, 4)
+    if seen and rng.random() < 0.6:  # a piece of a stored value, compared with its own attribute: often a match
+        source, value = rng.choice(seen)
+        attribute = source if "value" not in attributes else attribute  # in a value path, keep its own names
+        start = 0 if rng.random() < 0.3 else rng.randint(0, len(value))
+        text = value[start : len(value) if rng.random() < 0.5 else rng.randint(start, len(value))]
+    return f"{attribute} {rng.choice(_OPERATORS)} {_quoted(text)}"
+
+
+def generated_filter(rng: random.Random, seen: list[tuple[str, str]], depth: int = 0) -> str:
+    """A SCIM filter over the user attributes above (values new or cut from ``seen``): comparisons and
+    presence, value paths on emails, not/and/or up to two levels deep."""
+    kind = rng.random()
+    if depth >= 2 or kind < 0.55:
+        if kind < 0.1:
+            value_path = ["type", "value"]
+            return f"emails[{_comparison(rng, value_path, seen)} and {_comparison(rng, value_path, seen)}]"
+        return _comparison(rng, _ATTRIBUTES, seen)
+    if kind < 0.65:
+        return f"not ({generated_filter(rng, seen, depth + 1)})"
+    operator = rng.choice(["and", "or"])
+    return f"({generated_filter(rng, seen, depth + 1)}) {operator} ({generated_filter(rng, seen, depth + 1)})"
+
+
+def _stored(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    """The generated attributes' values of a resource, by attribute path, for filters to cut values from."""
+    pairs = [(name, resource[name]) for name in ("title", "displayName") if isinstance(resource.get(name), str)]
+    pairs += [("name.givenName", resource["name"]["givenName"])] if "givenName" in resource.get("name", {}) else []
+    pairs += [("emails.value", email["value"]) for email in resource.get("emails", [])]
+    department = resource.get(ENTERPRISE, {}).get("department")
+    return pairs + ([(f"{ENTERPRISE}:department", department)] if isinstance(department, str) else [])
+
+
+def generated_user(rng: random.Random) -> dict[str, Any]:
+    """SCIM attributes for ``Scim.user``: each present or not, with awkward text (mail ASCII: IA5 on slapd)."""
+    attributes: dict[str, Any] = {}
+    for key in ("title", "displayName", "givenName", "email", "department"):
+        text = _awkward(rng, 1, 5)
+        if rng.random() < 0.3 or not text.strip():
+            continue
+        if key == "givenName":
+            attributes["name"] = {"givenName": text}
+        elif key == "email":
+            ascii_only = text.encode("ascii", "ignore").decode().strip() or "a"
+            attributes["emails"] = [{"type": rng.choice(["work", "home"]), "value": ascii_only}]
+        elif key == "department":
+            attributes["enterprise"] = {"department": text}
+        else:
+            attributes[key] = text
+    return attributes
 
 
 class Scim:
@@ -989,6 +1075,32 @@ class ScimSuite(abc.ABC):
     async def test_invalid_filter_is_400(self, scim: Scim, scim_filter: str) -> None:
         """A filter that does not parse, or whose operator cannot apply to its value, is 400 invalidFilter."""
         assert_error(await scim.call("GET", "/Users", {"filter": scim_filter}), 400, "invalidFilter")
+
+    async def test_generated_filters_list_what_evaluating_them_selects(self, scim: Scim, profile: Profile) -> None:
+        """For generated filters with awkward values, a list returns exactly the resources that evaluating
+        the filter on each of them (``protocol.scimeval``) selects: the LDAP filter the translator makes
+        (exact, or a superset checked again) and the directory's own matching give the same answer."""
+        rng = random.Random(7644)
+        domain = "@example.test" if profile.name == "ad" else ""  # AD's userName is a userPrincipalName
+        checked = 0
+        for batch in range(20):
+            for index in range(4):
+                await scim.user(f"g{batch}-{index}{domain}", **generated_user(rng))
+            resources = (await scim.listed("/Users", f'userName sw "{scim.ns}g{batch}-"', count="100"))["Resources"]
+            seen = [pair for resource in resources for pair in _stored(resource)]
+            for _ in range(12):
+                text = generated_filter(rng, seen)
+                try:
+                    node = sf.parse_filter(text)
+                    scimeval.check(node)
+                except ScimError:  # refused before any search (gt on a boolean…): the cases above cover it
+                    continue
+                expected = {resource["id"] for resource in resources if scimeval.matches(node, resource)}
+                scoped = f'userName sw "{scim.ns}g{batch}-" and ({text})'
+                listed = await scim.ok("GET", "/Users", {"filter": scoped, "count": "100"})
+                assert {resource["id"] for resource in listed["Resources"]} == expected, text
+                checked += 1
+        assert checked >= 200
 
     @pytest.fixture
     async def awkward(self, scim: Scim) -> dict[str, dict[str, Any]]:
