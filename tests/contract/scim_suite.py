@@ -77,7 +77,7 @@ _ATTRIBUTES = [
     f"{ENTERPRISE}:department",
     "nickName",  # not mapped
 ]
-_OPERATORS = ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"]
+_OPERATORS = sorted(sf.COMPARE_OPS)  # sorted: a frozenset iterates in an order that changes per process
 
 
 def _awkward(rng: random.Random, shortest: int, longest: int) -> str:
