@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from protocol.errors import ScimError, invalid_path, invalid_syntax, invalid_value, mutability, no_target
-from protocol.scimeval import Evaluator, get_ci, is_core_schema
+from protocol.scimeval import Evaluator, fold_case, get_ci, is_core_schema
 from protocol.scimfilter import And, AttrPath, Compare, Filter, PatchPath, parse_path
 
 PATCH_OP_SCHEMA: Final = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -576,7 +576,7 @@ def _identity(value: Any) -> tuple[str, str]:
     if isinstance(value, Mapping):
         sub = get_ci(value, "value")
         if sub is not None:
-            return ("value", sub.casefold() if isinstance(sub, str) else _canonical(sub))
+            return ("value", fold_case(sub) if isinstance(sub, str) else _canonical(sub))
     return ("json", _canonical(value))
 
 

@@ -40,6 +40,7 @@ from plugins.directory import (
     Scope,
 )
 from plugins.ldapfilter import escape_value
+from protocol.scimeval import fold_case
 
 Shape = tuple[str, dict[str, list[AttrValue]]]
 
@@ -377,6 +378,29 @@ class DirectoryBehaviour:
             escaped = "*".join(escape_value(piece) for piece in pattern.split("*"))
             found = await collect(directory, container, f"({attribute}={escaped})")
             assert normalized(found) == normalized([by_value[value] for value in matching]), repr(pattern)
+
+    async def test_every_letter_pair_the_scim_layer_folds_is_folded_by_the_directory(
+        self, directory: Directory, shapes: Shapes, container: str
+    ) -> None:
+        """For each non-ASCII letter ``protocol.scimeval.fold_case`` lower-cases, a search for it finds the
+        value holding its lower-case letter: a SCIM list evaluates what the directory returned again with
+        ``fold_case``, and would miss what it equates where the directory does not."""
+        folded = {letter: fold_case(letter) for letter in map(chr, range(0x80, 0x10000))}
+        pairs = sorted((upper, lower) for upper, lower in folded.items() if lower != upper)
+        assert len(pairs) > 500  # Latin, Greek, Cyrillic, Armenian, full-width…
+        attribute = shapes.text_attribute
+        holders = {}
+        for start in range(0, len(pairs), 40):  # AD's title holds 128 characters
+            lowers = "".join(lower for _, lower in pairs[start : start + 40])
+            extra: dict[str, list[AttrValue]] = {attribute: [lowers]}
+            dn = dnlib.normalize(await self.add_person(directory, shapes, f"f{start}", container, **extra))
+            holders.update((lower, dn) for lower in lowers)
+        missed = []
+        for upper, lower in pairs:
+            found = await collect(directory, container, f"({attribute}=*{escape_value(upper)}*)", attributes=["1.1"])
+            if holders[lower] not in normalized(found):
+                missed.append(f"{upper} U+{ord(upper):04X}")
+        assert missed == []
 
     async def test_bad_filter_raises_invalid_filter(self, directory: Directory, container: str) -> None:
         """A malformed filter raises InvalidFilterError when the search runs."""
