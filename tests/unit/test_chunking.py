@@ -137,7 +137,7 @@ def test_bytes_headers_from_a_transport_are_understood() -> None:
     assert Reassembler().add(frame.body, raw) == payload
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.binary(max_size=30_000), st.integers(min_value=5 * 1024, max_value=12 * 1024))
 def test_roundtrip_any_payload_any_limit(payload: bytes, limit: int) -> None:
     """Whatever the payload and the limit, frames fit and reassemble to the payload."""

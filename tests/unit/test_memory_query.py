@@ -223,7 +223,7 @@ async def _apply(directory: MemoryDirectory, operation: tuple[Any, ...]) -> None
         pass  # a refused write changes nothing: the searches below still have to agree
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     people=st.lists(_extra, min_size=4, max_size=4),
     operations=st.lists(_operation, min_size=1, max_size=10),
@@ -273,7 +273,7 @@ def _plan_or_error(plan: Any, text: str) -> Any:
         return "refused"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(head=st.sampled_from(SHAPE_HEADS), raw=RAW_VALUES)
 def test_a_plan_by_shape_is_the_plan_of_the_parsed_filter(head: str, raw: str) -> None:
     """Once a ``(&…(attr=value))`` shape is known, a new value's plan (node, keys, narrowing, rest) is
@@ -300,7 +300,7 @@ def test_a_plan_by_shape_is_used() -> None:
 _ONE_AT_A_TIME = re.compile(r"(\(&.*\(([A-Za-z][A-Za-z0-9-]*)=)((?:[^*()\\\x00]|\\[0-9A-Fa-f]{2})*)\)\)")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(
     head=st.one_of(st.sampled_from(SHAPE_HEADS), st.text(alphabet="(&)=ab\\\n", max_size=12)),
     raw=RAW_VALUES,

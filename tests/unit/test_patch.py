@@ -445,7 +445,7 @@ _JSON_DATA = st.recursive(
 
 
 @given(_JSON_DATA)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 def test_a_copy_of_json_data_is_equal_and_shares_nothing_mutable(value: Any) -> None:
     """_copy gives equal data (tuples as lists) in which no dict or list is one of the original's."""
 

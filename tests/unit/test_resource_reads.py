@@ -97,7 +97,7 @@ _ENTRIES = st.dictionaries(
 ).map(lambda found: Entry("cn=e,dc=x", Attributes(found)))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.sampled_from(MAPPINGS), _ENTRIES)
 def test_the_read_plan_builds_what_reading_one_by_one_builds(mapping: ResourceMapping, entry: Entry) -> None:
     """Any entry, any profile (overrides included): the same resource, keys in the same order at every level."""
@@ -107,7 +107,7 @@ def test_the_read_plan_builds_what_reading_one_by_one_builds(mapping: ResourceMa
     assert repr(built) == repr(expected)  # a dict's repr follows its order, nested ones included
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.sampled_from(MAPPINGS), st.lists(_ENTRIES, max_size=4))
 def test_reference_dns_are_every_reference_value(mapping: ResourceMapping, entries: list[Entry]) -> None:
     """The DNs to resolve for a page are the texts of every reference attribute's values, minus the
@@ -146,14 +146,14 @@ def test_generalized_time_examples(value: str, iso: str | None) -> None:
     assert generalized_to_iso(value) == iso
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(st.text(alphabet="0123456789Z.,+-x²", max_size=20) | st.from_regex(r"\A[0-9]{14}[Z.,][0-9]{0,3}Z?\Z"))
 def test_generalized_time_conversion_matches_the_spelled_out_rules(value: str) -> None:
     """The fast check accepts and converts exactly what the step-by-step rules do."""
     assert generalized_to_iso(value) == _iso_by_the_letter(value)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(st.text(alphabet="0123456789Z.,x", max_size=16) | st.from_regex(r"\A[0-9]{14}Z\Z"), max_size=6))
 def test_a_remembered_timestamp_shows_as_to_scim_shows_it(values: list[str]) -> None:
     """timestamp_to_scim (kept per text) gives the ISO form or, unparseable, the text itself, asked once or again."""

@@ -281,7 +281,7 @@ def _outcome(decide: Any) -> Any:
 
 
 @given(_FILTERS, _RESOURCES)
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=1000)
 def test_a_prepared_predicate_answers_as_holds(filter_: Any, resource: dict[str, Any]) -> None:
     """predicate(filter) decides (or refuses) every resource exactly as holds(filter, resource) does."""
     check_passed = _outcome(lambda: check(filter_)) is None

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.scim.handler import ScimHandler
@@ -137,7 +137,7 @@ async def _check(persons: list[dict[str, str]], nodes: list[sf.Filter]) -> None:
     await directory.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60)
 @given(persons=people, nodes=st.lists(filters, min_size=1, max_size=6))
 def test_translation_agrees_with_direct_evaluation(persons: list[dict[str, str]], nodes: list[sf.Filter]) -> None:
     """The LDAP filter selects a superset of what the SCIM filter matches (equal when exact), and lists equal it."""
@@ -199,7 +199,7 @@ def _json_escape(value: str) -> str:
 
 
 @pytest.mark.parametrize("template", SHAPES)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(value=st.text(min_size=1, max_size=12).filter(lambda v: v.strip() != ""))
 def test_values_never_change_structure(template: str, value: str) -> None:
     """Whatever the value, the LDAP filter has the structure of a plain value, and carries the value verbatim
@@ -280,7 +280,7 @@ async def _template_agrees(value: str) -> None:
         assert templated == await translation(node, mapping, refs), (mapping.name, node.to_string())
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80)
 @given(value=st.one_of(AWKWARD, st.text(), st.text(alphabet=st.sampled_from([*"*()\\\x00\"'é\u017f\U0001f600 "]))))
 def test_template_equals_the_general_translation(value: str) -> None:
     """For any value (LDAP metacharacters, NUL, quotes, unicode), the template gives exactly the general
@@ -315,7 +315,7 @@ async def _prepared_both_ways(text: str, resources: list[dict[str, Any]]) -> Non
             assert _answer(prepared.test, resource) == _answer(partial(scimeval.holds, node), resource)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(
     path=st.sampled_from(["userName", "title", "emails", "emails.value", "name.givenName", "displayName", "id"]),
     op=st.sampled_from(OPS),
