@@ -107,6 +107,8 @@ class Responder:
         self.handler = handler
         self.jitter = jitter
         self.seen: list[Delivery] = []
+        #: Deliveries whose handler has returned (settled, as far as the handler settles them).
+        self.handled: list[Delivery] = []
         self.replied = 0
         self.task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -137,10 +139,12 @@ class Responder:
                 task.add_done_callback(self._handlers.discard)
             else:
                 await self.handler(self, delivery)
+                self.handled.append(delivery)
 
     async def _later(self, delivery: Delivery, delay: float) -> None:
         await asyncio.sleep(delay)
         await self.handler(self, delivery)
+        self.handled.append(delivery)
 
     async def until(self, predicate: Callable[[], bool], what: str) -> None:
         """Wait until ``predicate()`` holds (fails the case after ``GUARD`` seconds)."""

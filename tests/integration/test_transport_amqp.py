@@ -89,6 +89,19 @@ async def dead_letters(channel: aio_pika.abc.AbstractChannel, queue: str) -> lis
     return found
 
 
+async def parked(
+    channel: aio_pika.abc.AbstractChannel, queue: str, count: int
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """``dead_letters`` read until ``count`` have come: the broker parks a message a moment after the
+    settlement that sends it there (at most 15 s)."""
+    found: list[aio_pika.abc.AbstractIncomingMessage] = []
+    async with asyncio.timeout(15):
+        while len(found) < count:
+            found += await dead_letters(channel, queue)
+            await asyncio.sleep(0.02)
+    return found
+
+
 class TestAmqpTransport(TransportSuite):
     domains = (DOMAIN,)
 
@@ -149,7 +162,7 @@ async def test_killed_consumer_process_requests_are_answered_once(options: dict[
                 Responder(successor, echo) as responder,
             ):
                 responses = [decode_response(raw) for raw in await asyncio.gather(*pending)]
-                await asyncio.sleep(0.3)
+                await responder.until(lambda: responder.replied == 5, "five replies acknowledged")
         assert sorted(consumer.taken) == sorted(rid for rid, _ in ids_payloads)
         assert [r.request_id for r in responses] == [rid for rid, _ in ids_payloads]
         assert all(r.body["redelivered"] for r in responses)
@@ -171,13 +184,13 @@ async def test_poison_is_dead_lettered_after_n_attempts(options: dict[str, Any],
         stuck = asyncio.create_task(requester.request(DOMAIN, poison_id, poison, timeout=60))
         others = [make_envelope(DOMAIN, f"/Users/{i}") for i in range(20)]
         answers = await asyncio.gather(*(requester.request(DOMAIN, rid, p, timeout=30) for rid, p in others))
-        await responder.until(lambda: any(d.delivery_count == 3 for d in responder.seen), "the third delivery")
+        await responder.until(lambda: any(d.delivery_count == 3 for d in responder.handled), "the third delivery")
         stuck.cancel()
     assert [decode_response(a).status for a in answers] == [200] * 20
-    parked = await dead_letters(rabbit, AmqpSettings(**_known(options)).dead_letter_queue(DOMAIN))
-    assert [m.body for m in parked] == [poison]
-    assert parked[0].headers["x-cloudprov-dead-letter-reason"] == "failed 3 times"
-    assert parked[0].headers["x-cloudprov-dead-letter-delivery-count"] == 3
+    parked_ = await parked(rabbit, AmqpSettings(**_known(options)).dead_letter_queue(DOMAIN), 1)
+    assert [m.body for m in parked_] == [poison]
+    assert parked_[0].headers["x-cloudprov-dead-letter-reason"] == "failed 3 times"
+    assert parked_[0].headers["x-cloudprov-dead-letter-delivery-count"] == 3
 
 
 async def test_broker_dead_letters_when_no_consumer_settles(options: dict[str, Any], rabbit: Any) -> None:
@@ -194,11 +207,10 @@ async def test_broker_dead_letters_when_no_consumer_settles(options: dict[str, A
         rid, payload = make_envelope(DOMAIN, "/crashes")
         stuck = asyncio.create_task(requester.request(DOMAIN, rid, payload, timeout=60))
         async with Responder(transport, always_retry) as responder:
-            await responder.until(lambda: len(responder.seen) >= 3, "three deliveries")
-            await asyncio.sleep(0.3)
+            await responder.until(lambda: len(responder.handled) >= 3, "three deliveries given back")
+            found = await parked(rabbit, AmqpSettings(**_known(options)).dead_letter_queue(DOMAIN), 1)
         stuck.cancel()
-    parked = await dead_letters(rabbit, AmqpSettings(**_known(options)).dead_letter_queue(DOMAIN))
-    assert [m.body for m in parked] == [payload]
+    assert [m.body for m in found] == [payload]
     assert [d.delivery_count for d in responder.seen] == [1, 2, 3]
 
 
@@ -346,21 +358,38 @@ async def test_broker_restart_mid_stream_loses_nothing(options: dict[str, Any]) 
         ):
 
             async def one(i: int) -> str:
-                await asyncio.sleep(i * 0.02)
                 rid, payload = make_envelope(DOMAIN, f"/Users/{i}")
                 return decode_response(await requester.request(DOMAIN, rid, payload, timeout=90)).body["path"]
 
-            stream = asyncio.gather(*(one(i) for i in range(150)))
+            restarted = asyncio.Event()
+
+            async def stream() -> list[str]:
+                """A request every 20 ms, before, during and after the restart (20 after it)."""
+                calls: list[asyncio.Task[str]] = []
+                after = 20
+                while after:
+                    after -= restarted.is_set()
+                    calls.append(asyncio.create_task(one(len(calls))))
+                    await asyncio.sleep(0.02)
+                return list(await asyncio.gather(*calls))
+
+            sending = asyncio.create_task(stream())
             await asyncio.sleep(1.0)
             await asyncio.to_thread(_rabbitmqctl, "stop_app")
             await asyncio.sleep(1.0)
             await asyncio.to_thread(_rabbitmqctl, "start_app")
-            paths = await stream
-            assert transport.connected
-    assert sorted(paths) == sorted(f"/Users/{i}" for i in range(150))
-    events = [e["event"] for e in logs]
-    assert "connection lost" in events
-    assert events.count("reconnected") >= 2  # the agent's and the requester's connections
+            restarted.set()
+            paths = await sending
+
+            def back() -> bool:  # the agent's and the requester's connections
+                return transport.connected and [e["event"] for e in logs].count("reconnected") >= 2
+
+            async with asyncio.timeout(30):
+                while not back():  # noqa: ASYNC110 - log lines and a flag: no event to wait on
+                    await asyncio.sleep(0.05)
+    assert len(paths) > 20
+    assert sorted(paths) == sorted(f"/Users/{i}" for i in range(len(paths)))
+    assert "connection lost" in [e["event"] for e in logs]
 
 
 def _rabbitmqctl(command: str) -> None:

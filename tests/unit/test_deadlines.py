@@ -10,14 +10,17 @@ from protocol.deadlines import GRAIN, for_loop, running
 
 
 async def test_a_future_past_its_deadline_fails_with_timeout_error_never_earlier() -> None:
-    """A future still pending at its deadline fails with the builtin TimeoutError, not before it."""
+    """A future still pending at its deadline fails with the builtin TimeoutError, not before it; its slot's
+    timer is due at most GRAIN after the deadline."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     started = loop.time()
-    running().start(done, 0.02)
+    slot = running().start(done, 0.02)
+    asked = loop.time()
+    assert started + 0.02 <= slot * GRAIN <= asked + 0.02 + GRAIN
     with pytest.raises(TimeoutError):
         await done
-    assert 0.02 <= loop.time() - started <= 0.02 + GRAIN + 0.05
+    assert loop.time() - started >= 0.02
 
 
 async def test_a_cancelled_deadline_leaves_the_future_alone() -> None:
@@ -38,7 +41,7 @@ async def test_a_block_outliving_its_deadline_is_cancelled_with_timeout_error() 
         async with running().within(0.02) as timeout:
             await asyncio.sleep(10)
     assert timeout.expired()
-    assert 0.02 <= loop.time() - started <= 0.02 + GRAIN + 0.05
+    assert loop.time() - started >= 0.02  # never earlier (how much later: the slots' test above)
     current = asyncio.current_task()
     assert current is not None
     assert current.cancelling() == 0  # the cancel it made is taken back
@@ -51,7 +54,7 @@ async def test_a_plain_with_block_is_bounded_as_an_async_with_block() -> None:
     with pytest.raises(TimeoutError), running().within(0.02) as timeout:
         await asyncio.sleep(10)
     assert timeout.expired()
-    assert 0.02 <= loop.time() - started <= 0.02 + GRAIN + 0.05
+    assert loop.time() - started >= 0.02  # never earlier (how much later: the slots' test above)
     current = asyncio.current_task()
     assert current is not None
     assert current.cancelling() == 0

@@ -140,7 +140,7 @@ async def test_redelivered_patch_is_applied_once() -> None:
 
 async def test_duplicate_while_running_waits_for_the_first_copy() -> None:
     """A redelivery arriving while the first copy still runs gets its response instead of running again."""
-    async with running_agent(memory={"latency": 0.05}) as harness:
+    async with running_agent(memory={"latency": 1}) as harness:  # the first copy runs long enough to be seen
         signed = harness.client.request("POST", "/Users", body=_new_user())
         copy = HandDelivery(signed.encode(), delivery_count=2)
         first = asyncio.create_task(harness.client.send(signed))

@@ -45,10 +45,11 @@ async def test_every_sleeper_wakes_at_or_after_its_time_in_time_order(precise: b
                 await asyncio.sleep(0.0005)  # later sleepers start while earlier ones wait
     assert sorted(n for _, _, n in woke) == list(range(len(delays)))
     assert all(woke_at >= due for woke_at, due, _ in woke)
-    # in time order, to within the few microseconds between this test reading the clock and the queue
-    # reading it (two sleepers started that close together may swap)
+    # in time order: this test reads the clock a moment before the queue does, and a collector pass or
+    # the machine preempting the process in between can make that moment long, so only sleepers due
+    # 5 ms apart must keep their order (a queue waking out of order swaps ones 1-20 ms apart)
     dues = [due for _, due, _ in woke]
-    assert all(earlier <= later + 20e-6 for earlier, later in itertools.pairwise(dues))
+    assert all(earlier <= later + 5e-3 for earlier, later in itertools.pairwise(dues))
 
 
 async def test_a_cancelled_sleeper_leaves_the_others_waking(precise: bool) -> None:

@@ -143,7 +143,7 @@ async def test_status_reports_counters(broker_name: str) -> None:
 async def test_stop_finishes_in_flight_requests_and_takes_no_new_ones(broker_name: str, handled: list[str]) -> None:
     """Requests in flight when stop is set are answered; a request sent after stop stays in the queue."""
     signer = Signer.generate("k")
-    agent = Agent(_settings(broker_name, signer, memory={"latency": 0.2}, dispatcher={"grace_period": 10}))
+    agent = Agent(_settings(broker_name, signer, memory={"latency": 2}, dispatcher={"grace_period": 10}))
     async with started(agent) as running, client_for(broker_name, signer) as client:
         calls = [asyncio.create_task(client.call("GET", f"/Users/{i}")) for i in range(5)]
         await wait_until(lambda: agent.dispatcher.in_flight == 5)
@@ -162,7 +162,7 @@ async def test_delivery_waiting_for_a_slot_is_not_started_after_stop(broker_name
     """A delivery taken but still waiting for a free slot when stop comes is given back, not run after the drain."""
     signer = Signer.generate("k")
     settings = _settings(
-        broker_name, signer, memory={"latency": 0.2}, dispatcher={"max_in_flight": 1, "grace_period": 10}
+        broker_name, signer, memory={"latency": 2}, dispatcher={"max_in_flight": 1, "grace_period": 10}
     )
     agent = Agent(settings)
     async with started(agent) as running, client_for(broker_name, signer) as client:
@@ -211,25 +211,44 @@ def _cloudprov() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
 
 
-async def _listening_url(proc: asyncio.subprocess.Process) -> str:
-    """Read the agent's JSON log (stdout and stderr merged) until the HTTP transport says where it listens."""
+async def _listening(proc: asyncio.subprocess.Process) -> tuple[str, int]:
+    """Read the agent's JSON log (stdout and stderr merged) until both the HTTP transport and the health
+    server say where they listen: the transport's URL and the health server's port."""
     assert proc.stdout is not None
-    async with asyncio.timeout(20):
+    url, port = None, None
+    async with asyncio.timeout(30):
         while line := await proc.stdout.readline():
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
             if event.get("event") == "http.listening":
-                return str(event["url"])
+                url = str(event["url"])
+            elif event.get("event") == "health server listening":
+                port = int(event["port"])
+            if url is not None and port is not None:
+                return url, port
     rest = await proc.stdout.read()
     raise AssertionError(f"the agent exited before it listened: {rest.decode()[-2000:]}")
 
 
+async def _in_flight(session: aiohttp.ClientSession, health_port: int) -> float:
+    """The agent's ``cloudprov_agent_requests_in_flight`` gauge, read from its ``/metrics``."""
+    async with session.get(f"http://127.0.0.1:{health_port}/metrics") as answer:
+        text = await answer.text()
+    for line in text.splitlines():
+        if line.startswith("cloudprov_agent_requests_in_flight"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no cloudprov_agent_requests_in_flight in /metrics")
+
+
 async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
-    """SIGTERM while 50 slow requests are in flight: all 50 are answered 2xx and the process exits 0 in the grace."""
+    """SIGTERM while 50 slow requests are in flight: all 50 are answered 2xx and the process exits 0 in the grace.
+
+    SIGTERM goes once the agent's own gauge says all 50 are in flight (each then has 5 s of directory
+    latency to go), so a slow machine only makes the test wait longer."""
     token = uuid.uuid4().hex
-    grace = 10
+    grace = 20
     config = tmp_path / "agent.yaml"
     config.write_text(
         f"""
@@ -237,12 +256,11 @@ agent: {{id: sigterm-agent, domains: [{DOMAIN}]}}
 transport:
   url: http://127.0.0.1:0/scim/v2
   options: {{token: "${{AGENT_TOKEN}}"}}
-directory: {{plugin: memory, seed_users: 50, latency: 0.4}}
+directory: {{plugin: memory, seed_users: 50, latency: 5}}
 dispatcher: {{max_in_flight: 64, grace_period: {grace}}}
 logging: {{level: info, format: json}}
+health: {{host: 127.0.0.1, port: 0}}
 """
-        # The health server's fixed port would collide with other agents on this machine.
-        + ("health: {enabled: false}\n" if "health" in AgentSettings.model_fields else "")
     )
     proc = await asyncio.create_subprocess_exec(
         *_cloudprov(),
@@ -256,26 +274,22 @@ logging: {{level: info, format: json}}
         stderr=subprocess.STDOUT,
     )
     try:
-        url = await _listening_url(proc)
+        url, health_port = await _listening(proc)
         assert proc.stdout is not None
         log_rest = asyncio.create_task(proc.stdout.read())  # keep the pipe drained so logging never blocks
         headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            started_requests = 0
+        async with aiohttp.ClientSession(headers=headers) as session, aiohttp.ClientSession() as probe:
 
             async def one(i: int) -> int:
-                nonlocal started_requests
                 async with session.get(f"{url}/Users", params={"filter": f'userName eq "user{i:05d}"'}) as answer:
-                    started_requests += 1
                     await answer.read()
                     return answer.status
 
-            # Make sure the server is up and the session's connections work before the burst.
-            async with session.get(f"{url}/ServiceProviderConfig") as probe:
-                assert probe.status == 200
             calls = [asyncio.create_task(one(i)) for i in range(1, 51)]
-            await asyncio.sleep(0.2)  # let all 50 reach the agent; each takes at least 0.4 s there
-            assert started_requests == 0, "requests finished before SIGTERM: raise the memory latency"
+            async with asyncio.timeout(30):
+                while await _in_flight(probe, health_port) < 50:  # noqa: ASYNC110 - a gauge read over HTTP
+                    await asyncio.sleep(0.05)
+            assert not any(call.done() for call in calls), "requests finished before SIGTERM"
             proc.send_signal(signal.SIGTERM)
             statuses = await asyncio.gather(*calls)
         assert statuses == [200] * 50
@@ -294,7 +308,7 @@ async def test_replace_transport_finishes_old_work_and_serves_the_new(broker_nam
     """``replace_transport`` answers what the old endpoints had in flight, then serves from the new ones only."""
     signer = Signer.generate("k")
     new_broker = f"{broker_name}-new"
-    agent = Agent(_settings(broker_name, signer, memory={"latency": 0.1}, dispatcher={"max_in_flight": 1}))
+    agent = Agent(_settings(broker_name, signer, memory={"latency": 2}, dispatcher={"max_in_flight": 1}))
     try:
         async with started(agent), client_for(broker_name, signer) as old, client_for(new_broker, signer) as new:
             in_flight = asyncio.create_task(old.call("GET", "/Users/in-flight"))

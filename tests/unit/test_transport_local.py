@@ -132,13 +132,15 @@ async def test_replies_reach_the_requester_that_asked(broker_name: str) -> None:
 
 
 async def test_late_reply_is_dropped_and_counted(broker_name: str) -> None:
-    """A reply after the requester gave up is dropped without error and counted on the broker."""
+    """A reply after the requester gave up (here: its caller was cancelled once the request was delivered)
+    is dropped without error and counted on the broker."""
     url = f"local://{broker_name}"
     async with create_transport(url, domains=[DOMAIN]) as transport, create_requester(url) as requester:
         request_id, payload = _envelope()
-        pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=0.05))
+        pending = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
         delivery = await anext(aiter(transport.deliveries()))
-        with pytest.raises(RequestTimeoutError):
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
             await pending
         await answer(delivery)
     assert LocalBroker.named(broker_name).dropped_replies == 1
