@@ -31,6 +31,7 @@ Guarantees
 from __future__ import annotations
 
 import abc
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -84,10 +85,6 @@ def _awkward(rng: random.Random, shortest: int, longest: int) -> str:
     return "".join(rng.choice(_AWKWARD) for _ in range(rng.randint(shortest, longest)))
 
 
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _comparison(rng: random.Random, attributes: list[str], seen: list[tuple[str, str]]) -> str:
     attribute = rng.choice(attributes)
     if rng.random() < 0.2:
@@ -98,7 +95,7 @@ def _comparison(rng: random.Random, attributes: list[str], seen: list[tuple[str,
         attribute = source if "value" not in attributes else attribute  # in a value path, keep its own names
         start = 0 if rng.random() < 0.3 else rng.randint(0, len(value))
         text = value[start : len(value) if rng.random() < 0.5 else rng.randint(start, len(value))]
-    return f"{attribute} {rng.choice(_OPERATORS)} {_quoted(text)}"
+    return f"{attribute} {rng.choice(_OPERATORS)} {json.dumps(text, ensure_ascii=False)}"
 
 
 def generated_filter(rng: random.Random, seen: list[tuple[str, str]], depth: int = 0) -> str:
