@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent import runtime
 from agent.config import AgentSettings
@@ -236,9 +237,9 @@ async def _in_flight(session: aiohttp.ClientSession, health_port: int) -> float:
     """The agent's ``cloudprov_agent_requests_in_flight`` gauge, read from its ``/metrics``."""
     async with session.get(f"http://127.0.0.1:{health_port}/metrics") as answer:
         text = await answer.text()
-    for line in text.splitlines():
-        if line.startswith("cloudprov_agent_requests_in_flight"):
-            return float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        if family.name == "cloudprov_agent_requests_in_flight":
+            return float(family.samples[0].value)
     raise AssertionError("no cloudprov_agent_requests_in_flight in /metrics")
 
 
