@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from service.provisioning.targets.base import TargetConflictError
+from service.provisioning.targets.base import TargetConflictError, TargetError
 from service.provisioning.targets.embedded import (
     EmbeddedSettings,
     EmbeddedTarget,
@@ -75,7 +75,7 @@ async def test_create_many_is_all_or_nothing(target: EmbeddedTarget) -> None:
     created = await target.create_many("User", [(f"a{i}", user(f"u{i}")) for i in range(50)])
     assert len({obj.id for obj in created}) == 50
     assert (await target.counts())["objects"] == {"User": 50}
-    with pytest.raises(TargetConflictError, match="a7"):
+    with pytest.raises(TargetConflictError, match=r"already provisioned: a7$"):
         await target.create_many("User", [("new1", user("new1")), ("a7", user("other"))])
     assert await target.get_by_anchor("User", "new1") is None
     with pytest.raises(TargetConflictError):
@@ -89,6 +89,73 @@ async def test_user_name_is_unique_ignoring_case(target: EmbeddedTarget) -> None
     with pytest.raises(TargetConflictError):
         await target.create("User", "a2", user("ADA"))
     await target.create("Group", "g1", {"displayName": "Ada", "userName": "Ada"})
+
+
+async def test_user_name_uniqueness_folds_case_as_scim_filters_do(target: EmbeddedTarget) -> None:
+    """Non-ASCII letters fold too (SQLite's ``lower()`` folds ASCII only); what directories tell apart,
+    ``ß`` and ``ss``, the long s and ``s``, stays apart; the error names the name."""
+    emile = await target.create("User", "a1", user("Émile.Ørsted"))
+    with pytest.raises(TargetConflictError, match=r"taken, ignoring case: ÉMILE\.ØRSTED$"):
+        await target.create("User", "a2", user("ÉMILE.ØRSTED"))
+    with pytest.raises(TargetConflictError, match=r"taken, ignoring case: émile\.ørsted$"):
+        await target.create_many("User", [("a3", user("zoë")), ("a4", user("émile.ørsted"))])
+    assert await target.get_by_anchor("User", "a3") is None
+    await target.create("User", "a5", user("straße"))
+    await target.create("User", "a6", user("STRASSE"))
+    await target.create("User", "a7", user("\N{LATIN SMALL LETTER LONG S}am"))
+    await target.create("User", "a8", user("sam"))
+    zoe = await target.create("User", "a9", user("Zoë"))
+    with pytest.raises(TargetConflictError, match=r"userName 'émile.ØRSTED' \(ignoring case\)"):
+        await target.update(zoe, {"userName": "émile.ØRSTED"})
+    renamed = await target.update(emile, {"userName": "Émile.Orsted"})
+    await target.update(zoe, {"userName": "ÉMILE.ØRSTED"})
+    assert renamed.attributes["userName"] == "Émile.Orsted"
+
+
+#: The ``objects`` table and userName index of stores written before ``user_name_key`` existed.
+OLD_OBJECTS = """
+CREATE TABLE objects (id TEXT PRIMARY KEY, resource_type TEXT NOT NULL, anchor TEXT, attributes TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 1, created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE UNIQUE INDEX objects_user_name ON objects (lower(json_extract(attributes, '$.userName')))
+    WHERE resource_type = 'User';
+"""
+
+
+def old_store(path: Path, *names: str) -> None:
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_OBJECTS)
+        connection.executemany(
+            "INSERT INTO objects VALUES (?, 'User', ?, json_object('userName', ?), 1, 'then', 'then')",
+            [(f"id{i}", f"a{i}", name) for i, name in enumerate(names)],
+        )
+
+
+async def test_an_older_store_gets_folded_user_names_when_opened(tmp_path: Path) -> None:
+    """A store from before ``user_name_key`` opens with every User's key filled in and the ASCII-only
+    index gone, so non-ASCII case variants of its names are refused from then on."""
+    path = tmp_path / "old.db"
+    old_store(path, "Émile", "bob")
+    async with EmbeddedTarget(EmbeddedSettings(path=str(path))) as target:
+        with pytest.raises(TargetConflictError, match="éMILE"):
+            await target.create("User", "new", user("éMILE"))
+        await target.create("User", "new", user("Bobby"))
+    with sqlite3.connect(path) as connection:
+        indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        keys = dict(connection.execute("SELECT anchor, user_name_key FROM objects"))
+    assert "objects_user_name" not in indexes
+    assert keys == {"a0": "émile", "a1": "bob", "new": "bobby"}
+
+
+async def test_an_older_store_with_names_that_now_clash_says_which(tmp_path: Path) -> None:
+    """Names the ASCII-only index let in twice stop the store from opening with unique userNames, with a
+    message naming them and the setting that opens it anyway."""
+    path = tmp_path / "old.db"
+    old_store(path, "Émile", "éMILE", "ada")
+    with pytest.raises(TargetError, match=r"share a userName ignoring case \(Émile = éMILE\).*unique_user_name: false"):
+        await EmbeddedTarget(EmbeddedSettings(path=str(path))).open()
+    async with EmbeddedTarget(EmbeddedSettings(path=str(path), unique_user_name=False)) as target:
+        assert (await target.counts())["objects"] == {"User": 3}
+        await target.create("User", "again", user("ÉMILE"))
 
 
 async def test_history_records_every_change_with_a_diff(target: EmbeddedTarget) -> None:

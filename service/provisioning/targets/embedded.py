@@ -15,7 +15,8 @@ Connection URL / options
     syncs every commit to disk), ``busy_timeout`` (10 s), ``cache_mb`` (page cache in MB, 2: SQLite's
     own default; the OS caches the file too), ``page_size`` (rows per page of ``objects()``, 1000),
     ``history`` (true: record every change), ``unique_user_name`` (true: a User's ``userName`` is unique,
-    ignoring case, as in a SCIM service).
+    ignoring case, as in a SCIM service: compared folded by ``protocol.scimeval.fold_case``, the
+    case-insensitivity SCIM filters have, kept in the ``user_name_key`` column).
 
 Guarantees
     Stdlib ``sqlite3`` on one dedicated worker thread that owns the only connection (WAL journal,
@@ -47,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from protocol.scimeval import fold_case
 from service.provisioning.targets.base import (
     Target,
     TargetConflictError,
@@ -66,7 +68,8 @@ CREATE TABLE IF NOT EXISTS objects (
     attributes TEXT NOT NULL,
     active INTEGER NOT NULL DEFAULT 1,
     created TEXT NOT NULL,
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    user_name_key TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS objects_anchor ON objects (resource_type, anchor) WHERE anchor IS NOT NULL;
 CREATE TABLE IF NOT EXISTS memberships (
@@ -86,11 +89,13 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_object ON history (object_id, seq);
 """
 
-#: SCIM ``userName`` is unique and compared without regard to case (RFC 7643 §4.1.1).
+#: SCIM ``userName`` is unique and compared without regard to case (RFC 7643 §4.1.1). SQLite's own
+#: ``lower()`` folds ASCII only, so the folded name is a column the target writes (``_user_name_key``).
 UNIQUE_USER_NAME = (
-    "CREATE UNIQUE INDEX IF NOT EXISTS objects_user_name ON objects (lower(json_extract(attributes, '$.userName')))"
-    " WHERE resource_type = 'User'"
+    "CREATE UNIQUE INDEX IF NOT EXISTS objects_user_name_key ON objects (user_name_key) WHERE resource_type = 'User'"
 )
+#: The index of stores written before ``user_name_key`` existed (ASCII-only folding).
+_OLD_USER_NAME_INDEX = "objects_user_name"
 
 _COLUMNS = "id, resource_type, anchor, attributes, active"
 _Row = tuple[str, str, str | None, str, int]
@@ -153,6 +158,51 @@ def _attribute_index(attribute: str) -> tuple[str, str] | None:
     path = "$." + '"' + attribute.replace("'", "''") + '"'
     name = "objects_attr_" + hashlib.sha1(attribute.encode(), usedforsecurity=False).hexdigest()[:16]
     return name, f"json_extract(attributes, '{path}')"
+
+
+def _user_name_key(resource_type: str, values: Mapping[str, Any]) -> str | None:
+    """A User's ``userName`` as uniqueness compares it (SCIM's case folding), else None."""
+    name = values.get("userName") if resource_type == "User" else None
+    return fold_case(name) if isinstance(name, str) else None
+
+
+def _migrate_user_name_key(connection: sqlite3.Connection) -> None:
+    """Add and fill ``user_name_key`` in a store written before it existed; drop the ASCII-only index."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(objects)")}
+    if "user_name_key" in columns:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute("ALTER TABLE objects ADD COLUMN user_name_key TEXT")
+        rows = connection.execute(
+            "SELECT id, json_extract(attributes, '$.userName') FROM objects WHERE resource_type = 'User'"
+        ).fetchall()
+        connection.executemany(
+            "UPDATE objects SET user_name_key = ? WHERE id = ?",
+            [(fold_case(name), object_id) for object_id, name in rows if isinstance(name, str)],
+        )
+        connection.execute(f"DROP INDEX IF EXISTS {_OLD_USER_NAME_INDEX}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _require_unique_user_names(connection: sqlite3.Connection) -> None:
+    """Create the unique ``userName`` index, or name the users that already share one."""
+    try:
+        connection.execute(UNIQUE_USER_NAME)
+    except sqlite3.IntegrityError:
+        clashes = connection.execute(
+            "SELECT group_concat(json_extract(attributes, '$.userName'), ' = ') FROM objects"
+            " WHERE resource_type = 'User' AND user_name_key IS NOT NULL"
+            " GROUP BY user_name_key HAVING count(*) > 1 LIMIT 5"
+        ).fetchall()
+        named = "; ".join(clash for (clash,) in clashes)
+        raise TargetError(
+            f"users in this store share a userName ignoring case ({named}): rename or remove them,"
+            " or set unique_user_name: false"
+        ) from None
 
 
 def _sql_value(value: Any) -> Any:
@@ -226,11 +276,16 @@ class EmbeddedTarget(Target):
                 connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
             connection.execute(f"PRAGMA cache_size = {-1024 * self.settings.cache_mb}")
-            connection.executescript(SCHEMA)
-            if self.settings.unique_user_name:
-                connection.execute(UNIQUE_USER_NAME)
-            else:
-                connection.execute("DROP INDEX IF EXISTS objects_user_name")
+            try:
+                connection.executescript(SCHEMA)
+                _migrate_user_name_key(connection)
+                if self.settings.unique_user_name:
+                    _require_unique_user_names(connection)
+                else:
+                    connection.execute("DROP INDEX IF EXISTS objects_user_name_key")
+            except BaseException:
+                connection.close()
+                raise
             return connection
 
         try:
@@ -350,28 +405,41 @@ class EmbeddedTarget(Target):
     ) -> list[TargetObject]:
         now = _now()
         created: list[TargetObject] = []
-        rows: list[tuple[str, str, str, str, int, str, str]] = []
+        rows: list[tuple[str, str, str, str, int, str, str, str | None]] = []
         history: list[tuple[str, str, str, str, str]] = []
         for anchor, attributes in items:
             object_id = new_id()
             values = dict(attributes)
             active = values.get("active") is not False
             text = _dumps(values)
-            rows.append((object_id, resource_type, anchor, text, int(active), now, now))
+            rows.append(
+                (object_id, resource_type, anchor, text, int(active), now, now, _user_name_key(resource_type, values))
+            )
             created.append(TargetObject(object_id, resource_type, anchor, values, frozenset(), active))
             if self.settings.history:
                 diff = f'{{"anchor":[null,{_dumps(anchor)}],"attributes":[null,{text}]}}'
                 history.append((now, object_id, resource_type, "create", diff))
+        connection.execute("SAVEPOINT insert_objects")
         try:
             connection.executemany(
-                "INSERT INTO objects (id, resource_type, anchor, attributes, active, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO objects (id, resource_type, anchor, attributes, active, created, updated, user_name_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError:
+            # the rows inserted before the one that failed go first, or they would be reported as taken
+            connection.execute("ROLLBACK TO insert_objects")
+            connection.execute("RELEASE insert_objects")
             taken = self._taken_anchors(connection, resource_type, [anchor for anchor, _ in items])
-            what = f"anchor(s) already provisioned: {', '.join(taken[:5])}" if taken else "a unique value is taken"
+            if taken:
+                what = f"anchor(s) already provisioned: {', '.join(taken[:5])}"
+            else:
+                names = self._taken_user_names(connection, [(row[7], row[3]) for row in rows])
+                what = (
+                    f"userName(s) taken, ignoring case: {', '.join(names[:5])}" if names else "a unique value is taken"
+                )
             raise TargetConflictError(f"{resource_type}: {what}") from None
+        connection.execute("RELEASE insert_objects")
         self._record(connection, history)
         return created
 
@@ -392,6 +460,36 @@ class EmbeddedTarget(Target):
             )
             taken.extend(anchor for (anchor,) in found)
         return taken
+
+    @staticmethod
+    def _taken_user_names(connection: sqlite3.Connection, keyed: list[tuple[str | None, str]]) -> list[str]:
+        """The ``userName`` of each new ``(key, attributes JSON)`` whose key is taken in the store or the batch."""
+        names: list[str] = []
+        seen: set[str] = set()
+        for key, text in keyed:
+            if key is None:
+                continue
+            clash = (
+                key in seen
+                or connection.execute(
+                    "SELECT 1 FROM objects WHERE resource_type = 'User' AND user_name_key = ?", (key,)
+                ).fetchone()
+            )
+            if clash:
+                names.append(str(json.loads(text)["userName"]))
+            seen.add(key)
+        return names
+
+    @staticmethod
+    def _user_name_held_by_another(connection: sqlite3.Connection, object_id: str, key: str | None) -> bool:
+        """Whether another User than ``object_id`` holds the folded userName ``key``."""
+        return (
+            key is not None
+            and connection.execute(
+                "SELECT 1 FROM objects WHERE resource_type = 'User' AND user_name_key = ? AND id != ?", (key, object_id)
+            ).fetchone()
+            is not None
+        )
 
     async def create(self, resource_type: str, anchor: str, attributes: Mapping[str, Any]) -> TargetObject:
         created = await self._write(lambda c: self._insert(c, resource_type, [(anchor, attributes)]))
@@ -428,13 +526,17 @@ class EmbeddedTarget(Target):
             if diff:
                 now = _now()
                 active = values.get("active") is not False
+                name_key = _user_name_key(resource_type, values)
                 try:
                     connection.execute(
-                        "UPDATE objects SET anchor = ?, attributes = ?, active = ?, updated = ? WHERE id = ?",
-                        (new_anchor, _dumps(values), int(active), now, object_id),
+                        "UPDATE objects SET anchor = ?, attributes = ?, active = ?, updated = ?, user_name_key = ?"
+                        " WHERE id = ?",
+                        (new_anchor, _dumps(values), int(active), now, name_key, object_id),
                     )
                 except sqlite3.IntegrityError:
-                    raise TargetConflictError(f"{resource_type} {object_id}: anchor or userName taken") from None
+                    clash = self._user_name_held_by_another(connection, object_id, name_key)
+                    what = f"userName {values.get('userName')!r} (ignoring case)" if clash else f"anchor {new_anchor!r}"
+                    raise TargetConflictError(f"{resource_type} {object_id}: {what} taken") from None
                 self._record(connection, [(now, object_id, resource_type, "update", _dumps(diff))])
             return self._object(connection, self._load(connection, object_id))
 
