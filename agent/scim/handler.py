@@ -38,6 +38,7 @@ from agent.scim.resources import (
     diff,
     members_placeholder,
     reference_dns,
+    requested,
     to_ldap,
     to_resource,
 )
@@ -277,12 +278,30 @@ class ScimHandler:
             raise ScimError(500, f"{mapping.name} was created at {dn!r} but cannot be read back")
         return 201, await self.resource(mapping, entry)
 
-    async def _apply(self, mapping: ResourceMapping, entry: Entry, new: dict[str, Any]) -> Entry:
-        """Write ``new`` (a full resource) over ``entry``: rename if the RDN source changed, then modify."""
+    async def _shown(self, mapping: ResourceMapping, entry: Entry, resource: Resource) -> dict[str, list[AttrValue]]:
+        """``to_ldap`` of ``resource``, what SCIM shows of ``entry``: what a PATCH or PUT is compared with.
+        Empty (every attribute then counts as asked for) if the entry holds what SCIM would refuse."""
+        try:
+            values = await to_ldap(mapping, resource, self._resolve, current=entry)
+        except ScimError:
+            return {}
+        try:
+            rdn_value = self._rdn_value(mapping, resource)
+        except ScimError:
+            rdn_value = ""  # only cn and sn are filled from it, when nothing else names the entry
+        _fill_required(mapping, values, rdn_value)
+        return values
+
+    async def _apply(
+        self, mapping: ResourceMapping, entry: Entry, new: dict[str, Any], shown: dict[str, list[AttrValue]]
+    ) -> Entry:
+        """Write ``new`` (a full resource) over ``entry``: rename if the RDN source changed, then modify
+        what differs from ``shown`` (``_shown``: the entry as SCIM showed it before the request)."""
         values = await to_ldap(mapping, new, self._resolve, current=entry)
         dn = entry.dn
         rdn_value = self._rdn_value(mapping, new)
         _fill_required(mapping, values, rdn_value)  # a replace must not clear what the object class requires
+        values = requested(mapping, entry, shown, values)
         if _needs_rename(mapping, entry, values, rdn_value):
             await self._check_unique(mapping, rdn_value, own_dn=dn)
             ref = self.refs.ref_of(entry, mapping)
@@ -320,7 +339,8 @@ class ScimHandler:
         if given_id is not None and given_id != scim_id:
             raise mutability(f"id is immutable: the body says {given_id!r}, the path {scim_id!r}")
         entry = await self._find(mapping, scim_id)
-        updated = await self._apply(mapping, entry, resource)
+        shown = await self._shown(mapping, entry, await self.resource(mapping, entry))
+        updated = await self._apply(mapping, entry, resource, shown)
         return 200, await self.resource(mapping, updated)
 
     async def _patch(self, mapping: ResourceMapping, scim_id: str, body: Any) -> tuple[int, Any]:
@@ -335,7 +355,8 @@ class ScimHandler:
                 raise not_found(f"{mapping.name} {scim_id!r} disappeared while it was being changed")
             return 200, await self.resource(mapping, updated)
         current = await self.resource(mapping, entry)  # made for this PATCH: patched may change it in place
-        updated = await self._apply(mapping, entry, patched(current, operations, consume=True))
+        shown = await self._shown(mapping, entry, current)
+        updated = await self._apply(mapping, entry, patched(current, operations, consume=True), shown)
         return 200, await self.resource(mapping, updated)
 
     async def _member_changes(
@@ -344,12 +365,15 @@ class ScimHandler:
         """A PATCH that only adds or removes group members, as value-level LDAP changes.
 
         Returns None when the PATCH does anything else (it then goes through the general path).
-        Large groups are never read or rewritten whole to add or remove one member.
+        Large groups are never read or rewritten whole to add or remove one member. The operations
+        take effect in order (RFC 7644 §3.5.2): what a member is after the last one that names it is
+        compared with what the server holds, so adding a member twice, or removing and adding it
+        back, is one change or none.
         """
         member_attr = mapping.find("members")
         if member_attr is None:
             return None
-        changes: list[Modification] = []
+        last: dict[str, tuple[str, bool]] = {}  # normalized DN -> (DN, a member after the PATCH)
         for op in operations:
             path = op.path
             if path is None or path.attr.name.lower() != "members" or path.attr.sub_attr or path.sub_attr:
@@ -358,19 +382,25 @@ class ScimHandler:
                 ids = _member_ids(op.value)
                 if ids is None:
                     return None
-                dns = await self._member_dns(ids)
-                wanted = [dn for dn in dns if not await self._holds(entry, member_attr.ldap, dn)]
-                changes.append(Modification(ModOp.ADD, member_attr.ldap, tuple(wanted)))
-            elif op.op == "remove" and path.filter is not None:
-                ids = _eq_value_ids(path.filter)
+                for dn in await self._member_dns(ids):
+                    last[dnlib.normalize(dn)] = (dn, True)
+            elif op.op == "remove" and (path.filter is not None or op.value is not None):
+                # members[value eq "id"], or Entra's path "members" with the members to remove as the value
+                ids = _eq_value_ids(path.filter) if path.filter is not None else _member_ids(op.value)
                 if ids is None:
                     return None
-                refs = [await self._resolve(i) for i in ids]
-                dns = [r.dn for r in refs if r is not None and await self._holds(entry, member_attr.ldap, r.dn)]
-                if dns:
-                    changes.append(Modification(ModOp.DELETE, member_attr.ldap, tuple(dns)))
+                for ref in [await self._resolve(i) for i in ids]:
+                    if ref is not None:
+                        last[dnlib.normalize(ref.dn)] = (ref.dn, False)
             else:
                 return None
+        added: list[str] = []
+        removed: list[str] = []
+        for dn, member in last.values():
+            if member != await self._holds(entry, member_attr.ldap, dn):
+                (added if member else removed).append(dn)
+        changes = [Modification(ModOp.DELETE, member_attr.ldap, tuple(removed))]
+        changes.append(Modification(ModOp.ADD, member_attr.ldap, tuple(added)))
         changes = [c for c in changes if c.values]
         placeholder = members_placeholder(mapping)
         if placeholder is not None and changes:

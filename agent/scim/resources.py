@@ -252,6 +252,37 @@ def _same(kind: Kind, left: AttrValue, right: AttrValue) -> bool:
     return text(left).lower() == text(right).lower() if kind is _STRING else text(left) == text(right)
 
 
+def requested(
+    mapping: ResourceMapping,
+    entry: Entry,
+    shown: Mapping[str, list[AttrValue]],
+    wanted: Mapping[str, list[AttrValue]],
+) -> dict[str, list[AttrValue]]:
+    """The part of ``wanted`` a PATCH or PUT asked for: the attributes whose values differ from ``shown``
+    (``to_ldap`` of the resource as SCIM showed ``entry`` before the request).
+
+    SCIM does not show all of an entry: only the first value of an LDAP attribute behind a single-valued
+    SCIM one, no member or manager that is not a SCIM resource (a computer, a contact, a dangling DN).
+    An attribute the request left alone is not written, so none of that is lost; members the request
+    did change are added and removed one by one, and the ones SCIM cannot show stay.
+    """
+    kinds, _, by_value = mapping.diff_rules
+    placeholder = mapping.empty_members
+    changed: dict[str, list[AttrValue]] = {}
+    for name, values in wanted.items():
+        before = shown.get(name)
+        if before == values:
+            continue
+        if before is not None and name.lower() in by_value:
+            kind = kinds.get(name.lower(), _STRING)
+            unseen = [v for v in entry.get(name) if not any(_same(kind, v, b) for b in before)]
+            if unseen:  # members SCIM cannot show: kept, and the group is not empty
+                kept = [v for v in values if placeholder is None or not _same(kind, v, placeholder)]
+                values = kept + [v for v in unseen if not any(_same(kind, v, k) for k in kept)]
+        changed[name] = values
+    return changed
+
+
 def diff(mapping: ResourceMapping, entry: Entry, new: Mapping[str, list[AttrValue]]) -> list[Modification]:
     """Modifications that turn ``entry``'s mapped attributes into ``new`` (RDN attribute excluded)."""
     kinds, multi, by_value = mapping.diff_rules  # see profile.diff_rules

@@ -41,9 +41,9 @@ import pytest
 
 from agent.config import ScimSection
 from agent.scim.handler import Result, ScimHandler
-from agent.scim.profile import CORE_GROUP, CORE_USER, ENTERPRISE, Profile, load_profile
+from agent.scim.profile import CORE_GROUP, CORE_USER, ENTERPRISE, LDAP_ENTRY, Profile, load_profile
 from plugins import dn as dnlib
-from plugins.directory import Directory
+from plugins.directory import Directory, Modification, ModOp
 from protocol import scimeval
 from protocol import scimfilter as sf
 from protocol.envelope import ScimOperation
@@ -855,6 +855,71 @@ class ScimSuite(abc.ABC):
         assert member_ids(await scim.ok("PUT", f"/Groups/{mgr['id']}", body=body)) == set()
         refilled = await scim.ok("PUT", f"/Groups/{mgr['id']}", body={**body, "members": [{"value": dan}]})
         assert member_ids(refilled) == {dan}
+
+    async def test_member_operations_take_effect_in_order(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
+        """Members-only PATCH operations apply in sequence (RFC 7644 §3.5.2): a member removed and added back
+        stays, one added and then removed is gone, one added twice or removed twice is no error."""
+        eng, ann, cat = people["eng"], people["ann"]["id"], people["cat"]["id"]
+        path = f"/Groups/{eng['id']}"
+        remove_ann = {"op": "remove", "path": f'members[value eq "{ann}"]'}
+        add = [{"op": "add", "path": "members", "value": [{"value": i}]} for i in (ann, cat)]
+        kept = await scim.ok("PATCH", path, body=patch_body(remove_ann, add[0]))
+        assert member_ids(kept) == member_ids(eng)
+        gone = await scim.ok(
+            "PATCH", path, body=patch_body(add[1], {"op": "remove", "path": f'members[value eq "{cat}"]'})
+        )
+        assert member_ids(gone) == member_ids(eng)
+        twice = {"op": "add", "path": "members", "value": [{"value": cat}, {"value": cat}]}
+        added = await scim.ok("PATCH", path, body=patch_body(twice, add[1]))
+        assert member_ids(added) == member_ids(eng) | {cat}
+        removed = await scim.ok("PATCH", path, body=patch_body(remove_ann, remove_ann))
+        assert member_ids(removed) == member_ids(eng) - {ann} | {cat}
+        assert member_ids(await scim.ok("GET", path)) == member_ids(removed)
+
+    async def test_patch_keeps_what_scim_cannot_show(
+        self, scim: Scim, people: dict[str, dict[str, Any]], directory: Directory
+    ) -> None:
+        """A member or manager that is no SCIM resource (a device, a contact) is not a change a PATCH asked
+        for: renaming the group, changing its SCIM members, or a user's title leaves it where it is."""
+        eng, ann, ben = people["eng"], people["ann"], people["ben"]
+        users = dnlib.join(scim.profile.resources[0].container, directory.base_dn)
+        other = dnlib.join(f"cn={scim.ns}printer", users)
+        kind = "contact" if self.profile_name == "ad" else "device"
+        group, person = eng[LDAP_ENTRY]["distinguishedName"], ann[LDAP_ENTRY]["distinguishedName"]
+        await directory.add(other, {"objectClass": ["top", kind], "cn": [f"{scim.ns}printer"]})
+        try:
+            await directory.modify(group, [Modification(ModOp.ADD, "member", (other,))])
+            await directory.modify(person, [Modification(ModOp.REPLACE, "manager", (other,))])
+            path = f"/Groups/{eng['id']}"
+            renamed = await scim.ok(
+                "PATCH", path, body=patch_body({"op": "replace", "path": "displayName", "value": f"{scim.ns}eng2"})
+            )
+            removed = await scim.ok(
+                "PATCH",
+                path,
+                body=patch_body(
+                    {"op": "replace", "path": "displayName", "value": f"{scim.ns}eng3"},
+                    {"op": "remove", "path": "members", "value": [{"value": ben["id"]}]},
+                ),
+            )
+            assert member_ids(renamed) == member_ids(eng)
+            assert member_ids(removed) == {ann["id"]}
+            held = await directory.get(removed[LDAP_ENTRY]["distinguishedName"], ["member"])
+            assert held is not None
+            assert {dnlib.normalize(str(m)) for m in held.get("member")} == {
+                dnlib.normalize(person),
+                dnlib.normalize(other),
+            }
+            retitled = await scim.ok(
+                "PATCH", f"/Users/{ann['id']}", body=patch_body({"op": "replace", "path": "title", "value": "Lead"})
+            )
+            assert retitled["title"] == "Lead"
+            managed = await directory.get(retitled[LDAP_ENTRY]["distinguishedName"], ["manager"])
+            assert managed is not None
+            assert [dnlib.normalize(str(m)) for m in managed.get("manager")] == [dnlib.normalize(other)]
+        finally:
+            await directory.modify(person, [Modification(ModOp.DELETE, "manager", ())])
+            await directory.delete(other)
 
     async def test_add_unknown_member_is_400(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
         """Adding a member id that names nothing is 400 invalidValue and changes nothing."""
