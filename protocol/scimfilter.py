@@ -234,6 +234,8 @@ _TOKEN_RE = re.compile(
 )
 _NAME_RE = re.compile(r"\$?[A-Za-z][A-Za-z0-9_-]*")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*(?::[A-Za-z0-9._+-]+)+")
+#: A lone half of a UTF-16 surrogate pair, which a JSON string can escape ("\\ud800") but no text holds.
+_SURROGATE = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")
 _LITERALS: Final[dict[str, ScimValue]] = {"true": True, "false": False, "null": None}
 _OPERATORS_HINT = "a comparison operator (eq, ne, co, sw, ew, gt, ge, lt, le) or 'pr'"
 
@@ -406,6 +408,9 @@ class _Parser:
             body = token.text[1:-1]
             if "\\" in body:
                 decoded: str = json.loads(token.text)
+                if not decoded.isascii() and _SURROGATE.search(decoded):
+                    # "\ud800" escapes a half of a UTF-16 pair, no character: no directory can hold it
+                    raise _error(self.error, self.what, token.pos, "a string escapes a lone UTF-16 surrogate")
                 return decoded
             return body
         if token.kind == _NUMBER:

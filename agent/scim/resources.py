@@ -154,8 +154,10 @@ def _scim_values(attr: AttrMap, resource: Mapping[str, Any]) -> list[Any] | None
     container: Any = resource
     if attr.extension:
         container = ci_get(resource, ENTERPRISE)
-        if not isinstance(container, Mapping):
+        if container is None:
             return None
+        if not isinstance(container, Mapping):
+            raise invalid_value(f"{ENTERPRISE} must be an object")
     name, sub, kind = attr.parts
     value = ci_get(container, name)
     if value is None:
@@ -168,6 +170,8 @@ def _scim_values(attr: AttrMap, resource: Mapping[str, Any]) -> list[Any] | None
             if not isinstance(element, Mapping):
                 raise invalid_value(f"each element of {name} must be an object")
             element_type = ci_get(element, "type")
+            if element_type is not None and not isinstance(element_type, str):
+                raise invalid_value(f"the type of each element of {name} must be a string")
             if (element_type or "").lower() == kind.lower() or (element_type is None and _is_default_type(attr, kind)):
                 picked.append(ci_get(element, "value"))
         return [v for v in picked if v not in (None, "")]
@@ -219,12 +223,16 @@ async def to_ldap(
         bucket = values.setdefault(attr.ldap, [])
         if scim is None:
             continue
+        held: set[str] = set()  # a reference's normalized DNs: a value given twice is written once
         for value in scim:
             if attr.kind is _REFERENCE:
                 ref = await resolve(str(value))
                 if ref is None:
                     raise invalid_value(f"{attr.path}: no resource has id {value!r}")
-                bucket.append(ref.dn)
+                key = dnlib.normalize(ref.dn)
+                if key not in held:
+                    held.add(key)
+                    bucket.append(ref.dn)
             elif attr.kind is _ACTIVE_UAC:
                 if not isinstance(value, bool):
                     raise invalid_value(f"active must be true or false, got {value!r}")
@@ -232,9 +240,11 @@ async def to_ldap(
                 bucket.append(apply_active(current_uac, value))
             else:
                 try:
-                    bucket.append(conv.to_ldap(attr.kind, value))
+                    converted = conv.to_ldap(attr.kind, value)
                 except ValueError as exc:
                     raise invalid_value(f"{attr.path}: {exc}") from None
+                if not any(_same(attr.kind, other, converted) for other in bucket):
+                    bucket.append(converted)  # two emails differing in case are one value to LDAP
     placeholder = members_placeholder(mapping)
     if placeholder is not None and not values.get(placeholder[0]):
         values[placeholder[0]] = [placeholder[1]]

@@ -294,6 +294,8 @@ INVALID_FILTERS = [
     'userName eq "unterminated',
     'and userName eq "a"',
     '"a" eq userName',
+    'userName eq "\\ud800"',  # an escaped lone surrogate: no character, no directory holds it
+    'emails[value co "a\\udfff"]',
 ]
 
 
@@ -637,6 +639,26 @@ class ScimSuite(abc.ABC):
         body = {"schemas": [CORE_GROUP], "displayName": f"{scim.ns}ghost", "members": [{"value": str(uuid.uuid4())}]}
         assert_error(await scim.call("POST", "/Groups", body=body), 400, "invalidValue")
 
+    async def test_create_with_a_value_given_twice_writes_it_once(
+        self, scim: Scim, people: dict[str, dict[str, Any]]
+    ) -> None:
+        """A member listed twice, or an email given again in another case, is one value (the directory would
+        refuse the second as already there), and a non-string email type is 400 invalidValue."""
+        ann = people["ann"]["id"]
+        body = {
+            "schemas": [CORE_GROUP],
+            "displayName": f"{scim.ns}twice",
+            "members": [{"value": ann}, {"value": ann}],
+        }
+        group = await scim.ok("POST", "/Groups", body=body)
+        scim.created.append(("/Groups", group["id"]))
+        assert [m["value"] for m in group["members"]] == [ann]
+        emails = [{"value": "Twice@x.example", "type": "work"}, {"value": "twice@X.example", "type": "work"}]
+        user = await scim.user("mailed", emails=emails)
+        assert [e["value"].lower() for e in user["emails"]] == ["twice@x.example"]
+        body = {"schemas": [CORE_USER], "userName": f"{scim.ns}typed", "emails": [{"value": "a@x", "type": 5}]}
+        assert_error(await scim.call("POST", "/Users", body=body), 400, "invalidValue")
+
     # ---- PUT ----------------------------------------------------------------------------------
 
     async def test_put_replaces(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
@@ -973,6 +995,14 @@ class ScimSuite(abc.ABC):
             (patch_body({"op": "replace", "path": 'emails[type eq "home"].value', "value": "x"}), "noTarget"),
             (patch_body({"op": "add", "path": "title", "value": "x"}, "not an operation"), "invalidSyntax"),
             (["not", "an", "object"], "invalidSyntax"),
+            (patch_body({"op": "remove", "path": 'emails[value eq "\\ud83d"]'}), "invalidPath"),
+            (patch_body({"op": "replace", "path": "emails", "value": [{"value": "a@x", "type": 5}]}), "invalidValue"),
+            (
+                patch_body({"op": "add", "path": "emails", "value": [{"value": "a@x", "type": ["work"]}]}),
+                "invalidValue",
+            ),
+            (patch_body({"op": "replace", "path": ENTERPRISE, "value": "x"}), "invalidValue"),
+            (patch_body({"op": "add", "path": ENTERPRISE, "value": 5}), "invalidValue"),
         ],
     )
     async def test_invalid_patch_is_400(
