@@ -54,9 +54,9 @@ class TransportSection(Section):
     @field_validator("url")
     @classmethod
     def _has_scheme(cls, url: str) -> str:
-        if "://" not in url:
+        if "://" not in url:  # the value is not repeated: without a scheme, a password in it cannot be masked
             raise ValueError(
-                f"{url!r} is not a URL; expected e.g. local://, amqp://host/, sb://ns.servicebus.windows.net/"
+                "not a URL (no scheme://); expected e.g. local://, amqp://host/, sb://ns.servicebus.windows.net/"
             )
         return url
 

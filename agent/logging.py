@@ -9,6 +9,7 @@ redaction processor masks values of keys that look like secrets and credentials 
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -16,17 +17,13 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import ExcInfo
+
+from protocol.redaction import REDACTED, redact_text
+
+__all__ = ["REDACTED", "configure", "get_logger", "redact_secrets", "redact_text", "set_level"]
 
 _SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|private|authorization|api[_-]?key|sig)", re.I)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
-_CONN_STRING_KEY = re.compile(r"(SharedAccessKey|SharedAccessSignature|AccountKey|Password)=([^;]+)", re.I)
-REDACTED = "***"
-
-
-def redact_text(text: str) -> str:
-    """Mask credentials inside URLs and connection strings."""
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
-    return _CONN_STRING_KEY.sub(lambda m: f"{m[1]}={REDACTED}", text)
 
 
 def _redact_value(key: str, value: Any) -> Any:
@@ -69,12 +66,23 @@ def _level_gate(_logger: Any, method: str, event: MutableMapping[str, Any]) -> M
     return event
 
 
+def _redacted_traceback(out: TextIO, exc_info: ExcInfo) -> None:
+    """Console exception formatter: a plain traceback (no local variables) with credentials masked, as in JSON."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    out.write(redact_text(text.getvalue()))
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the process (``stream``, stderr by default; JSON unless ``console`` or a TTY
     with ``auto``). ``cloudprov agent run`` logs to stdout, where container runtimes collect logs."""
     stream = sys.stderr if stream is None else stream
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(exception_formatter=_redacted_traceback)
+    )
     set_level(level)
     structlog.configure(
         processors=[

@@ -22,18 +22,20 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
+from cryptography.exceptions import UnsupportedAlgorithm
 
 import protocol
-from agent.config import AgentSettings
+from agent.config import AgentSettings, ConfigError
 from agent.dispatcher import Dispatcher
 from agent.logging import set_level
 from agent.scim.handler import ScimHandler
-from agent.scim.profile import load_profile
+from agent.scim.profile import Profile, ProfileError, load_profile
 from plugins.directory import Directory
-from plugins.registry import create_directory
+from plugins.registry import PluginSettingsError, UnknownPluginError, create_directory
+from protocol.redaction import redact_text
 from protocol.signing import Verifier, load_public_key
 from transports.base import Transport
-from transports.registry import create_transport
+from transports.registry import TransportSettingsError, UnknownTransportError, create_transport
 
 _log = structlog.get_logger("cloudprov.agent")
 
@@ -64,11 +66,74 @@ class AgentNotStartedError(RuntimeError):
 
 
 def build_verifier(settings: AgentSettings) -> Verifier:
-    keys = {key_id: load_public_key(text) for key_id, text in settings.signing.public_keys.items()}
+    """The signature checker of ``signing``; ``ConfigError`` names a key that cannot be read."""
+    keys = {}
+    for key_id, text in settings.signing.public_keys.items():
+        try:
+            keys[key_id] = load_public_key(text)
+        except (ValueError, UnsupportedAlgorithm) as exc:  # UnsupportedAlgorithm: a PEM key of another kind
+            raise ConfigError(f"signing.public_keys.{key_id}: {exc}") from None
     return Verifier(keys, clock_skew=settings.signing.clock_skew, max_lifetime=settings.signing.max_lifetime)
 
 
+def build_profile(settings: AgentSettings) -> Profile:
+    """The SCIM ↔ LDAP mapping of ``scim``; ``ConfigError`` names ``scim.profile`` or ``scim.profile_overrides``."""
+    try:
+        profile = load_profile(settings.scim.profile)
+    except ProfileError as exc:
+        raise ConfigError(f"scim.profile: {exc}") from None
+    if not settings.scim.profile_overrides:
+        return profile
+    try:
+        return load_profile(settings.scim.profile, settings.scim.profile_overrides)
+    except ProfileError as exc:
+        raise ConfigError(f"scim.profile_overrides: {exc}") from None
+
+
+def build_directory(settings: AgentSettings) -> Directory:
+    """The unopened directory of ``directory``; ``ConfigError`` names the plugin or the faulty setting."""
+    try:
+        return create_directory(settings.directory.plugin, settings.directory.plugin_settings())
+    except UnknownPluginError as exc:
+        raise ConfigError(f"directory.plugin: {exc}") from None
+    except PluginSettingsError as exc:  # its message names each directory.<key>
+        raise ConfigError(str(exc)) from None
+
+
+def build_transport(settings: AgentSettings) -> Transport:
+    """The unconnected transport of ``transport``; ``ConfigError`` names the URL's scheme or the faulty option."""
+    url, options = settings.transport.url, settings.transport.options
+    try:
+        return create_transport(url, domains=settings.agent.domains, options=options)
+    except UnknownTransportError as exc:
+        raise ConfigError(f"transport.url: {redact_text(str(exc))}") from None
+    except TransportSettingsError as exc:
+        raise ConfigError(f"transport.options: {redact_text(str(exc))}") from None
+
+
+#: What ``Agent`` builds from its settings before it connects, in that order.
+BUILDERS: tuple[Callable[[AgentSettings], object], ...] = (
+    build_directory,
+    build_transport,
+    build_verifier,
+    build_profile,
+)
+
+
+def check_settings(settings: AgentSettings) -> list[str]:
+    """Build what ``Agent`` builds before connecting (nothing is opened); one line per problem, empty if none."""
+    problems = []
+    for build in BUILDERS:
+        try:
+            build(settings)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 class Agent:
+    """The agent of ``settings``; ``ConfigError`` (naming the setting) when a part cannot be built from them."""
+
     def __init__(
         self,
         settings: AgentSettings,
@@ -79,12 +144,10 @@ class Agent:
         services: list[Service] | None = None,
     ) -> None:
         self.settings = settings
-        self.directory = directory or create_directory(settings.directory.plugin, settings.directory.plugin_settings())
-        self.transport = transport or create_transport(
-            settings.transport.url, domains=settings.agent.domains, options=settings.transport.options
-        )
+        self.directory = directory or build_directory(settings)
+        self.transport = transport or build_transport(settings)
         self.verifier = verifier or build_verifier(settings)
-        self.profile = load_profile(settings.scim.profile, settings.scim.profile_overrides)
+        self.profile = build_profile(settings)
         self.services: list[Service] = list(services or [])
         self.readiness_checks: list[ReadinessCheck] = []
         self.started_at = time.time()

@@ -38,6 +38,17 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number of zero or more (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
 def cmd_version(_args: argparse.Namespace) -> int:
     print(f"cloudprov {_version()} ({'compiled' if protocol.compiled() else 'plain Python'})")
     return 0
@@ -49,13 +60,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    from plugins.directory import DirectoryError
-    from plugins.registry import create_directory
+    from agent.runtime import check_settings
 
-    try:
-        create_directory(settings.directory.plugin, settings.directory.plugin_settings())
-    except DirectoryError as error:
-        print(f"{args.file}: {error}", file=sys.stderr)
+    problems = check_settings(settings)
+    if problems:
+        print(f"{args.file}: invalid configuration", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     print(
         f"{args.file}: OK (transport {settings.transport.url.split('://', 1)[0]}, "
@@ -90,7 +101,11 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
             install(agent)
         await agent.run(stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except ConfigError as error:
+        print(f"{args.config or 'defaults'}: invalid configuration: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -130,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "source changes and the delta cycle that picks them up (--scim: the scripted SCIM walkthrough).",
         epilog="example: cloudprov demo --users 1000 --groups 20",
     )
-    demo.add_argument("--users", type=int, default=100, help="sample users to seed (default 100)")
-    demo.add_argument("--groups", type=int, default=5, help="sample groups to seed (default 5)")
+    demo.add_argument("--users", type=_count, default=100, help="sample users to seed (default 100)")
+    demo.add_argument("--groups", type=_count, default=5, help="sample groups to seed (default 5)")
     demo.add_argument("--follow", action="store_true", help="keep syncing every 2 s until Ctrl-C")
     demo.add_argument("--scim", action="store_true", help="the scripted SCIM walkthrough of the agent instead")
     demo.set_defaults(func=cmd_demo)

@@ -18,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,6 +36,7 @@ __all__ = [
     "parse",
     "parse_rdn",
     "rdn",
+    "split_by_yaml",
     "to_string",
     "unescape_value",
 ]
@@ -52,6 +54,8 @@ _TYPE_ALIASES = {
     "0.9.2342.19200300.100.1.1": "uid",
     "0.9.2342.19200300.100.1.25": "dc",
 }
+# Attribute types that name the top of a tree (a naming context): the last RDN of most base DNs.
+_NAMING_CONTEXT_TYPES = frozenset({"dc", "o", "c"})
 # BER tags of the string types a ``#hexstring`` value may carry.
 _BER_STRING_TAGS = frozenset({0x04, 0x0C, 0x13, 0x14, 0x16, 0x1A})
 
@@ -305,3 +309,27 @@ def join(rdn_text: str, parent_dn: str) -> str:
     item = parse_rdn(rdn_text)
     parent_rdns = parse(parent_dn)
     return to_string((item, *parent_rdns))
+
+
+def split_by_yaml(dns: Sequence[str]) -> str | None:
+    """The one DN that ``dns`` looks like after YAML split it at its commas, else None.
+
+    ``base_dns: [ou=Staff,dc=example,dc=com]`` reads as three one-RDN DNs. They are taken for the
+    pieces of one DN when there are at least two, each is one RDN, the last names the top of a tree
+    (``dc=``, ``o=``, ``c=``) and either all are ``dc=`` or one before it is not a top (``ou=``, ``cn=``):
+    ``[o=a, o=b]`` or ``[o=a, dc=b]`` may well be separate trees; ``[dc=example, dc=com]`` is not.
+    """
+    if len(dns) < 2:
+        return None
+    try:
+        parsed = [parse(text) for text in dns]
+    except InvalidDNError:
+        return None
+    if any(len(rdns) != 1 or len(rdns[0].avas) != 1 for rdns in parsed):
+        return None
+    types = [_TYPE_ALIASES.get(rdns[0].avas[0].attribute.lower(), rdns[0].avas[0].attribute.lower()) for rdns in parsed]
+    if types[-1] not in _NAMING_CONTEXT_TYPES:
+        return None
+    if all(kind == "dc" for kind in types) or any(kind not in _NAMING_CONTEXT_TYPES for kind in types[:-1]):
+        return ",".join(dns)
+    return None

@@ -146,19 +146,38 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong and where (line, column), without the source line: it may hold a secret."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({error.context})" if error.context and error.problem else ""
+        return f"{error.problem or error.context}{context}{where}"
+    if isinstance(error, yaml.reader.ReaderError):
+        return f"{error.reason} (character #x{error.character:04x})"
+    return type(error).__name__
+
+
 def read_config(path: str | Path | None, env: Mapping[str, str], prefix: str) -> dict[str, Any]:
     """The YAML file at ``path`` (None: empty), interpolated, with environment overrides laid over it."""
     source = str(path) if path else "defaults"
     data: Any = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigFileError(f"{source}: cannot read the configuration file: {exc.strerror}") from None
         try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigFileError(
+                f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the file as UTF-8"
+            ) from None
+        try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigFileError(f"{source}: not valid YAML: {exc}") from None
+            raise ConfigFileError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigFileError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
     return merge(interpolate(data, env), env_overrides(env, prefix))

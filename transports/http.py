@@ -19,7 +19,8 @@ Connection URL / options
 
 Guarantees
     The server refuses to start without authentication (bearer token or mTLS) unless
-    ``allow_anonymous: true`` is set. Tokens are compared in constant time. The transport answers
+    ``allow_anonymous: true`` is set: the transport is not even made, so ``cloudprov config check``
+    reports it. Tokens are compared in constant time. The transport answers
     itself, without reaching the agent: 401 (bad or missing token), 404 (outside the base path),
     405, 413 (body over ``max_body_size``), 400 ``invalidSyntax`` (malformed JSON) and 503 (shutting
     down, no answer in time, or ``retry_later`` without a reply); ``dead_letter`` without a reply
@@ -94,7 +95,11 @@ class HttpClientSettings:
 
 def _read_token(token: str | None, token_file: str | None) -> str | None:
     if token_file:
-        return Path(token_file).read_text().strip() or None
+        try:
+            return Path(token_file).read_text().strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise TransportSettingsError(f"token_file: cannot read {token_file!r}: {problem}") from None
     return token or None
 
 
@@ -161,6 +166,12 @@ class HttpTransport(Transport):
         self.settings = settings
         self.tls = tls or settings.tls_cert is not None
         self._token = _read_token(settings.token, settings.token_file)
+        if not (self._token or settings.tls_client_ca or settings.allow_anonymous):
+            raise AuthNotConfiguredError(
+                "the http transport refuses to start without authentication: set 'token' (or 'token_file') "
+                "for bearer auth, or 'tls_client_ca' with 'tls_cert'/'tls_key' for mTLS; "
+                "to serve anyone, set 'allow_anonymous: true' explicitly"
+            )
         self._base = settings.base_path.rstrip("/")
         self._queue: asyncio.Queue[HttpDelivery | None] = asyncio.Queue()
         self._open: set[HttpDelivery] = set()
@@ -219,12 +230,6 @@ class HttpTransport(Transport):
         if self._runner is not None:
             return
         s = self.settings
-        if not (self._token or s.tls_client_ca or s.allow_anonymous):
-            raise AuthNotConfiguredError(
-                "the http transport refuses to start without authentication: set 'token' (or 'token_file') "
-                "for bearer auth, or 'tls_client_ca' with 'tls_cert'/'tls_key' for mTLS; "
-                "to serve anyone, set 'allow_anonymous: true' explicitly"
-            )
         context = self._ssl_context()
         app = web.Application(client_max_size=s.max_body_size)
         app.router.add_route("*", "/{tail:.*}", self._handle)

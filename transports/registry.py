@@ -170,7 +170,8 @@ def read_settings(cls: type[S], url: str, options: Mapping[str, Any] | None = No
 def _scheme_of(url: str) -> str:
     head, sep, _ = url.partition("://")
     if not sep or not head:
-        raise UnknownTransportError(f"{url!r} is not a transport URL (expected scheme://…, e.g. local://)")
+        # not repeated: without a scheme, a password in the URL cannot be told apart and masked
+        raise UnknownTransportError("not a transport URL (expected scheme://…, e.g. local://)")
     return head
 
 

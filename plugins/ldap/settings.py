@@ -16,6 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from plugins import dn
+from plugins.directory import InvalidDNError
+
 _SCHEMES = ("ldap://", "ldaps://", "ldapi://")
 
 #: Attributes whose values are returned as raw bytes (Active Directory octet strings and friends).
@@ -108,6 +111,22 @@ class LdapSettings(BaseModel):
             if not url.lower().startswith(_SCHEMES):
                 raise ValueError(f"{url!r}: expected ldap://, ldaps:// or ldapi://")
         return urls
+
+    @field_validator("base_dns")
+    @classmethod
+    def _whole_dns(cls, base_dns: tuple[str, ...]) -> tuple[str, ...]:
+        joined = dn.split_by_yaml(base_dns)
+        if joined is not None:
+            raise ValueError(
+                f"{list(base_dns)} looks like the DN {joined!r} split at its commas by YAML; "
+                f'quote each DN: base_dns: ["{joined}"]'
+            )
+        for text in base_dns:
+            try:
+                dn.parse(text)
+            except InvalidDNError as exc:
+                raise ValueError(f"{text!r} is not a DN: {exc}") from None
+        return base_dns
 
     @model_validator(mode="after")
     def _bind_complete(self) -> LdapSettings:

@@ -90,6 +90,13 @@ class MemorySettings(BaseModel):
             raise ValueError("base_dn must not be empty")
         return value
 
+    @field_validator("seed_ldif")
+    @classmethod
+    def _readable_ldif(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file (the LDIF loaded at first open)")
+        return value
+
     @field_validator("domain_sid")
     @classmethod
     def _valid_sid(cls, value: str | None) -> str | None:

@@ -31,6 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeVar
 
+from protocol.redaction import redact_text
 from service.store import Store, StoreError
 from service.store.base import Tx
 
@@ -233,7 +234,7 @@ def _driver(url: str) -> Store:
             pass
 
         return PostgresState(url)
-    raise StateError(f"{url!r}: the state store URL must start with sqlite:/// or postgresql://")
+    raise StateError(f"{redact_text(url)!r}: the state store URL must start with sqlite:/// or postgresql://")
 
 
 def _shielded(cls: type[T]) -> type[T]:

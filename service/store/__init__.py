@@ -7,6 +7,7 @@ needed only there (``pip install 'cloudprov[postgres]'``).
 
 from __future__ import annotations
 
+from protocol.redaction import redact_text
 from service.store.base import (
     AgentRecord,
     AgentRevokedError,
@@ -30,7 +31,7 @@ def open_store(url: str) -> Store:
         except ModuleNotFoundError as exc:
             raise StoreError(f"a postgresql:// store needs asyncpg: pip install 'cloudprov[postgres]' ({exc})") from exc
         return PostgresStore(url)
-    raise StoreError(f"{url!r}: the store URL must start with sqlite:/// or postgresql://")
+    raise StoreError(f"{redact_text(url)!r}: the store URL must start with sqlite:/// or postgresql://")
 
 
 __all__ = [

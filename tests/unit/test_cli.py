@@ -108,6 +108,31 @@ def test_agent_run_with_a_bad_config_exits_2(tmp_path: Path, capsys: pytest.Capt
     assert "dispatcher.max_in_flight" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argument", ["--users", "--groups"])
+def test_demo_refuses_a_negative_count(argument: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cloudprov demo --users -1`` is a usage error (exit 2, one message), not a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", argument, "-1"])
+    assert exited.value.code == 2
+    assert f"argument {argument}: -1 is negative" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://u:hunter2@db/cp", "mysql://u:hunter2@db/cp"])
+def test_bad_store_urls_do_not_print_the_password(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A store or state URL that is refused is named with its password masked."""
+    from service.provisioning.state import StateError, StateStore
+    from service.store import StoreError, open_store
+
+    with pytest.raises(StoreError) as store:
+        open_store(url)
+    with pytest.raises(StateError) as state:
+        StateStore(url)
+    assert main(["sync", "--state", url, "status"]) != 0
+    for message in (str(store.value), str(state.value), capsys.readouterr().err):
+        assert "u:***@db/cp" in message
+        assert "hunter2" not in message
+
+
 def test_demo_runs_clean() -> None:
     """``cloudprov demo --users 30`` exits 0 and its summary reports no failed step."""
     result = subprocess.run(

@@ -149,7 +149,7 @@ def test_every_faulty_key_is_listed(tmp_path: Path) -> None:
     assert "dispatcher.max_in_flight: Input should be a valid integer" in message
     assert "dispatcher.grace_period: Input should be greater than or equal to 0" in message
     assert "logging.level: Input should be 'debug', 'info', 'warning' or 'error'" in message
-    assert "transport.url: Value error, 'no-scheme' is not a URL" in message
+    assert "transport.url: Value error, not a URL (no scheme://)" in message
 
 
 def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
@@ -157,6 +157,36 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
     path = _write(tmp_path, "agent: [unclosed\n")
     with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
         load_settings(path, env={})
+
+
+def test_yaml_error_names_file_line_and_column_but_not_the_line(tmp_path: Path) -> None:
+    """A YAML syntax error gives the file, line and column, and not the offending text (it may hold a password)."""
+    path = _write(tmp_path, 'directory:\n  plugin: ldap\n  password: "hunter2\n  bind_dn: x\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not valid YAML: ")
+    assert "line 5, column 1" in message
+    assert "hunter2" not in message
+    assert "<unicode string>" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("data", ["# f\u00fcr\nagent: {id: a}\n".encode("latin-1"), b"\xff\xfe bad"])
+def test_non_utf8_file_is_one_clear_error(tmp_path: Path, data: bytes) -> None:
+    """A file that is not UTF-8 (Latin-1, UTF-16, binary) is refused in one line naming the file, not a traceback."""
+    path = tmp_path / "agent.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 text \(byte 0x(fc|ff) on line 1\)"):
+        load_settings(path, env={})
+
+
+def test_transport_url_without_scheme_is_not_repeated(tmp_path: Path) -> None:
+    """A transport URL missing its ``://`` is refused without echoing it: its password could not be masked."""
+    path = _write(tmp_path, 'transport: {url: "amqps//cloudprov:hunter2@rabbitmq:5671/"}\n')
+    with pytest.raises(ConfigError, match=r"transport\.url: .*not a URL") as caught:
+        load_settings(path, env={})
+    assert "hunter2" not in str(caught.value)
 
 
 @pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("just text\n", "str"), ("42\n", "int")])
@@ -221,3 +251,81 @@ def test_config_check_rejects_bad_yaml(tmp_path: Path, capsys: pytest.CaptureFix
     path = _write(tmp_path, "a: b: c\n")
     assert main(["config", "check", str(path)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+BAD_AT_BUILD = [
+    ("signing: {public_keys: {k1: not-a-key}}", "signing.public_keys.k1: the public key is neither PEM nor base64"),
+    ("scim: {profile: openldp}", "scim.profile: unknown profile 'openldp'"),
+    ("scim: {profile_overrides: {nonsense: 1}}", "scim.profile_overrides: profile override 'nonsense'"),
+    ('transport: {url: "rabbit://guest:hunter2@mq/"}', "transport.url: no transport for scheme 'rabbit'"),
+    (
+        'transport: {url: "amqp://u:hunter2@mq/", options: {prefetchh: 64}}',
+        "transport.options: unknown setting 'prefetchh'",
+    ),
+    (
+        'transport: {url: "amqp://u:hunter2@mq/", options: {prefetch: lots}}',
+        "transport.options: setting 'prefetch' must be int",
+    ),
+    (
+        'transport: {url: "http://127.0.0.1:0/", options: {token_file: /nonexistent/token}}',
+        "transport.options: token_file: cannot read",
+    ),
+    (
+        'transport: {url: "http://127.0.0.1:0/"}',
+        "transport.options: the http transport refuses to start without authentication",
+    ),
+    ("directory: {plugin: memroy}", "directory.plugin: unknown directory plugin 'memroy'"),
+    ("directory: {plugin: memory, seed_ldif: /nonexistent/seed.ldif}", "directory.seed_ldif: "),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_AT_BUILD)
+def test_config_check_builds_what_the_agent_builds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    """``config check`` refuses what ``agent run`` could not build (keys, profile, transport), naming the setting."""
+    path = _write(tmp_path, text + "\n")
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert problem in captured.err
+    assert "hunter2" not in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_AT_BUILD)
+def test_agent_run_reports_what_it_cannot_build_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, text: str, problem: str
+) -> None:
+    """``agent run`` prints one line naming the setting and exits 2 instead of a traceback."""
+    monkeypatch.setattr("cli.main.configure", lambda *_args, **_kwargs: None)  # leave logging as the suite has it
+    path = _write(tmp_path, text + "\nhealth: {enabled: false}\nagent: {state_dir: " + str(tmp_path) + "}\n")
+    assert main(["agent", "run", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert problem in err
+    assert "Traceback" not in err
+    assert "hunter2" not in err
+
+
+def test_config_check_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Problems found while building are all reported, one line each."""
+    path = _write(tmp_path, "scim: {profile: openldp}\nsigning: {public_keys: {k1: not-a-key}}\n")
+    assert main(["config", "check", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"{path}: invalid configuration"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["signing.public_keys.k1", "scim.profile"]
+
+
+def test_ldap_base_dn_split_by_yaml_is_refused() -> None:
+    """``base_dns: [dc=example,dc=com]`` (YAML makes it two DNs) is refused with the quoted form to write instead."""
+    from plugins.registry import PluginSettingsError, create_directory
+
+    settings = {"bind_dn": "cn=admin,dc=example,dc=com", "password": "pw", "base_dns": ["dc=example", "dc=com"]}
+    with pytest.raises(
+        PluginSettingsError, match=r'directory\.base_dns: .*quote each DN: base_dns: \["dc=example,dc=com"\]'
+    ):
+        create_directory("ldap", settings)
+    with pytest.raises(PluginSettingsError, match=r"directory\.base_dns: .*'ou=x\+' is not a DN"):
+        create_directory("ldap", {**settings, "base_dns": ["ou=x+"]})
+    quoted = create_directory("ldap", {**settings, "base_dns": ["dc=example,dc=com"]})
+    assert quoted.settings.base_dns == ("dc=example,dc=com",)  # type: ignore[attr-defined]

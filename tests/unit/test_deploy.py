@@ -114,6 +114,11 @@ def test_agent_config_map_is_a_valid_agent_configuration(tmp_path: Path) -> None
     assert settings.health.port == 8081
     assert settings.directory.plugin_settings()["password"] == secrets["ldap-password"]
     assert settings.signing.public_keys["k1"] == secrets["signing-k1.pub"]
+    pytest.importorskip("bonsai", reason="the ConfigMap configures the ldap plugin")
+    from plugins.registry import create_directory
+
+    directory = create_directory(settings.directory.plugin, settings.directory.plugin_settings())
+    assert directory.settings.base_dns == ("dc=example,dc=com",)  # type: ignore[attr-defined]  # one DN, quoted
 
 
 def test_service_probes_and_scrape_target_use_the_configured_health_port(tmp_path: Path) -> None:

@@ -122,3 +122,33 @@ def test_normalize_maps_oids_and_orders_multi_valued_rdns() -> None:
     assert dn.normalize("2.5.4.3=John+sn=Doe,dc=X") == dn.normalize("SN=doe+CN=john,DC=x")
     assert dn.normalize("cn=John   Smith") == dn.normalize("cn=john smith")
     assert dn.normalize("cn=a,dc=x") != dn.normalize("cn=b,dc=x")
+
+
+@pytest.mark.parametrize(
+    ("dns", "joined"),
+    [
+        (["dc=example", "dc=com"], "dc=example,dc=com"),
+        (["OU=Staff", "DC=corp", "DC=example", "DC=com"], "OU=Staff,DC=corp,DC=example,DC=com"),
+        (["ou=people", "o=Example"], "ou=people,o=Example"),
+    ],
+)
+def test_a_dn_split_by_yaml_is_recognised(dns: list[str], joined: str) -> None:
+    """One-RDN pieces that read as one DN (``[dc=example,dc=com]`` unquoted in YAML) are put back together."""
+    assert dn.split_by_yaml(dns) == joined
+
+
+@pytest.mark.parametrize(
+    "dns",
+    [
+        ["dc=example,dc=com"],
+        ["ou=people,dc=example,dc=com", "ou=groups,dc=example,dc=com"],
+        ["o=org1", "o=org2"],
+        ["o=org1", "dc=example"],
+        ["ou=people", "ou=groups"],
+        ["dc=com"],
+        [],
+    ],
+)
+def test_separate_base_dns_are_not_taken_for_a_split(dns: list[str]) -> None:
+    """Whole DNs, and one-RDN trees that may well be separate naming contexts, are left alone."""
+    assert dn.split_by_yaml(dns) is None

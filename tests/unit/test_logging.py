@@ -128,6 +128,24 @@ def test_configured_json_lines_carry_no_secret(capsys: pytest.CaptureFixture[str
     assert SECRET not in err
 
 
+def test_configured_console_lines_carry_no_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    """On the console too, an exception's traceback is masked like the rest of the line."""
+    configure("info", "console")
+    try:
+        log = structlog.get_logger("test.redaction.console")
+        try:
+            _connect()
+        except ConnectionError:
+            log.exception("connect failed", url=f"amqp://u:{SECRET}@mq/")
+    finally:
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert "connect failed" in err
+    assert "ConnectionError" in err
+    assert REDACTED in err
+    assert SECRET not in err
+
+
 # ------------------------------------------------------------------------------------- request context
 
 

@@ -68,12 +68,17 @@ async def _scim_error(answer: aiohttp.ClientResponse) -> dict[str, Any]:
     return body
 
 
-async def test_refuses_to_start_without_auth() -> None:
-    """With no token, no client CA and no ``allow_anonymous``, the server will not start, and says why."""
-    transport = create_transport("http://127.0.0.1:0/scim/v2", domains=[DOMAIN])
+def test_refuses_to_start_without_auth() -> None:
+    """With no token, no client CA and no ``allow_anonymous``, the server is not even made, and says why."""
     with pytest.raises(AuthNotConfiguredError, match="allow_anonymous"):
-        await transport.connect()
-    assert not transport.connected
+        create_transport("http://127.0.0.1:0/scim/v2", domains=[DOMAIN])
+
+
+def test_unreadable_token_file_names_the_setting(tmp_path: Path) -> None:
+    """A token_file that cannot be read is a settings error naming token_file, not an OSError."""
+    missing = tmp_path / "missing-token"
+    with pytest.raises(TransportSettingsError, match="token_file: cannot read"):
+        create_transport("http://127.0.0.1:0/", domains=[DOMAIN], options={"token_file": str(missing)})
 
 
 async def test_anonymous_only_when_asked(client: aiohttp.ClientSession) -> None:
