@@ -112,12 +112,17 @@ class PatchResult:
 # ---------------------------------------------------------------------------------------- parsing
 
 
+_PATCH_OP_LOWER = PATCH_OP_SCHEMA.lower()
+
+
 def parse_operations(body: Mapping[str, Any]) -> tuple[PatchOperation, ...]:
     """Validate a PatchOp request body and parse its operations (paths included)."""
     if not isinstance(body, Mapping):
         raise invalid_syntax("a PATCH body must be a JSON object")
     schemas = get_ci(body, "schemas")
-    if schemas is not None and (not isinstance(schemas, list) or PATCH_OP_SCHEMA not in schemas):
+    if schemas is not None and (
+        not isinstance(schemas, list) or _PATCH_OP_LOWER not in {str(s).lower() for s in schemas}
+    ):  # URIs compare without regard to case, as for the resource schemas
         raise invalid_syntax(f"a PATCH body must declare the schema {PATCH_OP_SCHEMA}")
     operations = get_ci(body, "Operations")
     if not isinstance(operations, list) or not operations:

@@ -180,6 +180,8 @@ def _scim_values(attr: AttrMap, resource: Mapping[str, Any]) -> list[Any] | None
         ids = []
         for element in elements:
             ref_id = ci_get(element, "value") if isinstance(element, Mapping) else element
+            if ref_id in (None, "") and name != "members":
+                continue  # a manager without its id (manager.value removed, Entra's "") is no manager
             if not isinstance(ref_id, str) or not ref_id:
                 raise invalid_value(f"{name} values must be objects with a string 'value' (the referenced id)")
             ids.append(ref_id)

@@ -38,6 +38,7 @@ class _Out:
 
 
 _EVERYTHING = _Out(True, False)  # "could be anything": the post-filter decides
+_ENTERPRISE_LOWER = ENTERPRISE.lower()
 
 
 def _and(parts: list[_Out]) -> _Out:
@@ -150,14 +151,16 @@ class _Translator:
             return self._id(op, value)
         if not path.uri and name == "meta" and (path.sub_attr or "").lower() == "resourcetype":
             if op in {"eq", "ne"} and isinstance(value, str):
-                same = value.lower() == self.mapping.name.lower()
+                same = value == self.mapping.name  # caseExact (RFC 7643 §3.1), as scimeval compares it
                 return _Out(same if op == "eq" else not same, True)
             return _EVERYTHING
-        if not path.uri and name in {"schemas", "meta"} and not self._maps(path):
-            return _EVERYTHING
+        if path.uri is not None and f"{path.uri}:{path.name}".lower() == _ENTERPRISE_LOWER:
+            return _EVERYTHING  # the extension as a whole ("…:enterprise:2.0:User pr"): evaluation decides
+        # schemas and meta.location/version are made when a resource is shown, not read: evaluation decides
+        unmapped = _EVERYTHING if not path.uri and name in {"schemas", "meta"} else _Out(False, True)
         maps, sub = self._maps(path) or ([], None)
         if not maps:
-            return _Out(False, True)
+            return unmapped
         parts = []
         for attr in maps:
             attr_name, attr_sub, attr_type = attr.parts
@@ -180,7 +183,7 @@ class _Translator:
                 continue
             else:
                 parts.append(self._scalar(attr, op, value, multi=False))
-        return _or(parts) if parts else _Out(False, True)
+        return _or(parts) if parts else unmapped
 
     async def _element_compare(self, element: AttrMap, path: sf.AttrPath, op: str, value: sf.ScimValue) -> _Out:
         """A comparison inside ``attr[...]``, about one mapped element (one email type, members, …)."""
@@ -194,6 +197,8 @@ class _Translator:
             return self._scalar(element, op, value, multi=True)
         if sub == "primary" and element_type is not None:
             return _EVERYTHING
+        if element.kind is Kind.REFERENCE and sub in {"type", "$ref", "display"}:
+            return _Out(f"({element.ldap}=*)", False)  # made when the resource is shown: evaluation decides
         return _Out(False, True)
 
     def _type_compare(self, attr: AttrMap, attr_type: str, op: str, value: sf.ScimValue) -> _Out:

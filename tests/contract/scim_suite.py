@@ -258,6 +258,10 @@ USER_FILTERS: list[tuple[str, set[str]]] = [
     ("id pr", {"ann", "ben", "cat", "dan"}),
     ('meta.resourceType eq "User"', {"ann", "ben", "cat", "dan"}),
     ('meta.resourceType eq "Group"', set()),
+    ('meta.resourceType eq "user"', set()),  # caseExact (RFC 7643 §3.1)
+    ('meta.location ew "{ann}"', {"ann"}),  # made when shown, not stored: decided by evaluation
+    ('not (meta.location ew "{ann}")', {"ben", "cat", "dan"}),
+    ('schemas eq "urn:ietf:params:scim:schemas:core:2.0:User"', {"ann", "ben", "cat", "dan"}),
     ('displayName co "(the) *star*"', {"cat"}),
     ('displayName co "\\\\"', {"cat"}),
     ('displayName eq "Cat (the) *star* \\\\ back"', {"cat"}),
@@ -278,6 +282,8 @@ GROUP_FILTERS: list[tuple[str, set[str]]] = [
     ('displayName ne "{ns}eng"', {"mgr"}),
     ('meta.resourceType eq "Group"', {"eng", "mgr"}),
     ('id eq "{eng}"', {"eng"}),
+    ('members[type eq "User"]', {"eng", "mgr"}),
+    ('members.$ref ew "{ben}"', {"eng"}),
 ]
 
 # Filters that must be refused with 400 invalidFilter before anything is searched.
@@ -815,6 +821,29 @@ class ScimSuite(abc.ABC):
         assert patched[ENTERPRISE]["manager"]["value"] == people["dan"]["id"]
         found = await scim.listed("/Users", f'{ENTERPRISE}:department eq "Support"')
         assert [r["id"] for r in found["Resources"]] == [ann["id"]]
+
+    async def test_patch_removing_the_manager_id_unassigns_the_manager(
+        self, scim: Scim, people: dict[str, dict[str, Any]]
+    ) -> None:
+        """``remove …:manager.value`` (and Entra's replace with an empty value) leave the user without a manager,
+        whatever sub-attributes the shown manager had; a PatchOp schema URI in another case is accepted."""
+        ben = people["ben"]
+        assert ben[ENTERPRISE]["manager"]["value"] == people["ann"]["id"]
+        removed = await scim.ok(
+            "PATCH", f"/Users/{ben['id']}", body=patch_body({"op": "remove", "path": f"{ENTERPRISE}:manager.value"})
+        )
+        assert "manager" not in removed.get(ENTERPRISE, {})
+        body = patch_body({"op": "add", "path": f"{ENTERPRISE}:manager", "value": {"value": people["dan"]["id"]}})
+        body["schemas"] = [PATCH_SCHEMA.lower()]
+        assert (await scim.ok("PATCH", f"/Users/{ben['id']}", body=body))[ENTERPRISE]["manager"]["value"] == people[
+            "dan"
+        ]["id"]
+        emptied = await scim.ok(
+            "PATCH",
+            f"/Users/{ben['id']}",
+            body=patch_body({"op": "replace", "path": f"{ENTERPRISE}:manager", "value": {"value": ""}}),
+        )
+        assert "manager" not in emptied.get(ENTERPRISE, {})
 
     async def test_patch_members(self, scim: Scim, people: dict[str, dict[str, Any]]) -> None:
         """members add and remove (value filter, and Entra's remove with a value) change only those members."""
