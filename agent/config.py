@@ -10,6 +10,7 @@ also be ``file:/path`` to read them from a mounted file. Environment variables n
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from protocol import configfile
 from protocol.configfile import ConfigFileError, HealthServer, LoggingSection, Section, read_file_ref
@@ -39,6 +41,9 @@ class ConfigError(ConfigFileError):
 Secret = Annotated[SecretStr, BeforeValidator(read_file_ref)]
 #: A non-secret value that may still come from a mounted file (public keys, CA bundles).
 FileOrText = Annotated[str, BeforeValidator(read_file_ref)]
+#: Transport options that hold a secret, so may be ``file:/path``: http ``token``, Service Bus ``key`` and
+#: ``connection_string``, and any option named like a password, secret or token (not ``token_file``: a path).
+SECRET_OPTION = re.compile(r"^(key|connection_string)$|(pass(word)?|secret|token)$", re.I)
 
 
 class AgentSection(Section):
@@ -49,7 +54,11 @@ class AgentSection(Section):
 
 class TransportSection(Section):
     url: str = Field(default="local://", description="Where requests come from: local://, http://, amqp://, sb://.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Transport-specific options (see docs).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Transport-specific options (see docs); secret ones (token, key, connection_string, any password, "
+        "secret or token) may be file:/path.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -59,6 +68,24 @@ class TransportSection(Section):
                 "not a URL (no scheme://); expected e.g. local://, amqp://host/, sb://ns.servicebus.windows.net/"
             )
         return url
+
+    @field_validator("options")
+    @classmethod
+    def _read_secret_files(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Secret options (``SECRET_OPTION``) may be ``file:/run/secrets/…``: read them; a failure names the option."""
+        read = dict(options)
+        errors: list[InitErrorDetails] = []
+        for key, value in options.items():
+            if not SECRET_OPTION.search(key):
+                continue
+            try:
+                read[key] = read_file_ref(value)
+            except ValueError as exc:  # the file's path, never its content
+                error = PydanticCustomError("secret_file", "{problem}", {"problem": str(exc)})
+                errors.append({"type": error, "loc": (key,), "input": value})
+        if errors:  # raised as a ValidationError, so each message is located at transport.options.<key>
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return read
 
 
 class DirectorySection(BaseModel):

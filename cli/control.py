@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from agent.logging import configure
+from protocol.redaction import redact_text
 
 if TYPE_CHECKING:
     from service.config import ServiceSettings
@@ -33,6 +34,7 @@ def cmd_service_run(args: argparse.Namespace) -> int:
     from service.config import ServiceConfigError, load_service_settings
     from service.control.app import ControlPlaneServer
     from service.health import ServiceHealth
+    from service.store import StoreError
 
     try:
         settings = load_service_settings(args.config)
@@ -56,7 +58,11 @@ def cmd_service_run(args: argparse.Namespace) -> int:
             else:
                 await stop.wait()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except (StoreError, OSError) as error:  # a store that cannot be opened, a port in use: one line, no password
+        print(f"service: cannot start: {redact_text(str(error))}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -112,7 +118,12 @@ def cmd_agent_register(args: argparse.Namespace) -> int:
     if not (args.ca_file or args.ca_fingerprint):
         print("give --ca-file or --ca-fingerprint (printed by 'cloudprov admin token create')", file=sys.stderr)
         return 2
-    ca_pem = Path(args.ca_file).read_text() if args.ca_file else None
+    try:
+        ca_pem = Path(args.ca_file).read_text() if args.ca_file else None
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text (a PEM file is)"
+        print(f"register: cannot read --ca-file {args.ca_file!r}: {problem}", file=sys.stderr)
+        return 2
     state_dir = identity_of(settings).state_dir
     try:
         answer = asyncio.run(
@@ -133,24 +144,39 @@ def cmd_agent_register(args: argparse.Namespace) -> int:
     return 0
 
 
+class AdminSetupError(Exception):
+    """The admin command cannot say where or how to call: the message names the option, variable or file."""
+
+
 def _admin_target(args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext]:
     url, token, ca_file = args.url, args.token, args.ca_file
+    ca_source = "--ca-file"
     if args.config:
-        from service.config import load_service_settings
+        from service.config import ServiceConfigError, load_service_settings
 
-        settings = load_service_settings(args.config)
+        try:
+            settings = load_service_settings(args.config)
+        except ServiceConfigError as error:
+            raise AdminSetupError(str(error)) from None
         control = settings.control
         url = url or f"https://{control.public_hosts[0]}:{control.port}"
         token = token or (settings.admin.token.get_secret_value() if settings.admin.token else None)
-        ca_file = ca_file or str(control.ca_cert_file or control.state_dir / "ca.pem")
+        if not ca_file:
+            ca_file = str(control.ca_cert_file or control.state_dir / "ca.pem")
+            key = "control.ca_cert_file" if control.ca_cert_file else "control.state_dir"
+            ca_source = f"{key} of {args.config}"
     url = url or os.environ.get("CLOUDPROV_CONTROL_URL")
     token = token or os.environ.get("CLOUDPROV_ADMIN_TOKEN")
-    ca_file = ca_file or os.environ.get("CLOUDPROV_CONTROL_CA")
+    if not ca_file:
+        ca_file, ca_source = os.environ.get("CLOUDPROV_CONTROL_CA"), "CLOUDPROV_CONTROL_CA"
     if not (url and token and ca_file):
-        raise SystemExit(
-            "admin: give --url, --token and --ca-file (or their CLOUDPROV_* variables, or -c service.yaml)"
-        )
-    return url, token, ssl.create_default_context(cafile=ca_file)
+        raise AdminSetupError("give --url, --token and --ca-file (or their CLOUDPROV_* variables, or -c service.yaml)")
+    try:
+        return url, token, ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError:
+        raise AdminSetupError(f"the CA file {ca_file!r} ({ca_source}) holds no PEM certificate") from None
+    except OSError as exc:
+        raise AdminSetupError(f"cannot read the CA file {ca_file!r} ({ca_source}): {exc.strerror}") from None
 
 
 async def _admin_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -183,6 +209,9 @@ def _admin(method: str, path: str, body: Any = None) -> Any:
             status, answer = asyncio.run(
                 _admin_call(args, method, path.format(**vars(args)), body(args) if body else None)
             )
+        except AdminSetupError as error:
+            print(f"admin: {error}", file=sys.stderr)
+            return 2
         except (aiohttp.ClientError, OSError) as error:
             print(f"admin: cannot reach the control plane: {error}", file=sys.stderr)
             return 2

@@ -68,6 +68,8 @@ def read_file_ref(value: Any) -> Any:
             return path.read_text().rstrip("\n")
         except OSError as exc:
             raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:  # the codec's message would quote the file's bytes
+            raise ValueError(f"cannot read secret file {str(path)!r}: not UTF-8 text") from None
     return value
 
 
@@ -105,14 +107,31 @@ def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
 
 
 def env_overrides(env: Mapping[str, str], prefix: str) -> dict[str, Any]:
-    """``<prefix>TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}``."""
+    """``<prefix>TRANSPORT__URL=x`` → ``{"transport": {"url": "x"}}``.
+
+    Two variables for the same key, or one for a section and one for a key inside it
+    (``<prefix>TRANSPORT`` and ``<prefix>TRANSPORT__URL``), are a ``ConfigFileError`` naming both.
+    """
     tree: dict[str, Any] = {}
+    setters: dict[tuple[str, ...], str] = {}  # each key path → the variable that sets it
     for name, raw in env.items():
         if not name.startswith(prefix):
             continue
         path = [part.lower() for part in name.removeprefix(prefix).split("__") if part]
         if not path:
             continue
+        for other_path, other in setters.items():
+            (outer, outer_name), (inner, inner_name) = sorted([(tuple(path), name), (other_path, other)])
+            if inner[: len(outer)] != outer:
+                continue
+            if inner == outer:
+                first, second = sorted((outer_name, inner_name))
+                raise ConfigFileError(f"environment variables {first} and {second} both set {'.'.join(outer)}")
+            raise ConfigFileError(
+                f"environment variables {outer_name} and {inner_name} conflict: the first sets all of "
+                f"{'.'.join(outer)}, the second {'.'.join(inner)} inside it; unset one of them"
+            )
+        setters[tuple(path)] = name
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})

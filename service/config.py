@@ -4,17 +4,20 @@ Every setting has a default that works on one machine (HTTPS on 127.0.0.1:8443, 
 SQLite store in ``./service-state``). Strings may reference the environment as ``${NAME}`` or
 ``${NAME:-default}``; secrets may be ``file:/path`` (read from a mounted file). Environment
 variables ``CLOUDPROV_SERVICE__SECTION__KEY`` override the file. ``load_service_settings`` raises
-``ServiceConfigError`` naming each faulty key. The admin API is off until ``admin.token`` is set.
+``ServiceConfigError`` naming each faulty key: store URLs are checked for a scheme with a driver
+(without repeating them: they may hold a password), an operator CA for both of its files.
+The admin API is off until ``admin.token`` is set.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from protocol.configfile import ConfigFileError, HealthServer, LoggingSection, Section, load_model, read_file_ref
 
@@ -26,8 +29,27 @@ class ServiceConfigError(ConfigFileError):
     """The service configuration is invalid; the message lists each faulty key."""
 
 
+#: URL schemes with a store driver (``service.store.open_store``, ``service.provisioning.state``).
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def _store_url(url: str) -> str:
+    """Empty (the default store) or ``sqlite:///…`` / ``postgresql://…``; the URL is not repeated (its password)."""
+    if not url:
+        return url
+    scheme, sep, _ = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):  # else the "scheme" may hold a password
+        raise ValueError("not a URL (no scheme://); expected sqlite:///path or postgresql://user:password@host/db")
+    if scheme.lower() not in STORE_SCHEMES:
+        hint = "; write postgresql://… without a +driver" if scheme.lower().startswith("postgres") else ""
+        raise ValueError(f"no store for scheme {scheme!r}: expected sqlite:///path or postgresql://…{hint}")
+    return url
+
+
 #: A secret: literal, ``${ENV}`` or ``file:/path``; never printed.
 Secret = Annotated[SecretStr, BeforeValidator(read_file_ref)]
+#: The URL of a store: empty (embedded SQLite in the state dir), ``sqlite:///path`` or ``postgresql://…``.
+StoreUrl = Annotated[str, AfterValidator(_store_url)]
 
 
 class ControlSection(Section):
@@ -47,9 +69,26 @@ class ControlSection(Section):
     key_grace_period: float = Field(default=DAY, ge=0, description="Seconds a rotated-out signing key stays valid.")
     clock_skew: float = Field(default=300.0, gt=0, description="Bootstrap requests older/newer than this: refused.")
 
+    @field_validator("ca_cert_file", "ca_key_file")
+    @classmethod
+    def _is_a_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():  # readable is not asked: admin -c only needs the certificate
+            raise ValueError(f"{str(path)!r} is not a file" if path.exists() else f"{str(path)!r} does not exist")
+        return path
+
+    @model_validator(mode="after")
+    def _ca_files_together(self) -> ControlSection:
+        if self.ca_cert_file is not None and self.ca_key_file is None:
+            raise ValueError("control.ca_key_file is not set: an operator CA needs its key file too (both or neither)")
+        if self.ca_key_file is not None and self.ca_cert_file is None:
+            raise ValueError(
+                "control.ca_cert_file is not set: an operator CA needs its certificate too (both or neither)"
+            )
+        return self
+
 
 class StoreSection(Section):
-    url: str = Field(default="", description="sqlite:///path or postgresql://…; empty: SQLite in the state dir.")
+    url: StoreUrl = Field(default="", description="sqlite:///path or postgresql://…; empty: SQLite in the state dir.")
     key_secret: Secret | None = Field(default=None, description="Seals signing private keys at rest (AES-GCM).")
 
 
@@ -59,7 +98,7 @@ class AdminSection(Section):
 
 class ProvisioningSection(Section):
     enabled: bool = Field(default=True, description="Run the provisioning scheduler next to the control plane.")
-    state_url: str = Field(
+    state_url: StoreUrl = Field(
         default="",
         description="sqlite:///path or postgresql://… of the job store; empty: provisioning.db in state_dir.",
     )

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from plugins import dn
-from plugins.directory import InvalidDNError
+from plugins import dn, ldapfilter
+from plugins.directory import InvalidDNError, InvalidFilterError
 
 _SCHEMES = ("ldap://", "ldaps://", "ldapi://")
 
@@ -127,6 +127,16 @@ class LdapSettings(BaseModel):
             except InvalidDNError as exc:
                 raise ValueError(f"{text!r} is not a DN: {exc}") from None
         return base_dns
+
+    @field_validator("scope_filter")
+    @classmethod
+    def _parses(cls, scope_filter: str | None) -> str | None:
+        if scope_filter is not None:
+            try:
+                ldapfilter.parse(scope_filter)
+            except InvalidFilterError as exc:
+                raise ValueError(f"not an RFC 4515 filter: {exc}") from None
+        return scope_filter
 
     @model_validator(mode="after")
     def _bind_complete(self) -> LdapSettings:

@@ -133,6 +133,65 @@ def test_bad_store_urls_do_not_print_the_password(url: str, capsys: pytest.Captu
         assert "hunter2" not in message
 
 
+ADMIN = ["admin", "--url", "https://127.0.0.1:1", "--token", "t"]
+
+
+def test_admin_with_an_invalid_service_file_is_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``admin -c service.yaml`` on an invalid or missing file names the file and keys, exit 2, no traceback."""
+    config = tmp_path / "service.yaml"
+    config.write_text("control: {port: 99999}\nadmin: {token: hunter2}\n")
+    assert main(["admin", "-c", str(config), "agents", "list"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"admin: {config}: invalid configuration",
+        "  control.port: Input should be less than or equal to 65535",
+    ]
+    assert main(["admin", "-c", str(tmp_path / "missing.yaml"), "agents", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"admin: {tmp_path / 'missing.yaml'}: cannot read the configuration file: No such file or directory\n"
+
+
+def test_admin_names_a_ca_file_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing or non-PEM CA file is named with where it came from, not reported as an unreachable control plane."""
+    missing, text = tmp_path / "ca.pem", tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    assert main([*ADMIN, "--ca-file", str(missing), "agents", "list"]) == 2
+    assert capsys.readouterr().err == (
+        f"admin: cannot read the CA file {str(missing)!r} (--ca-file): No such file or directory\n"
+    )
+    monkeypatch.setenv("CLOUDPROV_CONTROL_CA", str(text))
+    assert main([*ADMIN, "agents", "list"]) == 2
+    assert (
+        capsys.readouterr().err == f"admin: the CA file {str(text)!r} (CLOUDPROV_CONTROL_CA) holds no PEM certificate\n"
+    )
+    config = tmp_path / "service.yaml"
+    config.write_text(f"control: {{state_dir: {tmp_path / 'state'}}}\nadmin: {{token: t}}\n")
+    assert main(["admin", "-c", str(config), "agents", "list"]) == 2
+    assert capsys.readouterr().err == (
+        f"admin: cannot read the CA file {str(tmp_path / 'state' / 'ca.pem')!r} (control.state_dir of {config}): "
+        "No such file or directory\n"
+    )
+
+
+def test_admin_without_a_target_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``admin`` with no URL, token or CA from options, variables or a file says what to give and exits 2."""
+    for name in ("CLOUDPROV_CONTROL_URL", "CLOUDPROV_ADMIN_TOKEN", "CLOUDPROV_CONTROL_CA"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["admin", "agents", "list"]) == 2
+    assert capsys.readouterr().err.startswith("admin: give --url, --token and --ca-file")
+
+
+def test_agent_register_with_a_missing_ca_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``agent register --ca-file`` naming a missing file prints the option and file, exit 2, no traceback."""
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"agent: {{state_dir: {tmp_path / 'state'}}}\n")
+    missing = tmp_path / "ca.pem"
+    command = ["agent", "register", "-c", str(config), "--control-plane", "https://127.0.0.1:1", "--token", "x"]
+    assert main([*command, "--ca-file", str(missing)]) == 2
+    assert capsys.readouterr().err == f"register: cannot read --ca-file {str(missing)!r}: No such file or directory\n"
+
+
 def test_demo_runs_clean() -> None:
     """``cloudprov demo --users 30`` exits 0 and its summary reports no failed step."""
     result = subprocess.run(

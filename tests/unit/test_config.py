@@ -83,12 +83,97 @@ def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
     assert "cannot read secret file" in message
 
 
+@pytest.mark.parametrize("key", ["token", "key", "connection_string", "password", "client_secret", "sas_token"])
+def test_secret_transport_option_is_read_from_its_file(tmp_path: Path, key: str) -> None:
+    """A secret transport option (http token, Service Bus key, anything password-like) may be ``file:/path``."""
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value\n")
+    path = _write(tmp_path, f'transport: {{url: "sb://ns/", options: {{{key}: "file:{secret}", prefetch: 8}}}}\n')
+    assert load_settings(path, env={}).transport.options == {key: "s3cret-value", "prefetch": 8}
+
+
+@pytest.mark.parametrize("key", ["token_file", "tls_key", "key_name", "request_queue"])
+def test_other_transport_options_are_left_as_written(tmp_path: Path, key: str) -> None:
+    """Options that are no secret (paths such as ``token_file`` and ``tls_key``, names) keep a ``file:`` prefix."""
+    path = _write(tmp_path, f'transport: {{url: "sb://ns/", options: {{{key}: "file:/nonexistent/x"}}}}\n')
+    assert load_settings(path, env={}).transport.options == {key: "file:/nonexistent/x"}
+
+
+def test_http_transport_uses_the_token_from_its_file(tmp_path: Path) -> None:
+    """``options: {token: file:/…}`` makes the file's content the bearer token, not the ``file:`` text."""
+    from agent.runtime import build_transport
+
+    secret = tmp_path / "http-token"
+    secret.write_text("s3cret-token\n")
+    path = _write(tmp_path, f'transport: {{url: "http://127.0.0.1:0/", options: {{token: "file:{secret}"}}}}\n')
+    transport = build_transport(load_settings(path, env={}))
+    assert transport._token == "s3cret-token"  # type: ignore[attr-defined]
+
+
+def test_unreadable_transport_secret_file_is_named_with_its_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``config check`` names ``transport.options.<key>`` and the file of an unreadable secret, one line each."""
+    missing = tmp_path / "nope"
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xbe\xef hunter2")
+    path = _write(
+        tmp_path,
+        f'transport: {{url: "sb://ns/", options: {{key: "file:{missing}", connection_string: "file:{binary}"}}}}\n',
+    )
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"  transport.options.key: cannot read secret file {str(missing)!r}: No such file or directory\n" in err
+    assert f"  transport.options.connection_string: cannot read secret file {str(binary)!r}: not UTF-8 text\n" in err
+    assert "hunter2" not in err
+
+
+def test_transport_secret_from_a_file_is_not_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A secret read from a file appears neither in ``config check`` output nor in a transport option error."""
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2")
+    path = _write(
+        tmp_path, f'transport: {{url: "http://127.0.0.1:0/", options: {{token: "file:{secret}", portt: 1}}}}\n'
+    )
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "transport.options: unknown setting 'portt'" in captured.err
+    assert "hunter2" not in captured.err + captured.out
+
+
 def test_env_override_replaces_file_value(tmp_path: Path) -> None:
     """``CLOUDPROV__TRANSPORT__URL`` overrides the file; other keys of the section stay."""
     path = _write(tmp_path, "transport:\n  url: local://a\n  options: {retry_delay: 1}\n")
     settings = load_settings(path, env={"CLOUDPROV__TRANSPORT__URL": "amqp://mq/", "UNRELATED": "x"})
     assert settings.transport.url == "amqp://mq/"
     assert settings.transport.options == {"retry_delay": 1}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_env_overrides_of_a_section_and_a_key_inside_it_are_refused(reverse: bool) -> None:
+    """``CLOUDPROV__TRANSPORT`` with ``CLOUDPROV__TRANSPORT__URL`` names both variables, whatever their order."""
+    pairs = [("CLOUDPROV__TRANSPORT", "amqp://x"), ("CLOUDPROV__TRANSPORT__URL", "amqp://y")]
+    env = dict(reversed(pairs) if reverse else pairs)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env=env)
+    assert str(caught.value) == (
+        "environment variables CLOUDPROV__TRANSPORT and CLOUDPROV__TRANSPORT__URL conflict: the first sets all of "
+        "transport, the second transport.url inside it; unset one of them"
+    )
+
+
+def test_env_overrides_of_the_same_key_are_refused() -> None:
+    """Two variables that differ only in case set the same key: both are named instead of one winning by chance."""
+    env = {"CLOUDPROV__AGENT__ID": "a", "CLOUDPROV__agent__id": "b"}
+    with pytest.raises(ConfigError, match=r"^environment variables CLOUDPROV__AGENT__ID and CLOUDPROV__agent__id both"):
+        load_settings(None, env=env)
+
+
+def test_env_overrides_of_sibling_keys_combine() -> None:
+    """Variables for different keys of one section (or of nested options) are laid over together."""
+    env = {"CLOUDPROV__TRANSPORT__URL": "amqp://mq/", "CLOUDPROV__TRANSPORT__OPTIONS__PREFETCH": "4"}
+    settings = load_settings(None, env=env)
+    assert (settings.transport.url, settings.transport.options) == ("amqp://mq/", {"prefetch": "4"})
 
 
 def test_env_overrides_parse_numbers_and_lists() -> None:
@@ -276,6 +361,11 @@ BAD_AT_BUILD = [
     ),
     ("directory: {plugin: memroy}", "directory.plugin: unknown directory plugin 'memroy'"),
     ("directory: {plugin: memory, seed_ldif: /nonexistent/seed.ldif}", "directory.seed_ldif: "),
+    (
+        "directory: {plugin: ldap, bind_dn: cn=admin, password: hunter2, "
+        'scope_filter: "(!(isCriticalSystemObject=TRUE)"}',
+        "directory.scope_filter: Value error, not an RFC 4515 filter: ",
+    ),
 ]
 
 
@@ -329,3 +419,15 @@ def test_ldap_base_dn_split_by_yaml_is_refused() -> None:
         create_directory("ldap", {**settings, "base_dns": ["ou=x+"]})
     quoted = create_directory("ldap", {**settings, "base_dns": ["dc=example,dc=com"]})
     assert quoted.settings.base_dns == ("dc=example,dc=com",)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scope_filter", ["(!(isCriticalSystemObject=TRUE)", "(cn=a)(cn=b)", ""])
+def test_ldap_scope_filter_that_does_not_parse_is_refused(scope_filter: str) -> None:
+    """A ``scope_filter`` the LDAP filter parser rejects is refused as the plugin's settings load, naming it."""
+    from plugins.registry import PluginSettingsError, create_directory
+
+    settings = {"bind_dn": "cn=admin,dc=example,dc=com", "password": "pw", "scope_filter": scope_filter}
+    with pytest.raises(PluginSettingsError, match=r"directory\.scope_filter: .*not an RFC 4515 filter"):
+        create_directory("ldap", settings)
+    valid = create_directory("ldap", {**settings, "scope_filter": "(!(isCriticalSystemObject=TRUE))"})
+    assert valid.settings.scope_filter == "(!(isCriticalSystemObject=TRUE))"  # type: ignore[attr-defined]

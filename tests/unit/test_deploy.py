@@ -125,7 +125,7 @@ def test_service_probes_and_scrape_target_use_the_configured_health_port(tmp_pat
     """The service ConfigMap is a valid service configuration; probes and the scrape annotation use its health port."""
     configmap = _documents(KUBERNETES / "service" / "configmap.yaml")[0]
     text = configmap["data"]["service.yaml"].replace("/run/secrets/cloudprov/", f"{tmp_path}/")
-    for name in ("key-secret", "admin-token"):
+    for name in ("key-secret", "admin-token", "ca.pem", "ca-key.pem"):  # the CA files must exist, not be valid
         (tmp_path / name).write_text(f"{name}-value\n")
     (tmp_path / "service.yaml").write_text(text)
     settings = load_service_settings(tmp_path / "service.yaml", env={"POSTGRES_URL": "postgresql://db/cloudprov"})
@@ -222,6 +222,53 @@ def test_systemd_unit_is_hardened() -> None:
     assert float(service["TimeoutStopSec"]) > AgentSettings().dispatcher.grace_period
     assert service["Restart"] == "on-failure"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def _unit(name: str) -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((DEPLOY / "systemd" / name).read_text())
+    return parser["Service"]
+
+
+def _unit_environment(name: str) -> dict[str, str]:
+    text = (DEPLOY / "systemd" / name).read_text()
+    lines = [line.removeprefix("Environment=") for line in text.splitlines() if line.startswith("Environment=")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def _plugin_state_dir(agent_env: dict[str, str], cwd: str) -> Path:
+    """Where the ldap plugin keeps its delta state for an agent configured by ``agent_env``, run in ``cwd``."""
+    from plugins.ldap.settings import LdapSettings
+
+    env = {"CLOUDPROV__DIRECTORY__PLUGIN": "ldap", **agent_env}
+    settings = load_settings(None, env=env)
+    plugin = LdapSettings.model_validate({"auth": "anonymous", **settings.directory.plugin_settings()})
+    return Path(cwd) / plugin.state_dir  # an absolute state_dir stays as it is
+
+
+def test_agent_deployments_keep_the_plugin_state_under_the_agent_state_dir() -> None:
+    """systemd, compose and the image put the ldap plugin's relative state_dir under agent.state_dir, not in /."""
+    service = _unit("cloudprov-agent.service")
+    env = _unit_environment("cloudprov-agent.service")
+    assert service["WorkingDirectory"] == f"/var/lib/{service['StateDirectory']}"
+    state_dir = load_settings(None, env=env).agent.state_dir
+    assert _plugin_state_dir(env, service["WorkingDirectory"]).is_relative_to(state_dir)
+
+    workdir = [rest for keyword, rest in _dockerfile_instructions() if keyword == "WORKDIR"][-1]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["agent"]
+    sections = ("CLOUDPROV__AGENT__", "CLOUDPROV__DIRECTORY__")  # not the file: secrets compose mounts
+    env = {key: str(value) for key, value in compose["environment"].items() if key.startswith(sections)}
+    env["CLOUDPROV__DIRECTORY__PASSWORD"] = "pw"
+    assert _plugin_state_dir(env, workdir).is_relative_to(load_settings(None, env=env).agent.state_dir)
+
+
+def test_service_systemd_unit_runs_in_its_state_directory() -> None:
+    """The service's unit works in its state directory, so a relative path in service.yaml does not land in /."""
+    service = _unit("cloudprov-service.service")
+    assert service["WorkingDirectory"] == f"/var/lib/{service['StateDirectory']}"
+    env = _unit_environment("cloudprov-service.service")
+    assert load_service_settings(None, env=env).control.state_dir == Path(service["WorkingDirectory"])
 
 
 def test_service_systemd_unit_is_hardened_and_its_settings_exist() -> None:
