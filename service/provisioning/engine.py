@@ -22,7 +22,9 @@ Guarantees
     * A target error worth retrying (``Target.recoverable_errors``) or a source that no agent
       answers fails the cycle; after ``quarantine_after`` failures in a row the job is quarantined
       (backoff to hourly, then daily) and a notification goes out. A change the target refuses
-      (conflict, rejected data) is logged as failed and the cycle goes on.
+      (conflict, rejected data), or an object whose mapping or scoping fails on its data (an
+      expression given text it cannot take), is logged as failed and the cycle goes on. Any other
+      error fails the cycle, which is recorded as failed and counts towards quarantine.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import structlog
 from service.provisioning.notify import notify
 from service.provisioning.pipeline import AnchorIndex, Pipeline, Plan, Step
 from service.provisioning.reader import SourceReader, SourceUnavailableError, WatermarkExpiredError
-from service.provisioning.rules import Rules, default_rules
+from service.provisioning.rules import Rules, default_rules, dn_of
 from service.provisioning.settings import JobSettings
 from service.provisioning.state import LeaseLostError, LogEntry, StagedDelete, StateStore
 from service.provisioning.targets.base import Target, TargetError, TargetNotFoundError, TargetObject
@@ -143,6 +145,8 @@ class SyncEngine:
                 except (WatermarkExpiredError, _FullSyncNeededError) as why:
                     report.kind = "full"
                     _log.info("delta falls back to a full sync", job=self.job_id, reason=str(why) or type(why).__name__)
+                    cycle.deletes.clear()  # the full sync finds them again: counted twice, they could stage it
+                    cycle.groups.clear()
                     await self._full(cycle)
             else:
                 await self._full(cycle)
@@ -157,6 +161,12 @@ class SyncEngine:
         except (SourceUnavailableError, TargetError, OSError, TimeoutError) as error:
             report.outcome, report.error = "failed", f"{type(error).__name__}: {error}"
             await self._flush(cycle)
+            await self._failed(report)
+        except Exception as error:  # a fault of ours: the cycle is failed and counted, never left "running"
+            _log.exception("cycle failed", job=self.job_id)
+            report.outcome, report.error = "failed", f"{type(error).__name__}: {error}"
+            with contextlib.suppress(Exception):
+                await self._flush(cycle)
             await self._failed(report)
         finally:
             report.finished = self.clock()
@@ -294,9 +304,9 @@ class SyncEngine:
         async with batch() if batch is not None else contextlib.nullcontext():
             for resource in resources:
                 cycle.report.objects += 1
-                plan = await self.pipeline.plan(
-                    resource_type, resource, self._membership, first_sync=True, absent=empty
-                )
+                plan = await self._plan(cycle, resource_type, resource, None, first_sync=True, absent=empty)
+                if plan is None:
+                    continue
                 if plan.action == "create" and create_many is not None:
                     creates.append(plan)
                 else:
@@ -327,12 +337,35 @@ class SyncEngine:
         change_id: str | None = None,
     ) -> Plan | None:
         cycle.report.objects += 1
-        plan = await self.pipeline.plan(resource_type, resource, self._membership, first_sync=first_sync)
-        if await self._act(cycle, plan, change_id) is None:
+        plan = await self._plan(cycle, resource_type, resource, change_id, first_sync=first_sync)
+        if plan is None or await self._act(cycle, plan, change_id) is None:
             return None
         if len(cycle.log) >= LOG_FLUSH:
             await self._flush(cycle)
         return plan
+
+    async def _plan(
+        self,
+        cycle: _Cycle,
+        resource_type: str,
+        resource: Mapping[str, Any],
+        change_id: str | None,
+        *,
+        first_sync: bool = False,
+        absent: bool = False,
+    ) -> Plan | None:
+        """The pipeline's plan for one object; None, logged as failed, when its mapping or scoping fails
+        on the object's data (``MappingError`` and the expression errors are ``ValueError``)."""
+        try:
+            return await self.pipeline.plan(
+                resource_type, resource, self._membership, first_sync=first_sync, absent=absent
+            )
+        except ValueError as error:
+            cycle.report.counts["failed"] += 1
+            anchor, dn = str(resource.get("id")), dn_of(resource)
+            entry = self._entry(cycle, resource_type, anchor, dn, "map", "failed", str(error), [], change_id=change_id)
+            cycle.log.append(entry)
+            return None
 
     async def _act(self, cycle: _Cycle, plan: Plan, change_id: str | None) -> Plan | None:
         """Apply one plan (a deletion is only collected); None when the target refused it."""

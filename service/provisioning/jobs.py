@@ -122,13 +122,15 @@ class Scheduler:
         return await held.engine.on_demand(dn, apply=apply)
 
     async def _cycle(self, job: Job, held: _Held) -> CycleReport:
-        report = await held.engine.run_cycle()
-        if self.on_cycle is not None:
-            self.on_cycle(job.id, report)
-        after = await self.state.job(job.id)
-        if after.state != "quarantined" and after.lease_owner == self.replica:
-            with contextlib.suppress(LeaseLostError):
-                await self.state.set_next_run(job.id, self.replica, time.time() + after.schedule)
+        try:
+            report = await held.engine.run_cycle()
+            if self.on_cycle is not None:
+                self.on_cycle(job.id, report)
+        finally:  # also when the cycle raised: a job that stays due would start again at once, and again
+            after = await self.state.job(job.id)
+            if after.state != "quarantined" and after.lease_owner == self.replica:
+                with contextlib.suppress(LeaseLostError):
+                    await self.state.set_next_run(job.id, self.replica, time.time() + after.schedule)
         return report
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -11,8 +11,11 @@ import pytest
 from aiohttp import web
 
 from service.provisioning.reader import SourceReader
-from service.provisioning.rules import Rules
+from service.provisioning.rules import Rules, rules_from_settings
+from service.provisioning.settings import JobSettings
 from service.provisioning.state import StateStore
+from service.provisioning.targets.base import TargetObject
+from service.provisioning.targets.registry import create_target
 from tests.agent_support import PATCH_SCHEMA, USER_SCHEMA, AgentHarness, running_agent
 from tests.provisioning_support import MemoryTarget, engine_for, source_view, target_view
 from transports.base import Requester, RequestTimeoutError
@@ -144,6 +147,63 @@ async def test_deletions_past_the_threshold_are_staged_until_approved(h: AgentHa
     assert report.counts["delete"] == 3
     assert await target_view(target) == await source_view(h)
     assert await state.staged_deletes("job") == []
+
+
+async def test_an_object_whose_mapping_fails_on_its_data_fails_alone(h: AgentHarness, state: StateStore) -> None:
+    """A mapping expression that cannot take one object's data (a title too long for Replace's pattern)
+    fails that object, logged with the reason; the rest of the page and the cycle are written."""
+    mapping = {"User": {"attributes": {"title": 'Replace([title], , "\\s+", , " ", , )'}}}
+    rules = rules_from_settings(JobSettings.model_validate({"mapping": mapping}))
+    ada = await h.user_id("user00002@example.com")
+    await _patch(h, f"/Users/{ada}", [{"op": "replace", "path": "title", "value": "x " * 200}])
+    async with create_target("embedded:") as target:
+        engine = await engine_for(h, state, target, rules=rules, mapping=mapping, page_size=100)
+        report = await engine.run_cycle()
+        assert (report.outcome, report.counts["failed"], report.counts["create"]) == ("partial", 1, 32)
+        assert (await target.counts())["objects"] == {"User": 29, "Group": 3}  # type: ignore[attr-defined]
+    failed = [entry for entry in await state.log("job") if entry.outcome == "failed"]
+    assert [(entry.anchor, entry.action) for entry in failed] == [(ada, "map")]
+    assert "title" in (failed[0].error or "")
+    assert (await state.job("job")).watermark is not None
+
+
+class _Faulty(MemoryTarget):
+    """A target with a fault of ours: reading an object raises something no target should."""
+
+    async def get_by_anchor(self, resource_type: str, anchor: str) -> TargetObject | None:
+        raise RuntimeError("a bug")
+
+
+async def test_an_unexpected_error_fails_the_cycle_and_counts_towards_quarantine(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """An error no handler expects ends the cycle as failed (not left running) and counts as a failure."""
+    engine = await engine_for(h, state, _Faulty(), quarantine_after=2)
+    report = await engine.run_cycle()
+    assert (report.outcome, report.error) == ("failed", "RuntimeError: a bug")
+    assert [cycle.outcome for cycle in await state.cycles("job")] == ["failed"]
+    assert (await state.job("job")).failures == 1
+
+
+async def test_a_delta_that_falls_back_to_a_full_sync_counts_each_deletion_once(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """Deletions a delta collected before it fell back to a full sync are not counted again by the full sync:
+    two deletions under a threshold of three are applied, not staged as four."""
+    group = await h.group(0)
+    scoping = {"groups": [group["id"]]}
+    rules = rules_from_settings(JobSettings.model_validate({"scoping": scoping}))
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target, rules=rules, scoping=scoping, change_batch=2, deletion_threshold=3)
+    assert (await engine.run_cycle()).outcome == "ok"
+    gone = [m["value"] for m in group["members"]][:2]
+    for member in gone:
+        await h.client.delete(f"/Users/{member}")
+    await _patch(h, f"/Groups/{group['id']}", [{"op": "replace", "path": "displayName", "value": "renamed"}])
+    report = await engine.run_cycle()
+    assert (report.kind, report.outcome, report.counts["delete"]) == ("full", "ok", 2)
+    assert (await state.job("job")).state == "active"
+    assert [await target.get_by_anchor("User", member) for member in gone] == [None, None]
 
 
 async def test_a_failing_target_quarantines_the_job_and_notifies_the_webhook(

@@ -70,3 +70,25 @@ async def test_one_replica_runs_a_job_and_another_takes_it_over(h: AgentHarness,
         stop_b.set()
         await run_b
         assert (await state.job("job")).lease_owner is None
+
+
+async def test_a_cycle_that_raises_still_schedules_the_next_run(h: AgentHarness, tmp_path: Path) -> None:
+    """Whatever a cycle raises, the job gets its next run time: a job left due would start again at once."""
+
+    async def client_for(job: Job) -> ScimClient:
+        return h.client
+
+    async def target_for(job: Job) -> Target:
+        return MemoryTarget()
+
+    def on_cycle(job_id: str, report: object) -> None:
+        raise RuntimeError("a callback's fault")
+
+    async with StateStore(f"sqlite:///{tmp_path}/state.db") as state:
+        await state.put_job("job", "example.com", "memory:", schedule=3600, settings={"timeout": 5})
+        before = (await state.job("job")).next_run
+        scheduler = Scheduler(state, client_for=client_for, target_for=target_for, replica="A", on_cycle=on_cycle)
+        with pytest.raises(RuntimeError, match="a callback's fault"):
+            await scheduler.run_once("job")
+        assert (await state.job("job")).next_run >= before + 3000
+        await scheduler.aclose()

@@ -304,3 +304,15 @@ def test_ids_are_time_ordered_uuids() -> None:
     assert all(uuid.UUID(i).version == 7 for i in ids)
     assert len(set(ids)) == 50
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+
+
+async def test_find_by_user_name_ignores_case_as_uniqueness_does(target: EmbeddedTarget) -> None:
+    """A User's ``userName`` is found in another case (a sync matching by it claims the user it could not create
+    beside); other attributes and groups still compare exactly."""
+    emile = await target.create("User", "a1", user("Émile@Example.com"))
+    await target.create("Group", "g1", {"displayName": "Staff", "userName": "Staff"})
+    found = await target.find_by_attribute("User", "userName", "émile@example.COM")
+    assert found is not None
+    assert found.id == emile.id
+    assert await target.find_by_attribute("User", "userName", "emile@example.com") is None
+    assert await target.find_by_attribute("Group", "userName", "staff") is None

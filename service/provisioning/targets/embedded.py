@@ -28,7 +28,8 @@ Guarantees
     ``userName`` (``TargetConflictError``);
     operations on absent objects raise ``TargetNotFoundError``. Adding a present member or removing
     an absent one is not an error. ``find_by_attribute`` compares exactly and builds an index on the
-    attribute the first time it is asked for it.
+    attribute the first time it is asked for it; a User's ``userName`` it compares as uniqueness does,
+    ignoring case (a user it could not find by it could not be created either).
 """
 
 from __future__ import annotations
@@ -359,7 +360,12 @@ class EmbeddedTarget(Target):
         index = _attribute_index(attribute)
 
         def run(connection: sqlite3.Connection) -> TargetObject | None:
-            if index is None:
+            if resource_type == "User" and attribute == "userName" and isinstance(wanted, str):
+                row = connection.execute(
+                    f"SELECT {_COLUMNS} FROM objects WHERE resource_type = 'User' AND user_name_key = ? LIMIT 1",  # noqa: S608 - fixed column list
+                    (fold_case(wanted),),
+                ).fetchone()
+            elif index is None:
                 row = connection.execute(
                     "SELECT o.id, o.resource_type, o.anchor, o.attributes, o.active"
                     " FROM objects o, json_each(o.attributes) j"
