@@ -16,6 +16,13 @@ Guarantees
     * The watermark advances only at the end of a cycle whose changes the target has (deletions
       applied, or staged in the store); a cycle that fails keeps the old one, and the next cycle
       redoes the same changes, which converges because each action is computed against the target.
+    * An object the cycle could not write (refused, or its mapping failed) is kept in the store with
+      the watermark, in one transaction, and every delta cycle reads it from the source again and
+      retries it until it is written or gone; a full sync starts the list afresh.
+    * A user that a delta creates (new, back in scope, or retried) is added to the groups that hold
+      it in the source, which the change feed may not name again.
+    * A deletion queued in a cycle is dropped when the same object is written later in that cycle
+      (it came back); each object is queued once.
     * Writes on behalf of the job are fenced by the replica's lease (``owner``).
     * Deletions are collected for the whole cycle: more than ``deletion_threshold`` are staged and
       the job pauses until ``approve-deletes``; approved ones are applied by the next cycle.
@@ -30,6 +37,7 @@ Guarantees
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections import Counter
@@ -83,6 +91,9 @@ class _Delete:
     change_id: str | None = None
 
 
+_ENDPOINTS = {"User": "/Users", "Group": "/Groups"}
+
+
 class _FullSyncNeededError(Exception):
     """A delta cycle found a change it cannot apply incrementally."""
 
@@ -92,7 +103,11 @@ class _Cycle:
         self.report = report
         self.log: list[LogEntry] = []
         self.deletes: list[_Delete] = []
+        self.deleting: set[tuple[str, str]] = set()  # (resource type, anchor) of ``deletes``
         self.groups: list[Plan] = []
+        self.failed: dict[tuple[str, str], str | None] = {}  # objects to retry, with their error
+        self.written: set[tuple[str, str]] = set()  # objects this cycle wrote (or found right)
+        self.created_users: list[str] = []  # anchors of users a delta created: their groups get them
         self.phase = "starting"
         self.last_progress = 0.0
 
@@ -138,21 +153,28 @@ class SyncEngine:
         self.current = report
         try:
             await self._apply_approved(cycle)
+            retries = await self.state.retries(self.job_id)
             if kind == "delta":
                 assert job.watermark is not None
                 try:
+                    await self._retry(cycle, retries)
                     await self._delta(cycle, job.watermark)
                 except (WatermarkExpiredError, _FullSyncNeededError) as why:
                     report.kind = "full"
                     _log.info("delta falls back to a full sync", job=self.job_id, reason=str(why) or type(why).__name__)
                     cycle.deletes.clear()  # the full sync finds them again: counted twice, they could stage it
+                    cycle.deleting.clear()
                     cycle.groups.clear()
+                    cycle.created_users.clear()
                     await self._full(cycle)
             else:
                 await self._full(cycle)
             staged = await self._settle_deletes(cycle)
             await self._flush(cycle)
-            await self.state.advance_watermark(self.job_id, self.owner, report.watermark)
+            kept = {} if report.kind == "full" else {k: e for k, e in retries.items() if k not in cycle.written}
+            await self.state.advance_watermark(
+                self.job_id, self.owner, report.watermark, kept | cycle.failed, now=self.clock()
+            )
             await self.state.record_success(self.job_id, self.owner)
             report.outcome = "staged" if staged else ("partial" if report.counts["failed"] else "ok")
         except LeaseLostError as error:
@@ -244,7 +266,9 @@ class SyncEngine:
         for resource_type in ("User", "Group"):
             async for obj in self.target.objects(resource_type):
                 if obj.anchor is not None and obj.anchor not in seen[resource_type]:
-                    cycle.deletes.append(_Delete(resource_type, obj.anchor, obj, None, "not in the source any more"))
+                    self._queue_delete(
+                        cycle, _Delete(resource_type, obj.anchor, obj, None, "not in the source any more")
+                    )
         report.lag = self.clock() - read_at
 
     # ---- delta sync -------------------------------------------------------------------------
@@ -265,6 +289,7 @@ class SyncEngine:
                 for record in records:
                     if record.get("op") == "upsert" and record.get("resourceType") == resource_type:
                         await self._one(cycle, resource_type, record["resource"], change_id=body.get("watermark"))
+            await self._groups_of_created(cycle)
             await self._members(cycle)
             for record in records:
                 if record.get("op") == "delete":
@@ -276,6 +301,43 @@ class SyncEngine:
                 break
         report.lag = self.clock() - read_at
 
+    async def _retry(self, cycle: _Cycle, retries: Mapping[tuple[str, str], str | None]) -> None:
+        """Objects earlier cycles could not write, read from the source again and written (or deleted, when
+        the source no longer has them)."""
+        if not retries:
+            return
+        cycle.phase = "retries"
+        for resource_type, anchor in retries:
+            resource = await self.reader.get(_ENDPOINTS[resource_type], anchor)
+            if resource is not None:
+                await self._one(cycle, resource_type, resource)
+                continue
+            cycle.written.add((resource_type, anchor))  # gone from the source: nothing to write
+            obj = await self.target.get_by_anchor(resource_type, anchor)
+            if obj is not None:
+                self._queue_delete(cycle, _Delete(resource_type, anchor, obj, None, "deleted in the source"))
+        await self._groups_of_created(cycle)
+        await self._members(cycle)
+
+    async def _groups_of_created(self, cycle: _Cycle) -> None:
+        """The source groups holding users a delta created, planned so their memberships are synced: the change
+        feed names a group when its members change, not when a member comes into scope or is written late."""
+        created, cycle.created_users = cycle.created_users, []
+        planned = {plan.anchor for plan in cycle.groups}
+        for anchor in created:
+            holding = f"members[value eq {json.dumps(anchor)}]"
+            async for page in self.reader.pages("/Groups", self.settings.page_size, holding):
+                for group in page:
+                    if str(group["id"]) not in planned:
+                        planned.add(str(group["id"]))
+                        await self._one(cycle, "Group", group)
+
+    def _queue_delete(self, cycle: _Cycle, delete: _Delete) -> None:
+        key = (delete.resource_type, delete.anchor)
+        if key not in cycle.deleting:
+            cycle.deleting.add(key)
+            cycle.deletes.append(delete)
+
     async def _source_deleted(self, cycle: _Cycle, record: Mapping[str, Any], change_id: str | None) -> None:
         anchor = str(record["id"])
         types = [record["resourceType"]] if record.get("resourceType") else ["User", "Group"]
@@ -283,7 +345,7 @@ class SyncEngine:
         for resource_type in types:
             obj = await self.target.get_by_anchor(resource_type, anchor)
             if obj is not None:
-                cycle.deletes.append(_Delete(resource_type, anchor, obj, None, "deleted in the source", change_id))
+                self._queue_delete(cycle, _Delete(resource_type, anchor, obj, None, "deleted in the source", change_id))
                 return
         cycle.report.counts["skip"] += 1
 
@@ -363,6 +425,7 @@ class SyncEngine:
         except ValueError as error:
             cycle.report.counts["failed"] += 1
             anchor, dn = str(resource.get("id")), dn_of(resource)
+            cycle.failed[(resource_type, anchor)] = str(error)
             entry = self._entry(cycle, resource_type, anchor, dn, "map", "failed", str(error), [], change_id=change_id)
             cycle.log.append(entry)
             return None
@@ -373,7 +436,9 @@ class SyncEngine:
         resource_type = plan.resource_type
         if plan.action == "delete":
             assert plan.target is not None
-            cycle.deletes.append(_Delete(resource_type, plan.anchor, plan.target, plan.dn, "left scope", change_id))
+            self._queue_delete(
+                cycle, _Delete(resource_type, plan.anchor, plan.target, plan.dn, "left scope", change_id)
+            )
             return plan
         try:
             await self.pipeline.apply(plan)
@@ -382,11 +447,19 @@ class SyncEngine:
         except TargetError as error:
             report.counts["failed"] += 1
             self._log(cycle, plan, "failed", f"{type(error).__name__}: {error}", change_id)
+            cycle.failed[(resource_type, plan.anchor)] = f"{type(error).__name__}: {error}"
             return None
         self._applied(cycle, plan, change_id)
         return plan
 
     def _applied(self, cycle: _Cycle, plan: Plan, change_id: str | None) -> None:
+        key = (plan.resource_type, plan.anchor)
+        cycle.written.add(key)
+        if key in cycle.deleting:  # queued for deletion earlier in the cycle, and back since
+            cycle.deleting.discard(key)
+            cycle.deletes = [d for d in cycle.deletes if (d.resource_type, d.anchor) != key]
+        if plan.action == "create" and plan.resource_type == "User" and cycle.report.kind == "delta":
+            cycle.created_users.append(plan.anchor)
         cycle.report.counts[plan.action] += 1
         if plan.members is not None:
             cycle.groups.append(plan)
@@ -403,6 +476,7 @@ class SyncEngine:
             except TargetError as error:
                 cycle.report.counts["failed"] += 1
                 self._log(cycle, plan, "failed", f"members: {type(error).__name__}: {error}", None)
+                cycle.failed[(plan.resource_type, plan.anchor)] = f"members: {type(error).__name__}: {error}"
                 continue
             if added or removed:
                 cycle.report.counts["member_add"] += added

@@ -61,15 +61,18 @@ class SourceReader:
             _log.warning("source request failed", path=path, attempt=attempt, error=str(last))
         raise SourceUnavailableError(f"{path}: no agent answered after {self.attempts} tries ({last})") from last
 
-    async def pages(self, endpoint: str, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every resource of ``endpoint``, page by page; the read restarts if its cursor's agent is lost.
+    async def pages(
+        self, endpoint: str, page_size: int, scim_filter: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every resource of ``endpoint`` (that ``scim_filter`` selects), page by page; the read restarts if
+        its cursor's agent is lost.
 
         The next page is asked for before the current one is handed out, so the agent reads it while
         the caller works on this one (at most two pages held).
         """
         restarts = 0
         while True:
-            params = {"count": str(page_size), "cursor": ""}
+            params = {"count": str(page_size), "cursor": ""} | ({"filter": scim_filter} if scim_filter else {})
             following: asyncio.Task[Any] | None = None
             try:
                 body = await self._call("GET", endpoint, params)

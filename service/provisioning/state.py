@@ -113,6 +113,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX prov_cycles_job ON prov_cycles (job_id, started_at)",
         ],
     ),
+    (
+        2,
+        "objects to retry: those a cycle could not write",
+        [
+            """CREATE TABLE prov_retries (
+                job_id TEXT NOT NULL,
+                resource_type TEXT NOT NULL,
+                anchor TEXT NOT NULL,
+                error TEXT,
+                since DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (job_id, resource_type, anchor)
+            )""",
+        ],
+    ),
 ]
 LOG_BATCH = 400
 _LOG_COLUMNS = "id, job_id, cycle_id, change_id, anchor, resource_type, dn, action, steps, outcome, error, at"
@@ -332,7 +346,7 @@ class StateStore:
 
     async def delete_job(self, job_id: str) -> None:
         async with self._tx() as tx:
-            for table in ("prov_log", "prov_staged_deletes", "prov_cycles"):
+            for table in ("prov_log", "prov_staged_deletes", "prov_cycles", "prov_retries"):
                 await tx.execute(f"DELETE FROM {table} WHERE job_id = $1", job_id)  # noqa: S608 (fixed names)
             await tx.execute("DELETE FROM prov_jobs WHERE id = $1", job_id)
 
@@ -382,12 +396,46 @@ class StateStore:
             raise LeaseLostError(f"job {job_id!r}: the lease is held by another replica")
 
     # ---- watermark, schedule, state ---------------------------------------------------------
-    async def advance_watermark(self, job_id: str, owner: str | None, watermark: str | None) -> None:
-        """Record the watermark the target is complete up to; the job leaves full-sync mode."""
+    async def advance_watermark(
+        self,
+        job_id: str,
+        owner: str | None,
+        watermark: str | None,
+        retries: Mapping[tuple[str, str], str | None] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record the watermark the target is complete up to, but for ``retries`` ((resource type, anchor) →
+        error: the objects still to write, which replace the job's earlier ones; None leaves those); the job
+        leaves full-sync mode. One transaction: the changes a watermark passes are written or kept."""
         async with self._tx() as tx:
             await self._fenced(
                 tx, job_id, owner, "UPDATE prov_jobs SET watermark = $2, full_sync = FALSE WHERE id = $1", watermark
             )
+            if retries is None:
+                return
+            rows = await tx.fetch("SELECT resource_type, anchor, since FROM prov_retries WHERE job_id = $1", job_id)
+            since = {(r["resource_type"], r["anchor"]): r["since"] for r in rows}
+            await tx.execute("DELETE FROM prov_retries WHERE job_id = $1", job_id)
+            now = time.time() if now is None else now
+            for (resource_type, anchor), error in retries.items():
+                await tx.execute(
+                    "INSERT INTO prov_retries (job_id, resource_type, anchor, error, since) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    job_id,
+                    resource_type,
+                    anchor,
+                    error,
+                    since.get((resource_type, anchor), now),
+                )
+
+    async def retries(self, job_id: str) -> dict[tuple[str, str], str | None]:
+        """The objects a cycle of the job could not write, oldest first: (resource type, anchor) → error."""
+        async with self._tx() as tx:
+            rows = await tx.fetch(
+                "SELECT resource_type, anchor, error FROM prov_retries WHERE job_id = $1 ORDER BY since, anchor",
+                job_id,
+            )
+        return {(r["resource_type"], r["anchor"]): r["error"] for r in rows}
 
     async def set_next_run(self, job_id: str, owner: str | None, when: float) -> None:
         async with self._tx() as tx:

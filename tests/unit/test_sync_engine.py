@@ -167,6 +167,85 @@ async def test_an_object_whose_mapping_fails_on_its_data_fails_alone(h: AgentHar
     assert (await state.job("job")).watermark is not None
 
 
+async def test_an_object_the_target_refused_is_retried_until_written_with_its_memberships(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """A user the target refuses in a delta (its userName is taken) is kept with the watermark and retried by
+    every later delta, though the source does not change it again; once written it joins its group."""
+    async with create_target("embedded:") as target:
+        engine = await engine_for(h, state, target)
+        assert (await engine.run_cycle()).outcome == "ok"
+        blocker = await target.create("User", None, {"userName": "ada"})  # type: ignore[arg-type]
+        ada = await _user(h, "ada")
+        group = await h.group(0)
+        await _patch(h, f"/Groups/{group['id']}", [{"op": "add", "path": "members", "value": [{"value": ada}]}])
+        refused = await engine.run_cycle()
+        assert (refused.outcome, refused.counts["failed"]) == ("partial", 1)
+        assert list(await state.retries("job")) == [("User", ada)]
+        assert (await engine.run_cycle()).counts["failed"] == 1  # still refused: still kept
+        await target.delete(blocker)
+        retried = await engine.run_cycle()
+        assert (retried.outcome, retried.counts["create"], retried.counts["member_add"]) == ("ok", 1, 1)
+        assert await state.retries("job") == {}
+        assert await target_view(target) == await source_view(h)
+
+
+async def test_a_user_entering_scope_in_a_delta_joins_the_groups_that_hold_it(
+    h: AgentHarness, state: StateStore
+) -> None:
+    """A group member out of scope at the full sync, brought into scope later, is created by the delta and added
+    to its group, which the change feed does not name (the group did not change)."""
+
+    class NotManagers:
+        def decide(self, resource: Mapping[str, Any], membership: Any) -> tuple[bool, str]:
+            return resource.get("title") != "Manager", "managers are out of scope"
+
+    group = await h.group(0)
+    member = group["members"][0]["value"]
+    await _patch(h, f"/Users/{member}", [{"op": "replace", "path": "title", "value": "Manager"}])
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target, rules=Rules(scope=NotManagers()))
+    assert (await engine.run_cycle()).outcome == "ok"
+    assert await target.get_by_anchor("User", member) is None
+    await _patch(h, f"/Users/{member}", [{"op": "replace", "path": "title", "value": "Engineer"}])
+    report = await engine.run_cycle()
+    assert (report.kind, report.counts["create"]) == ("delta", 1)
+    holding = {anchor for anchor, members in (await source_view(h))["groups"].items() if member in members}
+    assert report.counts["member_add"] == len(holding)
+    held = await target_view(target)
+    assert {anchor for anchor, members in held["groups"].items() if member in members} == holding
+
+
+async def test_a_user_back_in_scope_later_in_the_cycle_is_not_deleted(h: AgentHarness, state: StateStore) -> None:
+    """A user that leaves scope in one batch of a delta (deletion queued) and is back in scope in a later batch of
+    the same cycle keeps its target object: the later write cancels the queued deletion."""
+
+    class NotManagers:
+        def decide(self, resource: Mapping[str, Any], membership: Any) -> tuple[bool, str]:
+            return resource.get("title") != "Manager", "managers are out of scope"
+
+    target = MemoryTarget()
+    rules = Rules(scope=NotManagers())
+    engine = await engine_for(h, state, target, rules=rules, out_of_scope="delete", change_batch=1)
+    assert (await engine.run_cycle()).outcome == "ok"
+    ada, other = await h.user_id("user00002@example.com"), await h.user_id("user00003@example.com")
+    await _patch(h, f"/Users/{ada}", [{"op": "replace", "path": "title", "value": "Manager"}])
+    await _patch(h, f"/Users/{other}", [{"op": "replace", "path": "title", "value": "Dev"}])
+    read = engine.reader.changes
+
+    async def changes(watermark: str, count: int) -> dict[str, Any]:
+        body = await read(watermark, count)
+        if body.get("more") and not getattr(changes, "done", False):  # while the cycle works on the first batch
+            changes.done = True  # type: ignore[attr-defined]
+            await _patch(h, f"/Users/{ada}", [{"op": "replace", "path": "title", "value": "Engineer"}])
+        return body
+
+    engine.reader.changes = changes  # type: ignore[method-assign]
+    report = await engine.run_cycle()
+    assert (report.kind, report.counts["delete"]) == ("delta", 0)
+    assert await target.get_by_anchor("User", ada) is not None
+
+
 class _Faulty(MemoryTarget):
     """A target with a fault of ours: reading an object raises something no target should."""
 
