@@ -110,9 +110,13 @@ class Request:
     def signed_part(self) -> bytes:
         """The canonical bytes a signature covers: every field but the signature and its batch proof.
 
-        ``key_id`` is covered, so a signature cannot be re-attributed to another key.
+        ``key_id`` is covered, so a signature cannot be re-attributed to another key. A body nested deeper
+        than the encoder writes (orjson reads 1,024 levels but writes 255) is an ``EnvelopeError``.
         """
-        return canonical(self.signed_fields())
+        try:
+            return canonical(self.signed_fields())
+        except TypeError as error:  # orjson.JSONEncodeError
+            raise EnvelopeError(f"request cannot be encoded to check its signature: {error}") from None
 
     def with_signature(self, key_id: str, signature: str, proof: tuple[str, ...] | None = None) -> Request:
         # every field named (dataclasses.replace looks them all up each time: 3x the cost, per request signed)

@@ -23,7 +23,7 @@ from mypy_extensions import mypyc_attr
 
 from protocol.envelope import Request, Response, ScimOperation, decode_response, request_fields
 from protocol.signing import SignatureBatcher, Signer
-from transports.base import PostingRequester, Requester
+from transports.base import MisroutedReplyError, PostingRequester, Requester
 
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 #: Seconds a call may wait for the client's other calls in flight to join its batch signature.
@@ -83,7 +83,7 @@ class ScimClient:
 
     async def send(self, request: Request, *, timeout: float | None = None) -> Response:
         raw = await self.requester.request(self.domain, request.id, request.encode(), timeout=timeout or self.timeout)
-        return decode_response(raw)
+        return _answering(decode_response(raw), request.id)
 
     async def call(
         self,
@@ -129,7 +129,7 @@ class ScimClient:
                 envelope = await self._batcher.sign_and_encode(self.signer, fields, expected=self._in_flight - 1)
                 # ``send``, inlined: one coroutine less per call
                 raw = await requester.request(self.domain, request_id, envelope, timeout=timeout)
-            return decode_response(raw)
+            return _answering(decode_response(raw), request_id)
         finally:
             self._in_flight -= 1
 
@@ -194,3 +194,11 @@ class _Pages(AsyncIterator[list[Any]]):
             self._ended = True
         resources: list[Any] = body.get("Resources", [])
         return resources
+
+
+def _answering(response: Response, request_id: str) -> Response:
+    """``response`` if it answers ``request_id``: the reply queue's correlation id is not signed, so a reply
+    routed or published to the wrong request must not stand for its answer."""
+    if response.request_id != request_id:
+        raise MisroutedReplyError(f"the reply to request {request_id} answers request {response.request_id!r}")
+    return response

@@ -43,6 +43,11 @@ class RequestTimeoutError(TransportError, TimeoutError):
     """No response arrived before the requester's timeout."""
 
 
+class MisroutedReplyError(TransportBrokenError):
+    """The reply that came for a request answers another one (misrouted, or forged by whoever can publish to
+    the reply queue): its request was not answered, and sending it again may help."""
+
+
 class Settlement(enum.Enum):
     ACK = "ack"
     RETRY = "retry"

@@ -19,6 +19,7 @@ Guarantees
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -32,7 +33,14 @@ from protocol.signing import Signer
 from service.config import ControlSection
 from service.control.ca import AGENT_ID, CertificateAuthority, CsrError, agent_id_of, serial_hex
 from service.control.keys import new_signing_key, signer_of
-from service.store import AgentRecord, AgentRevokedError, Store, TokenRefusedError, UnknownAgentError
+from service.store import (
+    AgentIdTakenError,
+    AgentRecord,
+    AgentRevokedError,
+    Store,
+    TokenRefusedError,
+    UnknownAgentError,
+)
 
 _log = structlog.get_logger("cloudprov.control")
 TOKEN_PREFIX = "cpr_"  # noqa: S105 (a recognisable prefix of registration tokens, not a secret)
@@ -148,6 +156,8 @@ class ControlPlane:
             raise ControlError(401, f"token_{error.reason}", str(error)) from None
         except AgentRevokedError as error:
             raise ControlError(403, "agent_revoked", str(error)) from None
+        except AgentIdTakenError as error:
+            raise ControlError(409, "agent_id_taken", str(error)) from None
         _log.info("agent registered", agent_id=agent_id, domain=domain, serial=issued.serial)
         return {
             "agent_id": agent_id,
@@ -183,7 +193,12 @@ class ControlPlane:
             raise ControlError(403, "forged", f"the certificate names agent {agent.id!r}, the request {claimed!r}")
         sent_at, nonce = body.get("sent_at"), _text(body, "nonce")
         now, skew = self.clock(), self.settings.clock_skew
-        if not isinstance(sent_at, int | float) or isinstance(sent_at, bool) or abs(now - sent_at) > skew:
+        if (
+            not isinstance(sent_at, int | float)
+            or isinstance(sent_at, bool)
+            or not math.isfinite(sent_at)  # NaN is never "more than skew away", and its nonce would not be kept
+            or abs(now - sent_at) > skew
+        ):
             raise ControlError(
                 401, "stale", f"'sent_at' must be the sender's clock in epoch seconds, within {skew:g}s of ours"
             )

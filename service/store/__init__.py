@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from protocol.redaction import redact_text
 from service.store.base import (
+    AgentIdTakenError,
     AgentRecord,
     AgentRevokedError,
     SigningKeyRecord,
@@ -35,6 +36,7 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
+    "AgentIdTakenError",
     "AgentRecord",
     "AgentRevokedError",
     "SigningKeyRecord",

@@ -47,6 +47,10 @@ class AgentRevokedError(StoreError):
     """The agent was revoked; it cannot register again under the same id."""
 
 
+class AgentIdTakenError(StoreError):
+    """The agent id belongs to an agent of other domains: a token for one domain cannot take it over."""
+
+
 class Tx(Protocol):
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]: ...
 
@@ -167,7 +171,10 @@ class Store(abc.ABC):
     async def register_agent(self, token_hash: str, agent_id: str, serial: str, not_after: float, now: float) -> str:
         """Consume the token and record the agent with its certificate and the token's domain; return it.
 
-        Raises ``TokenRefusedError`` or ``AgentRevokedError``; then nothing changed.
+        An existing agent registers again (a new certificate) only with a token of a domain it serves;
+        otherwise ``AgentIdTakenError``, or its certificate, domains and endpoints would go to whoever holds
+        a token of any domain. Raises ``TokenRefusedError``, ``AgentRevokedError`` or ``AgentIdTakenError``;
+        then nothing changed.
         """
         async with self.transaction() as tx:
             rows = await tx.fetch(
@@ -183,6 +190,12 @@ class Store(abc.ABC):
             existing = await tx.fetch("SELECT revoked FROM agents WHERE id = $1", agent_id)
             if existing and existing[0]["revoked"]:
                 raise AgentRevokedError(f"agent {agent_id!r} was revoked; register it under a new id")
+            if existing and not await tx.fetch(
+                "SELECT 1 AS x FROM domain_assignments WHERE agent_id = $1 AND domain = $2", agent_id, domain
+            ):
+                raise AgentIdTakenError(
+                    f"agent id {agent_id!r} is registered and does not serve {domain!r}: register under a new id"
+                )
             await tx.execute(
                 "INSERT INTO agents (id, cert_serial, cert_not_after, registered_at) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (id) DO UPDATE SET cert_serial = excluded.cert_serial, "

@@ -166,6 +166,10 @@ async def test_forged_stale_and_replayed_bootstraps_are_refused(tmp_path: Path) 
             state, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "n0", "sent_at": now - 3600}
         )
         assert (status, body["error"]) == (401, "stale")
+        status, body = await agent_call(
+            state, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "n0", "sent_at": float("nan")}
+        )
+        assert (status, body["error"]) == (401, "stale")  # NaN is no time: never "within the skew"
         assert (await _agent_record(server, "agent-1"))["last_bootstrap_at"] is None
 
         first = {"agent_id": "agent-1", "nonce": "n1", "sent_at": now}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.store import (
+    AgentIdTakenError,
     AgentRevokedError,
     SigningKeyRecord,
     Store,
@@ -121,6 +122,25 @@ async def test_a_revoked_agent_cannot_register_again_and_keeps_the_token(store: 
     with pytest.raises(AgentRevokedError):
         await store.register_agent("t2", "agent-1", "bb", NOW + 3600, NOW)
     assert await store.register_agent("t2", "agent-2", "cc", NOW + 3600, NOW) == "example.com"
+
+
+async def test_a_token_of_another_domain_cannot_take_over_an_agent_id(store: Store) -> None:
+    """An agent registers again (a new certificate) with a token of a domain it serves; a token of another
+    domain is refused for that id, and changes nothing: the certificate, the domains and the token stay."""
+    await store.create_token("victim", "victim.example", NOW, NOW + 60)
+    await store.register_agent("victim", "agent-1", "aa", NOW + 3600, NOW)
+    await store.create_token("other", "tenant-b.example", NOW, NOW + 60)
+    with pytest.raises(AgentIdTakenError, match="agent-1"):
+        await store.register_agent("other", "agent-1", "bb", NOW + 3600, NOW)
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert (agent.cert_serial, agent.domains) == ("aa", ("victim.example",))
+    assert await store.register_agent("other", "agent-2", "cc", NOW + 3600, NOW) == "tenant-b.example"
+    await store.create_token("again", "victim.example", NOW, NOW + 60)
+    assert await store.register_agent("again", "agent-1", "dd", NOW + 3600, NOW) == "victim.example"
+    renewed = await store.get_agent("agent-1")
+    assert renewed is not None
+    assert renewed.cert_serial == "dd"
 
 
 async def test_assignments_bootstrap_and_heartbeat_are_recorded(store: Store) -> None:

@@ -299,3 +299,14 @@ def test_envelope_defaults_are_fresh_dicts() -> None:
     assert ScimOperation("GET", "/a").query == {}
     assert ScimOperation("GET", "/a").query is not ScimOperation("GET", "/b").query
     assert Response("a", 200).timing is not Response("b", 200).timing
+
+
+def test_a_body_nested_deeper_than_the_encoder_writes_is_malformed() -> None:
+    """A body orjson reads but cannot write back (300 levels) is an EnvelopeError when its signature is checked,
+    so the dispatcher refuses it as malformed instead of retrying it as a fault of its own."""
+    body: Any = "x"
+    for _ in range(300):
+        body = [body]
+    request = _decode(_request(op=_op(method="POST", body=body)))
+    with pytest.raises(EnvelopeError, match="cannot be encoded"):
+        request.signed_part()

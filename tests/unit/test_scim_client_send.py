@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from protocol.envelope import Response
 from protocol.signing import Signer
 from service.client import ScimClient
 from tests.contract.transport_suite import Responder, hold
-from transports.base import MessageTooLargeError, Requester, RequestTimeoutError
+from transports.base import Delivery, MessageTooLargeError, MisroutedReplyError, Requester, RequestTimeoutError
 from transports.local import LocalBroker, LocalRequester, LocalSettings, LocalTransport
 
 DOMAIN = "example.com"
@@ -123,6 +124,24 @@ async def test_an_unanswered_call_times_out(broker_name: str, posting: bool) -> 
             with pytest.raises(RequestTimeoutError):
                 await client.call("GET", "/Users")
         assert local._pending == {}
+
+
+@pytest.mark.parametrize("posting", [True, False])
+async def test_a_reply_answering_another_request_is_refused(broker_name: str, posting: bool) -> None:
+    """A reply whose envelope answers another request than the one it came for (the correlation id is not
+    signed: misrouted, or an agent's 401 to someone's junk sent to our reply queue) does not stand for the
+    answer: the call fails as a broken transport, which the source reader retries."""
+
+    async def answer_another(responder: Responder, delivery: Delivery) -> None:
+        await delivery.reply(Response("attacker-1", 401, {"detail": "unsigned"}).encode())
+        await delivery.ack()
+
+    settings = LocalSettings(broker=broker_name)
+    async with LocalTransport([DOMAIN], settings) as transport, LocalRequester(settings) as local:
+        client = ScimClient(local if posting else PlainRequester(local), SIGNER, DOMAIN, timeout=5)
+        async with Responder(transport, answer_another):
+            with pytest.raises(MisroutedReplyError, match="answers request 'attacker-1'"):
+                await client.call("GET", "/Users")
 
 
 async def test_a_call_cancelled_before_its_batch_is_signed_is_not_sent(broker_name: str) -> None:
