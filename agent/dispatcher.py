@@ -27,7 +27,7 @@ from agent.scim.handler import Result, ScimHandler
 from protocol import deadlines
 from protocol.envelope import EnvelopeError, Request, decode_request, encode_response
 from protocol.errors import ScimError
-from protocol.signing import SignatureError, Verifier
+from protocol.signing import ReplayedRequestError, SignatureError, Verifier
 from protocol.slots import Slots
 from transports.base import Delivery, Transport, TransportError
 
@@ -41,6 +41,7 @@ class Counters:
     received: int = 0
     answered: int = 0
     replayed_from_store: int = 0
+    duplicates: int = 0  # copies of a request in hand, dropped (its answer goes to the first copy's sender)
     refused: int = 0
     dead_lettered: int = 0
     retried: int = 0
@@ -190,6 +191,17 @@ class Dispatcher:
             try:
                 self.verifier.verify(request, redelivered=delivery.redelivered)
             except SignatureError as refused:  # a name of its own: compiled, ``error`` above is an EnvelopeError
+                if isinstance(refused, ReplayedRequestError) and (
+                    request.id in self.running or self.responses.get(request.id) is not None
+                ):
+                    # A second copy of a request this agent runs or ran (a requester that published it again
+                    # when a confirm was lost): its answer goes, or went, to the first copy's sender. A 409
+                    # would reach the caller first and stand for the answer; the stored one would go to
+                    # whoever asks, and a copy's reply queue is not signed.
+                    self.counters.duplicates += 1
+                    _log.info("copy of a request in hand dropped", reason=str(refused))
+                    await delivery.ack()
+                    return
                 self.counters.refused += 1
                 self.metrics.refused(type(refused).__name__)
                 _log.warning("request refused", reason=str(refused), kind=type(refused).__name__)

@@ -84,6 +84,9 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._running)
 
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._running
+
     def begin(self, request_id: str) -> asyncio.Future[bytes | None] | None:
         """None if this caller runs the request; else the future of the copy already running."""
         running = self._running

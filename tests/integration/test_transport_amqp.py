@@ -193,6 +193,36 @@ async def test_poison_is_dead_lettered_after_n_attempts(options: dict[str, Any],
     assert parked_[0].headers["x-cloudprov-dead-letter-delivery-count"] == 3
 
 
+async def test_requests_waiting_when_the_agent_connects_come_as_first_deliveries(
+    options: dict[str, Any], rabbit: Any
+) -> None:
+    """Requests queued before an agent of three domains connects reach it as first deliveries: the consumers
+    started while the later domains are still being set up must not give them back (each return counts
+    against the request's delivery budget; with more domains they were dead-lettered unhandled)."""
+    others = [f"b.{DOMAIN}", f"c.{DOMAIN}"]
+    settings = AmqpSettings(**_known(options))
+    async with create_transport(URL, domains=[DOMAIN], options=options):
+        pass  # declares the queue with its arguments
+    queued = [make_envelope(DOMAIN, f"/Users/{i}") for i in range(10)]
+    for request_id, payload in queued:
+        message = aio_pika.Message(payload, correlation_id=request_id, message_id=request_id, delivery_mode=2)
+        await rabbit.default_exchange.publish(message, routing_key=settings.queue_name(DOMAIN))
+    counts: list[int] = []
+    try:
+        async with create_transport(URL, domains=[DOMAIN, *others], options=options) as transport:
+            async with asyncio.timeout(15):
+                async for delivery in transport.deliveries():
+                    counts.append(delivery.delivery_count)
+                    await delivery.ack()
+                    if len(counts) == len(queued):
+                        break
+    finally:
+        for domain in others:
+            for name in (settings.queue_name(domain), settings.dead_letter_queue(domain)):
+                await rabbit.queue_delete(name)
+    assert counts == [1] * len(queued)
+
+
 async def test_broker_dead_letters_when_no_consumer_settles(options: dict[str, Any], rabbit: Any) -> None:
     """The queue's delivery limit parks a message that every consumer gives back, even without our reason."""
     options = {**options, "delivery_limit": 2}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent import runtime
+from agent.idempotency import ResponseStore
 from agent.scim.handler import Result, ScimHandler
 from protocol.envelope import ScimOperation
 from protocol.signing import Signer
@@ -88,13 +89,31 @@ async def test_expired_delete_is_refused_with_408() -> None:
 
 
 async def test_replayed_create_is_refused_with_409_and_not_applied() -> None:
-    """A fresh copy of an accepted POST is a replay: 409, and only one user exists."""
+    """A fresh copy of an accepted POST the agent no longer holds an answer for is a replay: 409, and only
+    one user exists."""
     async with running_agent() as harness:
         signed = harness.client.request("POST", "/Users", body=_new_user())
         assert (await harness.client.send(signed)).status == 201
+        dispatcher = harness.agent.dispatcher
+        dispatcher.responses = ResponseStore()  # the answer forgotten (a restart keeps the replay window)
         replay = await harness.client.send(signed)
         assert replay.status == 409
         assert "replay" in replay.body["detail"]
+        found = await harness.client.search("/Users", 'userName eq "grace.hopper"')
+        assert found["totalResults"] == 1
+
+
+async def test_a_fresh_copy_of_a_request_in_hand_is_dropped_without_an_answer() -> None:
+    """A second first-delivery of a request the agent answered (a requester that published it again when a
+    confirm was lost) is acked without a reply: the first copy's 201 is the answer, not a 409 that would
+    reach the caller first; nor is the stored answer sent to the copy's unsigned reply queue."""
+    async with running_agent() as harness:
+        signed = harness.client.request("POST", "/Users", body=_new_user())
+        assert (await harness.client.send(signed)).status == 201
+        copy = HandDelivery(signed.encode())
+        await harness.agent.dispatcher.process(copy)
+        assert (copy.settlement, copy.replies) == (Settlement.ACK, [])
+        assert harness.agent.dispatcher.counters.duplicates == 1
         found = await harness.client.search("/Users", 'userName eq "grace.hopper"')
         assert found["totalResults"] == 1
 

@@ -82,6 +82,23 @@ def test_delivery_reads_the_aiormq_message() -> None:
     )
 
 
+def test_only_the_broker_makes_a_delivery_a_redelivery() -> None:
+    """A publisher-set ``x-delivery-count`` on a first delivery counts for nothing (a redelivery skips the
+    replay check); on a delivery the broker flags as redelivered, the quorum queue's count is read."""
+    from transports.amqp import AmqpDelivery
+
+    transport = SimpleNamespace(max_message_size=1024)
+
+    def delivered(redelivered: bool, count: object) -> int:
+        props = wire.properties(correlation_id="r1", reply_to="q", headers={"x-delivery-count": count})
+        deliver = aiormq.spec.Basic.Deliver(consumer_tag="c", delivery_tag=5, redelivered=redelivered, routing_key="q")
+        message = DeliveredMessage(delivery=deliver, header=ContentHeader(properties=props), body=b"{}", channel=None)
+        return AmqpDelivery(transport, message, 1, "q").delivery_count  # type: ignore[arg-type]
+
+    assert [delivered(False, count) for count in (1, 7)] == [1, 1]
+    assert [delivered(True, count) for count in (3, 0, "x")] == [4, 2, 2]
+
+
 class FakeStreamWriter:
     """Records what reaches the socket, write by write."""
 

@@ -21,7 +21,9 @@ Connection URL / options
 Guarantees
     - At least once. A delivery is acked only when the dispatcher settles it; one not settled when
       its connection or the transport closes returns to its queue and comes again with
-      ``delivery_count + 1`` (quorum queues count every return in ``x-delivery-count``).
+      ``delivery_count + 1`` (quorum queues count every return in ``x-delivery-count``). A delivery
+      counts as a redelivery only when the broker flags it so (``redelivered``): the header alone,
+      which a publisher can set, does not let a copy past the agent's replay check.
     - ``retry_later`` is a ``basic.nack`` with requeue. ``dead_letter(reason)`` publishes a copy to
       ``<request queue><dead_letter_suffix>`` with the reason in the headers
       (``x-cloudprov-dead-letter-reason``, ``-delivery-count``, ``-queue``), waits for the broker's

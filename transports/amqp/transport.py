@@ -66,11 +66,15 @@ class AmqpDelivery(Delivery):
             )
         except chunking.ChunkError:
             self.payload = message.body  # the dispatcher finds it malformed and dead-letters it
+        # Only the broker says a message comes again (Basic.Deliver's redelivered flag): a publisher can set any
+        # header, and a redelivery is let past the replay check, so a first delivery counts 1 whatever it carries.
         returned = headers.get("x-delivery-count")
-        if isinstance(returned, int) and not isinstance(returned, bool) and returned >= 0:
-            self.delivery_count = returned + 1
+        if not getattr(message.delivery, "redelivered", False):
+            self.delivery_count = 1
+        elif isinstance(returned, int) and not isinstance(returned, bool) and returned >= 1:
+            self.delivery_count = returned + 1  # quorum queues count every return
         else:
-            self.delivery_count = 2 if getattr(message.delivery, "redelivered", False) else 1
+            self.delivery_count = 2
         self.request_id = props.correlation_id or props.message_id or ""
         self.reply_to = props.reply_to or ""
 
@@ -94,6 +98,9 @@ class AmqpTransport(Transport):
         self._reconnector: Reconnector | None = None
         self._link: _Link | None = None
         self._generation = 0
+        #: The generation ``_open`` is setting up and what its consumers received meanwhile: handed out once
+        #: it is the current one (a nack would count a delivery against the request's budget, unhandled).
+        self._opening: tuple[int, list[AmqpDelivery]] | None = None
         self._consuming = True
         self._closed = False
         self._inbox: asyncio.Queue[AmqpDelivery | None] = asyncio.Queue()
@@ -113,7 +120,13 @@ class AmqpTransport(Transport):
 
     async def _open(self) -> None:
         generation = self._generation + 1
-        connection = await open_connection(self.url, self.settings, f"cloudprov-agent:{','.join(self.domains)}")
+        early: list[AmqpDelivery] = []
+        self._opening = (generation, early)
+        try:
+            connection = await open_connection(self.url, self.settings, f"cloudprov-agent:{','.join(self.domains)}")
+        except BaseException:
+            self._opening = None
+            raise
         try:
             connection.close_callbacks.add(self._on_close(generation))
             channel = await connection.channel(publisher_confirms=True)
@@ -126,9 +139,13 @@ class AmqpTransport(Transport):
                     tag = await wire.consume(channel, queue.name, self._on_message(generation, queue.name))
                     consumers.append((queue, tag))
         except BaseException:
+            self._opening = None  # the connection closes: the broker puts back what it had handed out
             await connection.close()
             raise
         old, self._link, self._generation = self._link, _Link(generation, connection, channel, consumers), generation
+        self._opening = None
+        for delivery in early:
+            self._inbox.put_nowait(delivery)
         if old is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await old.connection.close()
@@ -145,10 +162,12 @@ class AmqpTransport(Transport):
 
     def _on_message(self, generation: int, queue: str) -> Callable[[wire.DeliveredMessage], Any]:
         async def received(message: wire.DeliveredMessage) -> None:
-            if not self._consuming or generation != self._generation:
+            if self._consuming and generation == self._generation:
+                self._inbox.put_nowait(AmqpDelivery(self, message, generation, queue))
+            elif self._consuming and self._opening is not None and self._opening[0] == generation:
+                self._opening[1].append(AmqpDelivery(self, message, generation, queue))  # still setting up
+            else:
                 await _nack(message)
-                return
-            self._inbox.put_nowait(AmqpDelivery(self, message, generation, queue))
 
         return received
 
