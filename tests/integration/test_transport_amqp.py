@@ -223,6 +223,45 @@ async def test_requests_waiting_when_the_agent_connects_come_as_first_deliveries
     assert counts == [1] * len(queued)
 
 
+async def test_a_dead_letter_copy_the_broker_refuses_gives_the_message_back(
+    options: dict[str, Any], rabbit: Any
+) -> None:
+    """When the dead-letter queue refuses the copy (full, reject-publish), the request goes back to its queue
+    and comes again, instead of being held unacked (a prefetch slot lost until the connection closes)."""
+    settings = AmqpSettings(**_known(options))
+    dlq = settings.dead_letter_queue(DOMAIN)
+    policy = f"{options['reply_prefix']}full"
+    limit = '{"max-length":0,"overflow":"reject-publish"}'
+    command = ["rabbitmqctl", "-q", "set_policy", "-p", VHOST, policy, f"^{dlq}$", limit, "--apply-to", "queues"]
+    await asyncio.to_thread(subprocess.run, command, check=True, timeout=60, capture_output=True)
+    try:
+        async with (
+            create_transport(URL, domains=[DOMAIN], options=options) as transport,
+            create_requester(URL, options=options) as requester,
+        ):
+            async with await aio_pika.connect(URL, timeout=5) as connection:
+                confirming = await connection.channel(publisher_confirms=True)
+                await confirming.default_exchange.publish(aio_pika.Message(b"older"), routing_key=dlq)
+            await asyncio.sleep(1)  # a quorum queue enforces its length a moment after a publish goes past it
+            request_id, payload = make_envelope(DOMAIN, "/poison")
+            asking = asyncio.create_task(requester.request(DOMAIN, request_id, payload, timeout=30))
+            counts: list[int] = []
+            async with asyncio.timeout(15):
+                async for delivery in transport.deliveries():
+                    counts.append(delivery.delivery_count)
+                    if len(counts) == 1:
+                        await delivery.dead_letter("poison")  # refused by the full queue: given back
+                    else:
+                        await delivery.ack()
+                        break
+            asking.cancel()
+    finally:
+        clear = ["rabbitmqctl", "-q", "clear_policy", "-p", VHOST, policy]
+        await asyncio.to_thread(subprocess.run, clear, check=True, timeout=60, capture_output=True)
+    assert counts == [1, 2]
+    assert [m.body for m in await dead_letters(rabbit, dlq)] == [b"older"]
+
+
 async def test_broker_dead_letters_when_no_consumer_settles(options: dict[str, Any], rabbit: Any) -> None:
     """The queue's delivery limit parks a message that every consumer gives back, even without our reason."""
     options = {**options, "delivery_limit": 2}

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
@@ -314,19 +315,28 @@ class AmqpTransport(Transport):
                         DEAD_LETTER_QUEUE: delivery.queue,
                     }
                 )
-                await wire.publish(
-                    link.channel,
-                    delivery.queue + self.settings.dead_letter_suffix,
-                    message.body,
-                    wire.properties(
-                        correlation_id=props.correlation_id,
-                        headers=headers,
-                        message_id=props.message_id,
-                        reply_to=props.reply_to,
-                        content_type=None,
-                    ),
-                    timeout=self.settings.publish_timeout,
-                )
+                try:
+                    await wire.publish(
+                        link.channel,
+                        delivery.queue + self.settings.dead_letter_suffix,
+                        message.body,
+                        wire.properties(
+                            correlation_id=props.correlation_id,
+                            headers=headers,
+                            message_id=props.message_id,
+                            reply_to=props.reply_to,
+                            content_type=None,
+                        ),
+                        timeout=self.settings.publish_timeout,
+                    )
+                except aiormq.exceptions.DeliveryError as refused:  # the broker refused the copy (a full queue)
+                    # Given back, not held: held unacked, it would take a prefetch slot until the connection
+                    # closes; given back, it comes again, and the broker's delivery limit parks it at last.
+                    await message.channel.basic_nack(tag, requeue=True)
+                    self._settle_log(delivery, outcome).warning(
+                        "dead-letter copy refused; the message goes back to its queue", error=str(refused)
+                    )
+                    return
                 await message.channel.basic_ack(tag)
                 self._settle_log(delivery, outcome).warning(
                     "dead-lettered", reason=reason, delivery_count=delivery.delivery_count
