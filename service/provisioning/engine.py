@@ -102,8 +102,7 @@ class _Cycle:
     def __init__(self, report: CycleReport) -> None:
         self.report = report
         self.log: list[LogEntry] = []
-        self.deletes: list[_Delete] = []
-        self.deleting: set[tuple[str, str]] = set()  # (resource type, anchor) of ``deletes``
+        self.deletes: dict[tuple[str, str], _Delete] = {}  # by (resource type, anchor), in the order queued
         self.groups: list[Plan] = []
         self.failed: dict[tuple[str, str], str | None] = {}  # objects to retry, with their error
         self.written: set[tuple[str, str]] = set()  # objects this cycle wrote (or found right)
@@ -163,7 +162,6 @@ class SyncEngine:
                     report.kind = "full"
                     _log.info("delta falls back to a full sync", job=self.job_id, reason=str(why) or type(why).__name__)
                     cycle.deletes.clear()  # the full sync finds them again: counted twice, they could stage it
-                    cycle.deleting.clear()
                     cycle.groups.clear()
                     cycle.created_users.clear()
                     await self._full(cycle)
@@ -333,10 +331,7 @@ class SyncEngine:
                         await self._one(cycle, "Group", group)
 
     def _queue_delete(self, cycle: _Cycle, delete: _Delete) -> None:
-        key = (delete.resource_type, delete.anchor)
-        if key not in cycle.deleting:
-            cycle.deleting.add(key)
-            cycle.deletes.append(delete)
+        cycle.deletes.setdefault((delete.resource_type, delete.anchor), delete)
 
     async def _source_deleted(self, cycle: _Cycle, record: Mapping[str, Any], change_id: str | None) -> None:
         anchor = str(record["id"])
@@ -446,8 +441,8 @@ class SyncEngine:
             raise
         except TargetError as error:
             report.counts["failed"] += 1
-            self._log(cycle, plan, "failed", f"{type(error).__name__}: {error}", change_id)
-            cycle.failed[(resource_type, plan.anchor)] = f"{type(error).__name__}: {error}"
+            reason = cycle.failed[(resource_type, plan.anchor)] = f"{type(error).__name__}: {error}"
+            self._log(cycle, plan, "failed", reason, change_id)
             return None
         self._applied(cycle, plan, change_id)
         return plan
@@ -455,9 +450,7 @@ class SyncEngine:
     def _applied(self, cycle: _Cycle, plan: Plan, change_id: str | None) -> None:
         key = (plan.resource_type, plan.anchor)
         cycle.written.add(key)
-        if key in cycle.deleting:  # queued for deletion earlier in the cycle, and back since
-            cycle.deleting.discard(key)
-            cycle.deletes = [d for d in cycle.deletes if (d.resource_type, d.anchor) != key]
+        cycle.deletes.pop(key, None)  # queued for deletion earlier in the cycle, and back since
         if plan.action == "create" and plan.resource_type == "User" and cycle.report.kind == "delta":
             cycle.created_users.append(plan.anchor)
         cycle.report.counts[plan.action] += 1
@@ -475,8 +468,8 @@ class SyncEngine:
                 raise
             except TargetError as error:
                 cycle.report.counts["failed"] += 1
-                self._log(cycle, plan, "failed", f"members: {type(error).__name__}: {error}", None)
-                cycle.failed[(plan.resource_type, plan.anchor)] = f"members: {type(error).__name__}: {error}"
+                reason = cycle.failed[(plan.resource_type, plan.anchor)] = f"members: {type(error).__name__}: {error}"
+                self._log(cycle, plan, "failed", reason, None)
                 continue
             if added or removed:
                 cycle.report.counts["member_add"] += added
@@ -499,7 +492,7 @@ class SyncEngine:
 
     async def _settle_deletes(self, cycle: _Cycle) -> bool:
         """Apply the cycle's deletions, or stage them past the threshold; True when staged."""
-        deletes = cycle.deletes
+        deletes = list(cycle.deletes.values())
         threshold = self.settings.deletion_threshold
         if threshold and len(deletes) > threshold:
             now = self.clock()
