@@ -20,6 +20,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from protocol.configfile import ConfigFileError, HealthServer, LoggingSection, Section, load_model, read_file_ref
+from service.store import STORE_SCHEMES
 
 ENV_PREFIX = "CLOUDPROV_SERVICE__"
 DAY = 86_400.0
@@ -27,10 +28,6 @@ DAY = 86_400.0
 
 class ServiceConfigError(ConfigFileError):
     """The service configuration is invalid; the message lists each faulty key."""
-
-
-#: URL schemes with a store driver (``service.store.open_store``, ``service.provisioning.state``).
-STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 def _store_url(url: str) -> str:

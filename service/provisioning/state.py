@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeVar
 
 from protocol.redaction import redact_text
-from service.store import Store, StoreError
+from service.store import POSTGRES_SCHEMES, Store, StoreError
 from service.store.base import Tx
 
 T = TypeVar("T")
@@ -236,7 +236,7 @@ def _driver(url: str) -> Store:
             pass
 
         return SqliteState(url)
-    if scheme in {"postgresql", "postgres"}:
+    if scheme in POSTGRES_SCHEMES:
         try:
             from service.store.postgres import PostgresStore
         except ModuleNotFoundError as exc:

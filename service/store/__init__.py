@@ -19,6 +19,10 @@ from service.store.base import (
     UnknownAgentError,
 )
 
+#: The URL schemes of the PostgreSQL driver, and of every store (``open_store``, the provisioning state).
+POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+STORE_SCHEMES = POSTGRES_SCHEMES | {"sqlite"}
+
 
 def open_store(url: str) -> Store:
     scheme = url.partition("://")[0].lower()
@@ -26,7 +30,7 @@ def open_store(url: str) -> Store:
         from service.store.sqlite import SqliteStore
 
         return SqliteStore(url)
-    if scheme in {"postgresql", "postgres"}:
+    if scheme in POSTGRES_SCHEMES:
         try:
             from service.store.postgres import PostgresStore
         except ModuleNotFoundError as exc:
@@ -36,6 +40,8 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
+    "POSTGRES_SCHEMES",
+    "STORE_SCHEMES",
     "AgentIdTakenError",
     "AgentRecord",
     "AgentRevokedError",
