@@ -121,13 +121,9 @@ class AmqpTransport(Transport):
 
     async def _open(self) -> None:
         generation = self._generation + 1
+        connection = await open_connection(self.url, self.settings, f"cloudprov-agent:{','.join(self.domains)}")
         early: list[AmqpDelivery] = []
         self._opening = (generation, early)
-        try:
-            connection = await open_connection(self.url, self.settings, f"cloudprov-agent:{','.join(self.domains)}")
-        except BaseException:
-            self._opening = None
-            raise
         try:
             connection.close_callbacks.add(self._on_close(generation))
             channel = await connection.channel(publisher_confirms=True)
@@ -140,11 +136,11 @@ class AmqpTransport(Transport):
                     tag = await wire.consume(channel, queue.name, self._on_message(generation, queue.name))
                     consumers.append((queue, tag))
         except BaseException:
-            self._opening = None  # the connection closes: the broker puts back what it had handed out
-            await connection.close()
+            await connection.close()  # the broker puts back what it had handed out
             raise
+        finally:
+            self._opening = None
         old, self._link, self._generation = self._link, _Link(generation, connection, channel, consumers), generation
-        self._opening = None
         for delivery in early:
             self._inbox.put_nowait(delivery)
         if old is not None:
