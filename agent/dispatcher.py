@@ -25,6 +25,7 @@ from agent.idempotency import InFlight, ResponseStore
 from agent.metrics import NO_METRICS, DispatcherMetrics
 from agent.scim.handler import Result, ScimHandler
 from protocol import deadlines
+from protocol.chunking import FrameTooLargeError
 from protocol.envelope import EnvelopeError, Request, decode_request, encode_response
 from protocol.errors import ScimError
 from protocol.signing import ReplayedRequestError, SignatureError, Verifier
@@ -87,6 +88,7 @@ class Dispatcher:
         ``deliveries()``: at C=64 over a 5 ms directory, 0.78-0.80 of C/L instead of 0.74-0.75
         (``bench.agent_load``; docs/performance.md)."""
         mine = self._by_transport.setdefault(id(transport), set())
+        transport.max_request_size = self.max_body_bytes  # a compressed request inflates no further
         slots = self._slots
         loop = asyncio.get_running_loop()
         # The tasks' log context is this one's, not that of the code whose callback hands a delivery over.
@@ -167,6 +169,12 @@ class Dispatcher:
         if delivery.delivery_count > self.settings.max_deliveries:
             await self._dead_letter(
                 delivery, f"delivered {delivery.delivery_count} times without being settled", "poison"
+            )
+            return
+        if delivery.decode_error is not None:
+            too_large = isinstance(delivery.decode_error, FrameTooLargeError)
+            await self._dead_letter(
+                delivery, f"undecodable message: {delivery.decode_error}", "too_large" if too_large else "malformed"
             )
             return
         if len(delivery.payload) > self.max_body_bytes:

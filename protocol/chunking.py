@@ -79,6 +79,10 @@ class PayloadTooLargeError(ChunkError):
     """The payload does not fit the transport's limit, even compressed (and split, where allowed)."""
 
 
+class FrameTooLargeError(ChunkError):
+    """A received message is, or inflates to, more than the receiver takes (a decompression bomb stops here)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One message on the wire: its body and the ``cp-*`` headers (empty for a plain payload)."""
@@ -209,7 +213,7 @@ def inflate(body: bytes, max_size: int) -> bytes:
     except zlib.error as exc:
         raise ChunkError(f"compressed body does not inflate: {exc}") from None
     if len(out) > max_size or inflater.unconsumed_tail:
-        raise ChunkError(f"compressed body inflates beyond {max_size} bytes")
+        raise FrameTooLargeError(f"compressed body inflates beyond {max_size} bytes")
     if not inflater.eof:
         raise ChunkError("compressed body is truncated")
     return out
@@ -220,7 +224,7 @@ def decode_frame(body: bytes, headers: Mapping[str, Any], *, max_message_size: i
     encoding = headers.get(ENCODING)
     if encoding is None:
         if len(body) > max_message_size:
-            raise ChunkError(f"message of {len(body)} bytes exceeds {max_message_size}")
+            raise FrameTooLargeError(f"message of {len(body)} bytes exceeds {max_message_size}")
         return body
     if encoding != DEFLATE:
         raise ChunkError(f"header {ENCODING!r} must be {DEFLATE!r}, got {encoding!r}")
@@ -287,7 +291,7 @@ class Reassembler:
             raise ChunkError(f"buffered chunks would exceed {self.max_pending_bytes} bytes; chunk dropped")
         if group.buffered + len(body) > self.max_message_size:
             self.discard(header.group)
-            raise ChunkError(f"group {header.group} exceeds {self.max_message_size} bytes")
+            raise FrameTooLargeError(f"group {header.group} exceeds {self.max_message_size} bytes")
         group.pieces[header.index] = body
         group.buffered += len(body)
         self.pending_bytes += len(body)

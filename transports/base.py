@@ -63,6 +63,9 @@ class Delivery(abc.ABC):
     delivery_count: int = 1
     #: The transport authenticated the sender itself (HTTP bearer/mTLS): no envelope signature needed.
     trusted: bool = False
+    #: Why the message's frame could not be decoded (too large once inflated, corrupt): ``payload`` is then
+    #: the body as received, and the consumer dead-letters the message with this reason.
+    decode_error: Exception | None = None
     settlement: Settlement | None = None
 
     @property
@@ -105,6 +108,10 @@ class Transport(abc.ABC):
     recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = (TransportBrokenError,)
     #: Largest message the transport carries (bytes), or None for no limit.
     max_message_size: int | None = None
+    #: Largest request payload a delivery decodes to: a compressed frame inflates no further. The dispatcher
+    #: sets its own limit (``scim.max_body_bytes``) when it consumes, so a small deflate bomb costs no more
+    #: memory than the largest request the agent takes.
+    max_request_size: int = 16 * 1024 * 1024
 
     async def __aenter__(self) -> Self:
         await self.connect()

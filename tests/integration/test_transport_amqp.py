@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from protocol import chunking
 from protocol.envelope import Request, ScimOperation, decode_response
 from protocol.signing import Signer, Verifier
 from service.control.ca import CertificateAuthority
+from tests import agent_support
+from tests.agent_support import running_agent
 from tests.conftest import server_missing
 from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
 from tests.integration.tcp_proxy import TcpProxy
@@ -473,6 +476,50 @@ def _restart_guard() -> Iterator[None]:
     yield
     if shutil.which("rabbitmqctl") and not _reachable():
         _rabbitmqctl("start_app")
+
+
+async def test_the_agent_inflates_a_compressed_request_no_further_than_it_takes(
+    options: dict[str, Any], rabbit: Any
+) -> None:
+    """A deflate bomb (a few KB that inflate to 4 MB) is dead-lettered as too large once it passes the agent's
+    own limit (scim.max_body_bytes), not the transport's; a compressed request within it is answered."""
+    domain = agent_support.DOMAIN
+    settings = AmqpSettings(**_known(options))
+    inbox = await rabbit.declare_queue(settings.reply_prefix + "bomb-test", auto_delete=True)
+    try:
+        async with running_agent(
+            transport=lambda _: create_transport(URL, domains=[domain], options=options),
+            scim={"max_body_bytes": 4096},
+        ) as harness:
+            queue = settings.queue_name(domain)
+            bomb = zlib.compress(b"{" + b" " * (4 * 1024 * 1024) + b"}", 9)
+            assert len(bomb) < LIMIT
+            request = harness.signer.sign(
+                Request(uuid.uuid4().hex, domain, ScimOperation("GET", "/Users", {"count": "1"}), _deadline())
+            )
+            fine = request.encode()
+            for body in (bomb, zlib.compress(fine)):
+                message = aio_pika.Message(
+                    body,
+                    headers={"cp-encoding": "deflate"},
+                    reply_to=inbox.name,
+                    correlation_id=request.id,
+                )
+                await rabbit.default_exchange.publish(message, queue)
+            async with asyncio.timeout(15):
+                async with inbox.iterator(no_ack=True) as replies:
+                    reply = decode_response((await anext(replies)).body)
+            letters = await parked(rabbit, settings.dead_letter_queue(domain), 1)
+            counters = harness.agent.dispatcher.counters
+    finally:
+        for name in (settings.queue_name(domain), settings.dead_letter_queue(domain)):
+            await rabbit.queue_delete(name)
+    assert reply.request_id == request.id
+    assert reply.status == 200
+    reason = letters[0].headers["x-cloudprov-dead-letter-reason"]
+    assert reason == "undecodable message: compressed body inflates beyond 4096 bytes"
+    assert counters.dead_lettered == 1
+    assert counters.answered == 1
 
 
 def _known(options: dict[str, Any]) -> dict[str, Any]:

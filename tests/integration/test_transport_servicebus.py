@@ -6,17 +6,20 @@ import asyncio
 import gc
 import os
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from structlog.testing import capture_logs
 
 from protocol import chunking
 from protocol.envelope import decode_response
+from tests import agent_support
+from tests.agent_support import running_agent, wait_until
 from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
 from tests.integration.transport_support import ConsumerProcess, SettlingRequester, policy_handler
 from tests.servicebus_peer import PeerProcess, free_port
@@ -289,3 +292,30 @@ def test_peer_runs_as_a_module(tmp_path: Path) -> None:
         running.kill()
         running.start()
     assert (tmp_path / "journal.jsonl").exists()
+
+
+async def test_the_agent_inflates_a_compressed_request_no_further_than_it_takes(
+    peer: PeerProcess, options: dict[str, Any]
+) -> None:
+    """A deflate bomb (a few KB that inflate to 4 MB) is dead-lettered as too large once it passes the agent's
+    own limit (scim.max_body_bytes), not the transport's."""
+    domain = agent_support.DOMAIN
+    queue = ServiceBusSettings(request_queue=options["request_queue"]).queue_name(domain)
+    bomb = zlib.compress(b"{" + b" " * (4 * 1024 * 1024) + b"}", 9)
+    async with running_agent(
+        transport=lambda _: create_transport(peer.url, domains=[domain], options=options),
+        scim={"max_body_bytes": 4096},
+    ) as harness:
+        message = ServiceBusMessage(bomb, application_properties={"cp-encoding": "deflate"})
+        async with (
+            ServiceBusClient.from_connection_string(peer.connection_string) as client,
+            client.get_queue_sender(queue) as sender,
+        ):
+            await sender.send_messages(message)
+        await wait_until(lambda: harness.agent.dispatcher.counters.dead_lettered == 1, timeout=15)
+        parked = await drain(peer, queue, dead_letter=True)
+        for _ in range(5):  # the dead-letter disposition may still be on its way
+            if parked:
+                break
+            parked = await drain(peer, queue, dead_letter=True)
+    assert parked[0].dead_letter_reason == "undecodable message: compressed body inflates beyond 4096 bytes"

@@ -69,7 +69,7 @@ def test_delivery_reads_the_aiormq_message() -> None:
     """An agent-side delivery takes request id, reply queue and redelivery from aiormq's message."""
     from transports.amqp import AmqpDelivery
 
-    transport = SimpleNamespace(max_message_size=1024)
+    transport = SimpleNamespace(max_message_size=1024, max_request_size=1024)
     props = wire.properties(correlation_id="r1", reply_to="cloudprov.replies.x")
     deliver = aiormq.spec.Basic.Deliver(consumer_tag="c", delivery_tag=5, redelivered=True, routing_key="q")
     message = DeliveredMessage(delivery=deliver, header=ContentHeader(properties=props), body=b"{}", channel=None)
@@ -87,7 +87,7 @@ def test_only_the_broker_makes_a_delivery_a_redelivery() -> None:
     replay check); on a delivery the broker flags as redelivered, the quorum queue's count is read."""
     from transports.amqp import AmqpDelivery
 
-    transport = SimpleNamespace(max_message_size=1024)
+    transport = SimpleNamespace(max_message_size=1024, max_request_size=1024)
 
     def delivered(redelivered: bool, count: object) -> int:
         props = wire.properties(correlation_id="r1", reply_to="q", headers={"x-delivery-count": count})

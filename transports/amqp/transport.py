@@ -63,10 +63,10 @@ class AmqpDelivery(Delivery):
         headers = props.headers or {}
         try:
             self.payload = chunking.decode_frame(
-                message.body, chunking.cp_headers(headers), max_message_size=transport.max_message_size
+                message.body, chunking.cp_headers(headers), max_message_size=transport.max_request_size
             )
-        except chunking.ChunkError:
-            self.payload = message.body  # the dispatcher finds it malformed and dead-letters it
+        except chunking.ChunkError as error:
+            self.payload, self.decode_error = message.body, error  # the dispatcher dead-letters it
         # Only the broker says a message comes again (Basic.Deliver's redelivered flag): a publisher can set any
         # header, and a redelivery is let past the replay check, so a first delivery counts 1 whatever it carries.
         returned = headers.get("x-delivery-count")

@@ -63,10 +63,10 @@ class ServiceBusDelivery(Delivery):
         body = message_body(message)
         try:
             self.payload = chunking.decode_frame(
-                body, chunking.cp_headers(message.application_properties), max_message_size=16 * 1024 * 1024
+                body, chunking.cp_headers(message.application_properties), max_message_size=transport.max_request_size
             )
-        except chunking.ChunkError:
-            self.payload = body  # the dispatcher finds it malformed and dead-letters it
+        except chunking.ChunkError as error:
+            self.payload, self.decode_error = body, error  # the dispatcher dead-letters it
         self.delivery_count = (message.delivery_count or 0) + 1
         self.request_id = str(message.correlation_id or message.message_id or "")
         self.reply_to = str(message.reply_to or "")
