@@ -122,6 +122,13 @@ class SigningSection(Section):
     )
     clock_skew: float = Field(default=30.0, ge=0, description="Seconds of clock difference tolerated on deadlines.")
     max_lifetime: float = Field(default=900.0, gt=0, description="Longest deadline a request may carry (seconds).")
+    replay_memory: int = Field(
+        default=200_000,
+        ge=1000,
+        description="Request ids remembered until their deadline, to refuse replays (about 250 bytes each). "
+        "When more are live, the ids due first are forgotten and a new request due no later than them is "
+        "refused 503.",
+    )
 
 
 class DispatcherSection(Section):

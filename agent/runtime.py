@@ -25,6 +25,7 @@ import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
 
 import protocol
+from agent import replays
 from agent.config import AgentSettings, ConfigError
 from agent.dispatcher import Dispatcher
 from agent.logging import set_level
@@ -73,7 +74,10 @@ def build_verifier(settings: AgentSettings) -> Verifier:
             keys[key_id] = load_public_key(text)
         except (ValueError, UnsupportedAlgorithm) as exc:  # UnsupportedAlgorithm: a PEM key of another kind
             raise ConfigError(f"signing.public_keys.{key_id}: {exc}") from None
-    return Verifier(keys, clock_skew=settings.signing.clock_skew, max_lifetime=settings.signing.max_lifetime)
+    signing = settings.signing
+    return Verifier(
+        keys, clock_skew=signing.clock_skew, max_lifetime=signing.max_lifetime, replay_memory=signing.replay_memory
+    )
 
 
 def build_profile(settings: AgentSettings) -> Profile:
@@ -213,6 +217,8 @@ class Agent:
                 domains=settings.agent.domains,
                 max_body_bytes=settings.scim.max_body_bytes,
             )
+            replays.restore_logged(self.verifier.replays, settings.agent.state_dir)
+            stack.callback(replays.save_logged, self.verifier.replays, settings.agent.state_dir)
             await self.transport.connect()
             try:
                 async with asyncio.TaskGroup() as group:

@@ -30,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import heapq
 import math
 import time
 from collections import OrderedDict
@@ -72,6 +73,13 @@ class ExpiredRequestError(SignatureError):
 
 class ReplayedRequestError(SignatureError):
     status: ClassVar[int] = 409
+
+
+class UnprovableFreshnessError(SignatureError):
+    """The replay memory is full and forgot live ids due as late as this request: it may be a replay of one
+    of them. 503: the requester may send it again, as a new request with a later deadline."""
+
+    status: ClassVar[int] = 503
 
 
 def load_private_key(text: str) -> Ed25519PrivateKey:
@@ -375,31 +383,62 @@ class SignatureBatcher:
 
 
 class ReplayGuard:
-    """Remembers accepted request ids until their deadline passes (bounded: oldest forgotten first)."""
+    """Remembers accepted request ids until their deadline passes, in at most ``max_entries`` ids.
+
+    When more ids are live than it holds, it forgets the one due first and raises its ``floor`` to that
+    id's deadline: an id it does not know whose deadline is not later than the floor might be a forgotten
+    one, so ``unprovable`` says so and the verifier refuses it rather than let a replay through. Requests
+    sent with one timeout arrive with ever later deadlines, so a full guard refuses none of them; the
+    earlier bound (forget the oldest, whatever its deadline) let a replay of a forgotten live id pass.
+    """
 
     def __init__(self, max_entries: int = 200_000) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._until: dict[str, float] = {}
+        self._due: list[tuple[float, str]] = []  # a heap: (until, id); an entry whose until changed is stale
         self._max = max_entries
-        self._oldest_until = -math.inf  # the oldest entry's, while it stays the oldest (else -inf)
+        #: Deadlines up to here may belong to ids forgotten while live (-inf: none was).
+        self.floor = -math.inf
+        #: Live ids forgotten to keep within ``max_entries``.
+        self.forgotten_live = 0
+
+    def __len__(self) -> int:
+        return len(self._until)
 
     def seen(self, request_id: str) -> bool:
-        return request_id in self._seen
+        return request_id in self._until
+
+    def unprovable(self, until: float) -> bool:
+        """An id not seen, due at ``until``, could be one forgotten while live."""
+        return until <= self.floor
 
     def remember(self, request_id: str, until: float, now: float) -> None:
-        seen = self._seen
-        if request_id in seen:  # moved to the end: it may have been the oldest
-            seen.move_to_end(request_id)
-            self._oldest_until = -math.inf
-        seen[request_id] = until
-        if now <= self._oldest_until and len(seen) <= self._max:
-            return  # the oldest entry (the one the loop looks at) is still due later: nothing to forget
-        self._oldest_until = -math.inf
-        while seen:
-            oldest_id, oldest_until = next(iter(seen.items()))
-            if oldest_until >= now and len(seen) <= self._max:
-                self._oldest_until = oldest_until
-                break
-            del seen[oldest_id]
+        known = self._until.get(request_id)
+        if known is not None and known >= until:
+            return
+        self._until[request_id] = until
+        heapq.heappush(self._due, (until, request_id))
+        due = self._due
+        if due[0][0] >= now and len(self._until) <= self._max:
+            return  # nothing is due and there is room: the usual case, one look
+        while due and (due[0][0] < now or len(self._until) > self._max):
+            first_until, first_id = heapq.heappop(due)
+            if self._until.get(first_id) != first_until:
+                continue  # stale: the id was remembered again with a later deadline
+            del self._until[first_id]
+            if first_until >= now:
+                self.floor = max(self.floor, first_until)
+                self.forgotten_live += 1
+
+    def entries(self) -> list[tuple[str, float]]:
+        """The ids remembered and their deadlines, to be given to a guard after a restart (``restore``)."""
+        return list(self._until.items())
+
+    def restore(self, entries: list[tuple[str, float]], floor: float, now: float) -> None:
+        """Remember ``entries`` (from ``entries()`` of a guard before a restart) that are still live."""
+        for request_id, until in entries:
+            if until >= now:
+                self.remember(request_id, until, now)
+        self.floor = max(self.floor, floor)
 
 
 class Verifier:
@@ -411,13 +450,14 @@ class Verifier:
         *,
         clock_skew: float = 30.0,
         max_lifetime: float = 900.0,
+        replay_memory: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = {key_id: _public_raw(key) for key_id, key in keys.items()}
         self.clock_skew = clock_skew
         self.max_lifetime = max_lifetime
         self._clock = clock
-        self.replays = ReplayGuard()
+        self.replays = ReplayGuard(replay_memory)
         self._roots: OrderedDict[tuple[str, bytes, str], None] = OrderedDict()
         self.max_roots = 4096
         self._folds: dict[bytes, tuple[str, bytes]] = {}  # proof steps folded lately (``merkle_root``'s memo)
@@ -468,9 +508,16 @@ class Verifier:
                 f"request {request.id} has a deadline {request.deadline - now:.0f}s away, beyond the "
                 f"{self.max_lifetime:.0f}s this agent accepts"
             )
-        if self.replays.seen(request.id) and not redelivered:
+        until = request.deadline + self.clock_skew
+        replays = self.replays
+        if not redelivered and replays.seen(request.id):
             raise ReplayedRequestError(f"request {request.id} was already accepted; a fresh copy of it is a replay")
-        self.replays.remember(request.id, request.deadline + self.clock_skew, now)
+        if not redelivered and replays.unprovable(until):
+            raise UnprovableFreshnessError(
+                f"request {request.id} cannot be told from a replay: more requests were live than the replay "
+                f"memory holds ({replays.forgotten_live} forgotten), some due as late as this one; send it again"
+            )
+        replays.remember(request.id, until, now)
 
     def _verify_batched(self, key: bytes, key_id: str, signature: str, root: bytes) -> None:
         """Check a batch root's signature once; later requests of the same batch hit the cache.

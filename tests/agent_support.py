@@ -10,10 +10,13 @@ its settlement.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.config import AgentSettings
@@ -38,11 +41,12 @@ def agent_settings(
     dispatcher: dict[str, Any] | None = None,
     retry: dict[str, Any] | None = None,
     scim: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
 ) -> AgentSettings:
     """Settings of a test agent: fast retries, the signer's key trusted, a seeded memory directory."""
     return AgentSettings.model_validate(
         {
-            "agent": {"id": "test-agent", "domains": [DOMAIN]},
+            "agent": {"id": "test-agent", "domains": [DOMAIN], **({"state_dir": state_dir} if state_dir else {})},
             "transport": {"url": f"local://{broker}"},
             "directory": {"plugin": "memory", "seed_users": 10, "seed_groups": 2, **(memory or {})},
             "signing": {"public_keys": {signer.key_id: public_key_text(signer.public_key)}},
@@ -103,6 +107,8 @@ async def running_agent(
     """A started agent on a broker of its own, and a client for it; stopped and forgotten on exit."""
     broker_name = f"agent-test-{uuid.uuid4().hex}"
     signer = Signer.generate("test")
+    state = Path(tempfile.mkdtemp(prefix="cloudprov-agent-"))  # its replay memory is saved there
+    settings.setdefault("state_dir", state)
     agent = Agent(
         agent_settings(broker_name, signer, **settings),
         transport=transport(broker_name) if transport else None,
@@ -120,6 +126,7 @@ async def running_agent(
         async with asyncio.timeout(10):
             await runner
         LocalBroker.discard(broker_name)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 class HandDelivery(Delivery):

@@ -340,8 +340,39 @@ def test_the_replay_guard_forgets_an_expired_oldest_id_even_after_ids_moved() ->
 
 
 def test_the_replay_guard_keeps_within_its_bound() -> None:
-    """Past ``max_entries`` the oldest ids are forgotten first, whatever their deadlines."""
+    """Past ``max_entries`` the ids due first are forgotten, whenever they came, and the floor rises to the
+    latest deadline forgotten: an unknown id due by then may be a forgotten one."""
     guard = ReplayGuard(max_entries=2)
-    for number in range(4):
-        guard.remember(f"r{number}", 100.0, 0.0)
-    assert [guard.seen(f"r{n}") for n in range(4)] == [False, False, True, True]
+    for number, until in enumerate([300.0, 100.0, 200.0, 400.0]):
+        guard.remember(f"r{number}", until, 0.0)
+    assert [guard.seen(f"r{n}") for n in range(4)] == [True, False, False, True]
+    assert guard.floor == 200.0
+    assert guard.forgotten_live == 2
+    assert guard.unprovable(200.0)
+    assert not guard.unprovable(200.5)
+
+
+def test_a_copy_of_a_request_forgotten_while_live_is_refused_not_let_through() -> None:
+    """With more live requests than the replay memory holds, a fresh copy of a forgotten one is refused 503
+    (it cannot be told from a replay); requests due later pass, and a redelivery is still let past."""
+    verifier = _verifier(replay_memory=2)
+    first, *others = [SIGNER.sign(_request(f"r{n}", deadline=NOW + 60 + n)) for n in range(3)]
+    for request in (first, *others):
+        verifier.verify(_wire(request))
+    with pytest.raises(signing.UnprovableFreshnessError, match="cannot be told from a replay") as caught:
+        verifier.verify(_wire(first))
+    assert caught.value.status == 503
+    verifier.verify(_wire(first), redelivered=True)
+    verifier.verify(_wire(SIGNER.sign(_request("later", deadline=NOW + 90))))
+
+
+def test_a_replay_memory_restored_after_a_restart_refuses_what_the_first_accepted() -> None:
+    """``entries`` of one guard, given to a new one with ``restore``: the live ids are known again, the expired
+    ones are not brought back, and the floor carries over."""
+    before = ReplayGuard(max_entries=2)
+    for number, until in enumerate([50.0, 300.0, 200.0]):
+        before.remember(f"r{number}", until, 0.0)
+    after = ReplayGuard()
+    after.restore(before.entries(), before.floor, 250.0)
+    assert [after.seen(f"r{n}") for n in range(3)] == [False, True, False]
+    assert after.floor == 50.0

@@ -1,0 +1,118 @@
+"""The agent's replay memory across a restart: a copy of a request accepted before it is still a replay after."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent import replays
+from agent.runtime import Agent
+from protocol.envelope import decode_response
+from protocol.signing import ReplayGuard, Signer
+from service.client import ScimClient
+from tests.agent_support import DOMAIN, PATCH_SCHEMA, agent_settings
+from transports.local import LocalBroker, LocalRequester
+
+
+@asynccontextmanager
+async def agent_on(broker: str, signer: Signer, state: Path) -> AsyncIterator[ScimClient]:
+    """An agent with its state in ``state`` on local broker ``broker`` (which outlives it), and a client."""
+    agent = Agent(agent_settings(broker, signer, state_dir=state, memory={"seed_users": 3, "seed_groups": 0}))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            await agent.started.wait()
+        async with LocalRequester.from_url(f"local://{broker}") as requester:
+            yield ScimClient(requester, signer, DOMAIN, timeout=10)
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await runner
+
+
+def _title(title: str) -> dict[str, object]:
+    return {"schemas": [PATCH_SCHEMA], "Operations": [{"op": "replace", "path": "title", "value": title}]}
+
+
+async def test_a_write_replayed_after_a_restart_is_refused(tmp_path: Path) -> None:
+    """A PATCH accepted before the agent restarted, published again after, is refused 409 and changes nothing.
+    (Without the saved memory the copy was applied again: after a later change, it undid that change.)"""
+    broker, signer = "replay-restart", Signer.generate("test")
+    try:
+        async with agent_on(broker, signer, tmp_path) as client:
+            found = await client.search("/Users", 'userName eq "user00001"')
+            path = f"/Users/{found['Resources'][0]['id']}"
+            first = client.request("PATCH", path, body=_title("first"))
+            assert (await client.send(first)).status == 200
+            assert (await client.call("PATCH", path, body=_title("second"))).status == 200
+        assert replays.path_in(tmp_path).exists()
+        async with agent_on(broker, signer, tmp_path) as client:  # a memory directory seeded afresh
+            before = (await client.call("GET", path)).body["title"]
+            raw = await client.requester.request(DOMAIN, first.id, first.encode(), timeout=10)
+            refused = decode_response(raw)
+            assert refused.status == 409
+            assert "replay" in refused.body["detail"]
+            assert (await client.call("GET", path)).body["title"] == before != "first"
+    finally:
+        LocalBroker.discard(broker)
+
+
+async def test_a_damaged_replay_memory_is_reported_and_the_agent_starts(tmp_path: Path) -> None:
+    """A replay memory that is not what the agent wrote is named in a warning; the agent serves anyway."""
+    replays.path_in(tmp_path).write_text('{"v": 1, "ids": [["r1", "soon"]]}')
+    broker, signer = "replay-damaged", Signer.generate("test")
+    try:
+        with capture_logs() as logs:
+            async with agent_on(broker, signer, tmp_path) as client:
+                assert (await client.call("GET", "/Users")).status == 200
+    finally:
+        LocalBroker.discard(broker)
+    warnings = [entry for entry in logs if entry["log_level"] == "warning" and "replay memory" in entry["event"]]
+    assert warnings
+    assert "the deadline of 'r1' is not a number" in warnings[0]["error"]
+
+
+def test_the_saved_memory_holds_live_ids_only_and_only_its_owner_reads_it(tmp_path: Path) -> None:
+    """``save`` writes the live ids (owner-only file) and ``restore`` brings back those still live then."""
+    now = time.time()
+    guard = ReplayGuard()
+    guard.remember("gone", now - 1, now - 100)
+    guard.remember("live", now + 60, now - 100)
+    guard.remember("later", now + 600, now - 100)
+    path = replays.path_in(tmp_path / "state")
+    assert replays.save(guard, path, now=now) == 2
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert {item[0] for item in json.loads(path.read_text())["ids"]} == {"live", "later"}
+    restored = ReplayGuard()
+    assert replays.restore(restored, path, now=now + 120) == 1
+    assert restored.seen("later")
+    assert not restored.seen("live")
+    assert replays.restore(ReplayGuard(), tmp_path / "absent.json") == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("not json", "is not JSON"),
+        ('{"v": 2, "ids": []}', "is not a version 1 replay memory"),
+        ('{"v": 1, "ids": [["r1"]]}', "an entry is not [id, deadline]"),
+        ('{"v": 1, "ids": [["r1", NaN]]}', "the deadline of 'r1' is not a number"),
+    ],
+)
+def test_a_damaged_file_is_named_with_its_problem(tmp_path: Path, text: str, problem: str) -> None:
+    """Each way a replay memory can be damaged is refused with the file and what is wrong with it."""
+    path = tmp_path / "replay-memory.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(problem)) as caught:
+        replays.restore(ReplayGuard(), path)
+    assert problem in str(caught.value)
+    assert str(path) in str(caught.value)
