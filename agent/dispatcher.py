@@ -204,8 +204,8 @@ class Dispatcher:
                 ):
                     # A second copy of a request this agent runs or ran (a requester that published it again
                     # when a confirm was lost): its answer goes, or went, to the first copy's sender. A 409
-                    # would reach the caller first and stand for the answer; the stored one would go to
-                    # whoever asks, and a copy's reply queue is not signed.
+                    # would reach the caller first and stand for the answer; the stored one, where the request
+                    # signed no reply queue (an older requester), would go to the copy's.
                     self.counters.duplicates += 1
                     _log.info("copy of a request in hand dropped", reason=str(refused))
                     await delivery.ack()
@@ -215,6 +215,8 @@ class Dispatcher:
                 _log.warning("request refused", reason=str(refused), kind=type(refused).__name__)
                 await self._finish(delivery, request, refused.to_scim())
                 return
+            # the answer goes where the signature says (if it says), under the id it signed
+            delivery.signed_request_id, delivery.signed_reply_to = request.id, request.reply_to
         stored = self.responses.get(request.id)
         if stored is not None:
             self.counters.replayed_from_store += 1

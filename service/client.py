@@ -67,6 +67,8 @@ class ScimClient:
             ScimOperation(method.upper(), path, dict(query or {}), body),
             time.time() + (timeout or self.timeout),
             self.signer.key_id,
+            None,
+            self.requester.reply_address,
         )
 
     def request(
@@ -108,6 +110,7 @@ class ScimClient:
                 body,
                 time.time() + timeout,
                 self.signer.key_id,
+                self.requester.reply_address,
             )
             requester = self.requester
             if isinstance(requester, PostingRequester):

@@ -16,7 +16,7 @@ import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 
 class TransportError(Exception):
@@ -63,6 +63,12 @@ class Delivery(abc.ABC):
     delivery_count: int = 1
     #: The transport authenticated the sender itself (HTTP bearer/mTLS): no envelope signature needed.
     trusted: bool = False
+    #: Set by the consumer once the request's signature verified: its envelope's id and ``reply_to``. A
+    #: transport replies there, with that id as the correlation, whatever the message's own properties say:
+    #: a copy of a signed request published with another reply queue must not bring its answer to whoever
+    #: made the copy. None: the message's own (a request not verified, or one signed without ``reply_to``).
+    signed_request_id: str | None = None
+    signed_reply_to: str | None = None
     #: Why the message's frame could not be decoded (too large once inflated, corrupt): ``payload`` is then
     #: the body as received, and the consumer dead-letters the message with this reason.
     decode_error: Exception | None = None
@@ -156,6 +162,9 @@ class Requester(abc.ABC):
     """The service's side: send request envelopes to a domain's agents and await their responses."""
 
     max_message_size: int | None = None
+    #: Where agents send this requester's replies (its reply queue), or None where the transport answers on the
+    #: request's own connection (HTTP). A client signs it into each request's ``reply_to``.
+    reply_address: str | None = None
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -197,3 +206,21 @@ class PostingRequester(Requester):
     @abc.abstractmethod
     async def reply(self, request_id: str, waiter: asyncio.Future[bytes], timer: int, timeout: float) -> bytes:
         """The response envelope ``expect`` made ``waiter`` for; the expectation ends with the wait."""
+
+
+def signed_route(delivery: Delivery, request_id: str, reply_to: str, log: Any) -> tuple[str, str]:
+    """Where a broker transport sends a reply: the id and reply address the request signed where the consumer
+    set them (``Delivery.signed_request_id``/``signed_reply_to``), else the message's own. Message properties
+    that differ from what was signed are logged: a copy made by whoever can publish to the queue (its answer
+    is not theirs to read), or a requester that sets them wrongly."""
+    signed_id = delivery.signed_request_id or request_id
+    signed_to = delivery.signed_reply_to or reply_to
+    if signed_id != request_id or signed_to != reply_to:
+        log.warning(
+            "message properties differ from the signed request; replying where it signed",
+            request_id=signed_id,
+            reply_to=signed_to,
+            property_request_id=request_id[:64],
+            property_reply_to=reply_to[:256],
+        )
+    return signed_id, signed_to

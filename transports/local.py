@@ -175,14 +175,14 @@ class LocalDelivery(Delivery):
         self._message = message
 
     async def reply(self, payload: bytes) -> None:
-        self._transport.send_reply(self._message, payload)
+        self._transport.send_reply(self._message, payload, self.signed_reply_to)
 
     def reply_and_ack_now(self, payload: bytes) -> bool:
         # how every delivery ends: no coroutine for the reply, its ack and what awaits them
         transport = self._transport
         if self.settlement is not None or transport.closed:
             return False
-        transport.send_reply(self._message, payload)
+        transport.send_reply(self._message, payload, self.signed_reply_to)
         self.settlement = Settlement.ACK
         transport.settled(self, self._message, Settlement.ACK, "")
         return True
@@ -335,13 +335,13 @@ class LocalTransport(Transport):
                 if waiter in queue.waiters:
                     queue.waiters.remove(waiter)
 
-    def send_reply(self, message: _Message, payload: bytes) -> None:
+    def send_reply(self, message: _Message, payload: bytes, signed_reply_to: str | None = None) -> None:
         if self._closed:
             raise TransportClosedError("cannot reply: the transport is closed and the request was returned")
         limit = self.max_message_size
         if limit is not None and len(payload) > limit:
             raise MessageTooLargeError(f"reply of {len(payload)} bytes exceeds max_message_size {limit}")
-        self.broker.route_reply(message.reply_to, message.correlation_id, payload)
+        self.broker.route_reply(signed_reply_to or message.reply_to, message.correlation_id, payload)
 
     def settled(self, delivery: LocalDelivery, message: _Message, outcome: Settlement, reason: str) -> None:
         self._unsettled.pop(delivery, None)
@@ -403,7 +403,7 @@ class LocalRequester(PostingRequester):
     def __init__(self, settings: LocalSettings | None = None) -> None:
         self.settings = settings or LocalSettings()
         self.max_message_size = self.settings.max_message_size
-        self.inbox = f"reply.{uuid4().hex}"
+        self.inbox = self.reply_address = f"reply.{uuid4().hex}"
         self._broker: LocalBroker | None = None
         self._pending: dict[str, asyncio.Future[bytes]] = {}
 

@@ -522,6 +522,35 @@ async def test_the_agent_inflates_a_compressed_request_no_further_than_it_takes(
     assert counters.answered == 1
 
 
+async def test_a_copy_with_another_reply_queue_is_answered_where_the_request_signed(
+    options: dict[str, Any], rabbit: Any
+) -> None:
+    """A signed request copied by someone who can publish to the request queue, with their own reply queue and
+    correlation id, reaches the agent first: its answer goes to the reply queue and under the id the request
+    signed; the copier's queue gets nothing."""
+    domain = agent_support.DOMAIN
+    settings = AmqpSettings(**_known(options))
+    genuine = await rabbit.declare_queue(settings.reply_prefix + "genuine", auto_delete=True)
+    copier = await rabbit.declare_queue(settings.reply_prefix + "copier", auto_delete=True)
+    try:
+        async with running_agent(transport=lambda _: create_transport(URL, domains=[domain], options=options)) as h:
+            operation = ScimOperation("GET", "/Users", {"filter": 'userName eq "user00002"'})
+            request = h.signer.sign(Request(uuid.uuid4().hex, domain, operation, _deadline(), reply_to=genuine.name))
+            copy = aio_pika.Message(request.encode(), reply_to=copier.name, correlation_id="someone-else")
+            with capture_logs() as logs:
+                await rabbit.default_exchange.publish(copy, settings.queue_name(domain))
+                async with asyncio.timeout(15), genuine.iterator(no_ack=True) as replies:
+                    answer = await anext(replies)
+    finally:
+        for name in (settings.queue_name(domain), settings.dead_letter_queue(domain)):
+            await rabbit.queue_delete(name)
+    assert answer.correlation_id == request.id
+    assert decode_response(answer.body).body["totalResults"] == 1
+    assert await copier.get(no_ack=True, fail=False) is None
+    differ = [entry for entry in logs if entry["event"].startswith("message properties differ")]
+    assert differ[0]["property_reply_to"] == copier.name
+
+
 def _known(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in AmqpSettings.__dataclass_fields__}
 

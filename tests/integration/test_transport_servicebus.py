@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from azure.servicebus.aio import ServiceBusClient
 from structlog.testing import capture_logs
 
 from protocol import chunking
-from protocol.envelope import decode_response
+from protocol.envelope import Request, ScimOperation, decode_response
 from tests import agent_support
 from tests.agent_support import running_agent, wait_until
 from tests.contract.transport_suite import Responder, TransportSuite, echo, make_envelope
@@ -292,6 +293,30 @@ def test_peer_runs_as_a_module(tmp_path: Path) -> None:
         running.kill()
         running.start()
     assert (tmp_path / "journal.jsonl").exists()
+
+
+async def test_a_copy_with_another_reply_queue_is_answered_where_the_request_signed(
+    peer: PeerProcess, options: dict[str, Any]
+) -> None:
+    """A signed request copied by someone who can send to the request queue, with their own reply queue and
+    correlation id, reaches the agent first: its answer goes to the reply queue and under the id the request
+    signed; the copier's queue gets nothing."""
+    domain = agent_support.DOMAIN
+    queue = ServiceBusSettings(request_queue=options["request_queue"]).queue_name(domain)
+    genuine, copier = options["reply_prefix"] + "genuine", options["reply_prefix"] + "copier"
+    async with running_agent(transport=lambda _: create_transport(peer.url, domains=[domain], options=options)) as h:
+        operation = ScimOperation("GET", "/Users", {"filter": 'userName eq "user00002"'})
+        request = h.signer.sign(Request(uuid.uuid4().hex, domain, operation, time.time() + 300, reply_to=genuine))
+        async with ServiceBusClient.from_connection_string(peer.connection_string) as client:
+            async with client.get_queue_sender(queue) as sender:
+                copy = ServiceBusMessage(request.encode(), reply_to=copier, correlation_id="someone-else")
+                await sender.send_messages(copy)
+            receiver = client.get_queue_receiver(genuine, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE)
+            async with receiver:
+                answers = await receiver.receive_messages(max_message_count=1, max_wait_time=15)
+    assert answers[0].correlation_id == request.id
+    assert decode_response(message_body(answers[0])).body["totalResults"] == 1
+    assert await drain(peer, copier) == []
 
 
 async def test_the_agent_inflates_a_compressed_request_no_further_than_it_takes(

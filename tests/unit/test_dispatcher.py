@@ -14,12 +14,12 @@ import pytest
 from agent import runtime
 from agent.idempotency import ResponseStore
 from agent.scim.handler import Result, ScimHandler
-from protocol.envelope import ScimOperation
+from protocol.envelope import ScimOperation, decode_response
 from protocol.signing import Signer
 from service.client import ScimCallError, ScimClient
 from tests.agent_support import DOMAIN, PATCH_SCHEMA, USER_SCHEMA, AgentHarness, HandDelivery, running_agent, wait_until
 from transports.base import Delivery, Settlement, Transport
-from transports.local import LocalSettings, LocalTransport
+from transports.local import LocalRequester, LocalSettings, LocalTransport
 
 
 def _new_user(name: str = "grace.hopper") -> dict[str, Any]:
@@ -116,6 +116,22 @@ async def test_a_fresh_copy_of_a_request_in_hand_is_dropped_without_an_answer() 
         assert harness.agent.dispatcher.counters.duplicates == 1
         found = await harness.client.search("/Users", 'userName eq "grace.hopper"')
         assert found["totalResults"] == 1
+
+
+async def test_the_answer_goes_where_the_request_signed_not_to_whoever_copied_it() -> None:
+    """A copy of a signed request that reaches the agent first, published by someone with an inbox of their
+    own, has its answer sent to the inbox the request signed (``reply_to``): the copier gets nothing."""
+    async with running_agent() as harness, LocalRequester.from_url(f"local://{harness.broker_name}") as copier:
+        signed = harness.client.request("GET", "/Users", {"filter": 'userName eq "user00002"'})
+        assert signed.reply_to == harness.requester.inbox
+        waiter, timer = harness.requester.expect(signed.id, 10)
+        copied, _ = copier.expect(signed.id, 10)
+        copier.post(DOMAIN, signed.id, 10, signed.encode())
+        answer = decode_response(await harness.requester.reply(signed.id, waiter, timer, 10))
+        assert answer.request_id == signed.id
+        assert answer.body["totalResults"] == 1
+        assert not copied.done()
+        copied.cancel()
 
 
 async def test_redelivered_create_returns_the_stored_response() -> None:

@@ -27,6 +27,7 @@ class PlainRequester(Requester):
 
     def __init__(self, inner: Requester) -> None:
         self.inner = inner
+        self.reply_address = inner.reply_address
 
     async def connect(self) -> None:
         await self.inner.connect()
@@ -57,7 +58,9 @@ async def _calls(
 ) -> tuple[list[bytes], list[Any]]:
     """The envelopes a consumer receives for ``calls`` made together, and the responses the calls return."""
     settings = LocalSettings(broker=broker_name, max_message_size=4096)
-    async with LocalTransport([DOMAIN], settings) as transport, LocalRequester(settings) as local:
+    local = LocalRequester(settings)
+    local.inbox = local.reply_address = "reply.calls"  # signed into each request: the same on every run
+    async with LocalTransport([DOMAIN], settings) as transport, local:
         requester: Requester = local if posting else PlainRequester(local)
         client = ScimClient(requester, SIGNER, DOMAIN, timeout=30)
         async with Responder(transport) as responder:

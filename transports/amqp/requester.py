@@ -49,7 +49,7 @@ class AmqpRequester(Requester):
         self.url = url
         self.settings = settings or AmqpSettings()
         self.requester_id = self.settings.requester_id or uuid.uuid4().hex[:16]
-        self.reply_queue = self.settings.reply_prefix + self.requester_id
+        self.reply_queue = self.reply_address = self.settings.reply_prefix + self.requester_id
         self.max_message_size: int = self.settings.max_message_size
         self._reconnector: Reconnector | None = None
         self._connection: AbstractConnection | None = None

@@ -35,6 +35,7 @@ from transports.base import (
     Transport,
     TransportBrokenError,
     TransportClosedError,
+    signed_route,
 )
 from transports.reconnect import Reconnector
 
@@ -247,17 +248,16 @@ class AmqpTransport(Transport):
                 return
 
     async def _reply(self, delivery: AmqpDelivery, payload: bytes) -> None:
-        if not delivery.reply_to:
-            self._log.warning(
-                "request has no reply_to; reply dropped", request_id=delivery.request_id, queue=delivery.queue
-            )
+        request_id, reply_to = signed_route(delivery, delivery.request_id, delivery.reply_to, self._log)
+        if not reply_to:
+            self._log.warning("request has no reply_to; reply dropped", request_id=request_id, queue=delivery.queue)
             return
-        if not delivery.reply_to.startswith(self.settings.reply_prefix):
+        if not reply_to.startswith(self.settings.reply_prefix):
             self._log.error(
                 "reply_to outside the reply prefix; reply dropped",
-                request_id=delivery.request_id,
+                request_id=request_id,
                 queue=delivery.queue,
-                reply_to=delivery.reply_to,
+                reply_to=reply_to,
             )
             return
         try:
@@ -265,8 +265,8 @@ class AmqpTransport(Transport):
         except chunking.PayloadTooLargeError as exc:
             raise MessageTooLargeError(str(exc)) from exc
         for frame in frames:
-            props = wire.properties(correlation_id=delivery.request_id, headers=frame.headers)
-            await self._publish(delivery.reply_to, frame.body, props)
+            props = wire.properties(correlation_id=request_id, headers=frame.headers)
+            await self._publish(reply_to, frame.body, props)
         if len(frames) > 1:
             self._log.info(
                 "reply split into chunks",

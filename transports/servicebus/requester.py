@@ -46,7 +46,7 @@ class ServiceBusRequester(Requester):
         self.url = url
         self.settings = settings or ServiceBusSettings()
         self.requester_id = self.settings.requester_id or uuid.uuid4().hex[:16]
-        self.reply_queue = self.settings.reply_prefix + self.requester_id
+        self.reply_queue = self.reply_address = self.settings.reply_prefix + self.requester_id
         self.max_message_size: int = self.settings.max_message_size
         self._client: ServiceBusClient | None = None
         self._receiver: ServiceBusReceiver | None = None

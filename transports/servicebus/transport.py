@@ -19,6 +19,7 @@ from transports.base import (
     Settlement,
     Transport,
     TransportClosedError,
+    signed_route,
 )
 from transports.reconnect import Backoff
 from transports.servicebus.senders import SenderPool
@@ -256,12 +257,13 @@ class ServiceBusTransport(Transport):
         return self._senders
 
     async def _reply(self, delivery: ServiceBusDelivery, payload: bytes) -> None:
-        rlog = self._log.bind(request_id=delivery.request_id, queue=delivery.queue)
-        if not delivery.reply_to:
+        request_id, reply_to = signed_route(delivery, delivery.request_id, delivery.reply_to, self._log)
+        rlog = self._log.bind(request_id=request_id, queue=delivery.queue)
+        if not reply_to:
             rlog.warning("request has no reply_to; reply dropped")
             return
-        if not delivery.reply_to.lower().startswith(self.settings.reply_prefix.lower()):
-            rlog.error("reply_to outside the reply prefix; reply dropped", reply_to=delivery.reply_to)
+        if not reply_to.lower().startswith(self.settings.reply_prefix.lower()):
+            rlog.error("reply_to outside the reply prefix; reply dropped", reply_to=reply_to)
             return
         try:
             frames = chunking.encode(payload, self.max_message_size)
@@ -272,10 +274,10 @@ class ServiceBusTransport(Transport):
             message = ServiceBusMessage(
                 frame.body,
                 application_properties=sb_properties(frame.headers),
-                correlation_id=delivery.request_id,
+                correlation_id=request_id,
                 content_type="application/json",
             )
-            await self._pool().send(delivery.reply_to, message, deadline)
+            await self._pool().send(reply_to, message, deadline)
         if len(frames) > 1:
             rlog.info("reply split into chunks", chunks=len(frames), size=len(payload))
 
