@@ -125,9 +125,8 @@ class SigningSection(Section):
     replay_memory: int = Field(
         default=200_000,
         ge=1000,
-        description="Request ids remembered until their deadline, to refuse replays (about 250 bytes each). "
-        "When more are live, the ids due first are forgotten and a new request due no later than them is "
-        "refused 503.",
+        description="Accepted request ids remembered exactly until their deadline, to refuse replays (about 250 "
+        "bytes each); more live ids go to Bloom filters (4 bytes each, up to 64 MiB).",
     )
 
 

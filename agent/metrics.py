@@ -193,6 +193,13 @@ class _AgentStateCollector(Collector):
             yield _gauge("directory_up", "1 when the last directory ping succeeded.", int(m.directory_up))
         yield _gauge("event_loop_lag_seconds", "Lateness of the last event-loop heartbeat.", m.loop_lag)
         yield _gauge("uptime_seconds", "Seconds since the agent was created.", time.time() - agent.started_at)
+        replays = agent.verifier.replays
+        yield _gauge(
+            "replay_memory_ids", "Accepted request ids remembered exactly, until their deadline.", len(replays)
+        )
+        yield _gauge(
+            "replay_spill_bytes", "Bloom filters of live ids the exact replay memory let go.", replays.spill_bytes
+        )
         age = m.bootstrap_age()
         if age is not None:
             yield _gauge("bootstrap_age_seconds", "Seconds since the last successful bootstrap.", age)
@@ -240,6 +247,8 @@ METRIC_NAMES = frozenset(
             "directory_up",
             "event_loop_lag_seconds",
             "uptime_seconds",
+            "replay_memory_ids",
+            "replay_spill_bytes",
             "bootstrap_age_seconds",
             "ldap_pool_size",
             "ldap_pool_in_use",

@@ -217,8 +217,9 @@ class Agent:
                 domains=settings.agent.domains,
                 max_body_bytes=settings.scim.max_body_bytes,
             )
-            replays.restore_logged(self.verifier.replays, settings.agent.state_dir)
-            stack.callback(replays.save_logged, self.verifier.replays, settings.agent.state_dir)
+            state_dir, skew = settings.agent.state_dir, settings.signing.clock_skew
+            replays.restore_logged(self.verifier.replays, state_dir, skew)
+            stack.callback(replays.save_logged, self.verifier.replays, state_dir, skew)
             await self.transport.connect()
             try:
                 async with asyncio.TaskGroup() as group:

@@ -30,8 +30,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import heapq
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -44,6 +42,7 @@ from nacl.exceptions import BadSignatureError
 
 from protocol.envelope import Request, canonical, encode_signed, refuse_non_finite
 from protocol.errors import ProtocolError, ScimError
+from protocol.replayguard import ReplayGuard
 
 
 class SignatureError(ProtocolError):
@@ -76,8 +75,8 @@ class ReplayedRequestError(SignatureError):
 
 
 class UnprovableFreshnessError(SignatureError):
-    """The replay memory is full and forgot live ids due as late as this request: it may be a replay of one
-    of them. 503: the requester may send it again, as a new request with a later deadline."""
+    """The request may be a replay of one the replay memory let go (``protocol.replayguard``), or a new request
+    it cannot tell from one. 503: the requester sends it again, as a new request."""
 
     status: ClassVar[int] = 503
 
@@ -382,65 +381,6 @@ class SignatureBatcher:
                         waiter.set_exception(error)
 
 
-class ReplayGuard:
-    """Remembers accepted request ids until their deadline passes, in at most ``max_entries`` ids.
-
-    When more ids are live than it holds, it forgets the one due first and raises its ``floor`` to that
-    id's deadline: an id it does not know whose deadline is not later than the floor might be a forgotten
-    one, so ``unprovable`` says so and the verifier refuses it rather than let a replay through. Requests
-    sent with one timeout arrive with ever later deadlines, so a full guard refuses none of them; the
-    earlier bound (forget the oldest, whatever its deadline) let a replay of a forgotten live id pass.
-    """
-
-    def __init__(self, max_entries: int = 200_000) -> None:
-        self._until: dict[str, float] = {}
-        self._due: list[tuple[float, str]] = []  # a heap: (until, id); an entry whose until changed is stale
-        self._max = max_entries
-        #: Deadlines up to here may belong to ids forgotten while live (-inf: none was).
-        self.floor = -math.inf
-        #: Live ids forgotten to keep within ``max_entries``.
-        self.forgotten_live = 0
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-    def seen(self, request_id: str) -> bool:
-        return request_id in self._until
-
-    def unprovable(self, until: float) -> bool:
-        """An id not seen, due at ``until``, could be one forgotten while live."""
-        return until <= self.floor
-
-    def remember(self, request_id: str, until: float, now: float) -> None:
-        known = self._until.get(request_id)
-        if known is not None and known >= until:
-            return
-        self._until[request_id] = until
-        heapq.heappush(self._due, (until, request_id))
-        due = self._due
-        if due[0][0] >= now and len(self._until) <= self._max:
-            return  # nothing is due and there is room: the usual case, one look
-        while due and (due[0][0] < now or len(self._until) > self._max):
-            first_until, first_id = heapq.heappop(due)
-            if self._until.get(first_id) != first_until:
-                continue  # stale: the id was remembered again with a later deadline
-            del self._until[first_id]
-            if first_until >= now:
-                self.floor = max(self.floor, first_until)
-                self.forgotten_live += 1
-
-    def entries(self) -> list[tuple[str, float]]:
-        """The ids remembered and their deadlines, to be given to a guard after a restart (``restore``)."""
-        return list(self._until.items())
-
-    def restore(self, entries: list[tuple[str, float]], floor: float, now: float) -> None:
-        """Remember ``entries`` (from ``entries()`` of a guard before a restart) that are still live."""
-        for request_id, until in entries:
-            if until >= now:
-                self.remember(request_id, until, now)
-        self.floor = max(self.floor, floor)
-
-
 class Verifier:
     """Checks signature, key, deadline and freshness of requests; the keys can be replaced live."""
 
@@ -508,16 +448,15 @@ class Verifier:
                 f"request {request.id} has a deadline {request.deadline - now:.0f}s away, beyond the "
                 f"{self.max_lifetime:.0f}s this agent accepts"
             )
-        until = request.deadline + self.clock_skew
         replays = self.replays
         if not redelivered and replays.seen(request.id):
             raise ReplayedRequestError(f"request {request.id} was already accepted; a fresh copy of it is a replay")
-        if not redelivered and replays.unprovable(until):
+        if not redelivered and replays.unprovable(request.id, request.deadline):
             raise UnprovableFreshnessError(
-                f"request {request.id} cannot be told from a replay: more requests were live than the replay "
-                f"memory holds ({replays.forgotten_live} forgotten), some due as late as this one; send it again"
+                f"request {request.id} may be a replay: more requests were live than this agent remembers exactly, "
+                f"and it cannot tell this one from those it let go; send it again as a new request"
             )
-        replays.remember(request.id, until, now)
+        replays.remember(request.id, request.deadline, now - self.clock_skew)
 
     def _verify_batched(self, key: bytes, key_id: str, signature: str, root: bytes) -> None:
         """Check a batch root's signature once; later requests of the same batch hit the cache.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -67,7 +68,8 @@ class Running:
 def settings_for(broker: str, signer: Signer, **health: Any) -> AgentSettings:
     return AgentSettings.model_validate(
         {
-            "agent": {"id": "health-test", "domains": [DOMAIN]},
+            # a state folder of its own: the replay memory it restores is its own
+            "agent": {"id": "health-test", "domains": [DOMAIN], "state_dir": tempfile.mkdtemp(prefix="cloudprov-")},
             "transport": {"url": f"local://{broker}"},
             "directory": {"plugin": "memory", "seed_users": 5, "seed_groups": 1},
             "signing": {"public_keys": {signer.key_id: public_key_text(signer.public_key)}},
@@ -230,6 +232,8 @@ async def test_metrics_count_a_known_workload() -> None:
     assert value("cloudprov_agent_stage_duration_seconds_count", stage="reply") == 8
     assert value("cloudprov_agent_stage_duration_seconds_bucket", stage="reply", le="+Inf") == 8
     assert value("cloudprov_agent_requests_in_flight") == 0
+    assert value("cloudprov_agent_replay_memory_ids") == 7  # the requests that verified
+    assert value("cloudprov_agent_replay_spill_bytes") == 0
     assert value("cloudprov_agent_ready") == 1
     assert value("cloudprov_agent_transport_connected") == 1
     exposed = {name for name, _labels in samples if name.startswith("cloudprov_agent_")}

@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 from agent import replays
 from agent.runtime import Agent
 from protocol.envelope import decode_response
-from protocol.signing import ReplayGuard, Signer
+from protocol.replayguard import ReplayGuard
+from protocol.signing import Signer
 from service.client import ScimClient
 from tests.agent_support import DOMAIN, PATCH_SCHEMA, agent_settings
 from transports.local import LocalBroker, LocalRequester
@@ -68,7 +69,7 @@ async def test_a_write_replayed_after_a_restart_is_refused(tmp_path: Path) -> No
 
 async def test_a_damaged_replay_memory_is_reported_and_the_agent_starts(tmp_path: Path) -> None:
     """A replay memory that is not what the agent wrote is named in a warning; the agent serves anyway."""
-    replays.path_in(tmp_path).write_text('{"v": 1, "ids": [["r1", "soon"]]}')
+    replays.path_in(tmp_path).write_text('{"v": 1, "guard": {"ids": [["r1", "soon"]]}}')
     broker, signer = "replay-damaged", Signer.generate("test")
     try:
         with capture_logs() as logs:
@@ -81,7 +82,7 @@ async def test_a_damaged_replay_memory_is_reported_and_the_agent_starts(tmp_path
     assert "the deadline of 'r1' is not a number" in warnings[0]["error"]
 
 
-def test_the_saved_memory_holds_live_ids_only_and_only_its_owner_reads_it(tmp_path: Path) -> None:
+def test_the_saved_memory_holds_what_is_live_and_only_its_owner_reads_it(tmp_path: Path) -> None:
     """``save`` writes the live ids (owner-only file) and ``restore`` brings back those still live then."""
     now = time.time()
     guard = ReplayGuard()
@@ -89,23 +90,24 @@ def test_the_saved_memory_holds_live_ids_only_and_only_its_owner_reads_it(tmp_pa
     guard.remember("live", now + 60, now - 100)
     guard.remember("later", now + 600, now - 100)
     path = replays.path_in(tmp_path / "state")
-    assert replays.save(guard, path, now=now) == 2
+    assert replays.save(guard, path, now) == 2
     assert path.stat().st_mode & 0o777 == 0o600
-    assert {item[0] for item in json.loads(path.read_text())["ids"]} == {"live", "later"}
+    assert {item[0] for item in json.loads(path.read_text())["guard"]["ids"]} == {"live", "later"}
     restored = ReplayGuard()
-    assert replays.restore(restored, path, now=now + 120) == 1
+    assert replays.restore(restored, path, now + 120) == 1
     assert restored.seen("later")
     assert not restored.seen("live")
-    assert replays.restore(ReplayGuard(), tmp_path / "absent.json") == 0
+    assert not restored.unprovable("live", now + 60)
+    assert replays.restore(ReplayGuard(), tmp_path / "absent.json", now) == 0
 
 
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
         ("not json", "is not JSON"),
-        ('{"v": 2, "ids": []}', "is not a version 1 replay memory"),
-        ('{"v": 1, "ids": [["r1"]]}', "an entry is not [id, deadline]"),
-        ('{"v": 1, "ids": [["r1", NaN]]}', "the deadline of 'r1' is not a number"),
+        ('{"v": 2, "guard": {}}', "is not a version 1 replay memory"),
+        ('{"v": 1, "guard": {"ids": [["r1"]]}}', "an entry is not [id, deadline]"),
+        ('{"v": 1, "guard": {"ids": [["r1", NaN]]}}', "the deadline of 'r1' is not a number"),
     ],
 )
 def test_a_damaged_file_is_named_with_its_problem(tmp_path: Path, text: str, problem: str) -> None:
@@ -113,6 +115,5 @@ def test_a_damaged_file_is_named_with_its_problem(tmp_path: Path, text: str, pro
     path = tmp_path / "replay-memory.json"
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(problem)) as caught:
-        replays.restore(ReplayGuard(), path)
-    assert problem in str(caught.value)
+        replays.restore(ReplayGuard(), path, 0.0)
     assert str(path) in str(caught.value)

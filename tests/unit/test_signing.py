@@ -13,13 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.exceptions import BadSignatureError
 
-from protocol import signing
+from protocol import replayguard, signing
 from protocol.envelope import Request, ScimOperation, decode_request
+from protocol.replayguard import ReplayGuard
 from protocol.signing import (
     ExpiredRequestError,
     ForgedRequestError,
     ReplayedRequestError,
-    ReplayGuard,
     Signer,
     UnknownKeyError,
     UnsignedRequestError,
@@ -327,52 +327,30 @@ def test_any_change_to_a_signed_request_breaks_verification(change: tuple[str, A
         _verifier().verify(_wire(tampered))
 
 
-def test_the_replay_guard_forgets_an_expired_oldest_id_even_after_ids_moved() -> None:
-    """An id remembered again moves to the back; the id then oldest is forgotten once its deadline passed."""
-    guard = ReplayGuard()
-    guard.remember("a", 30.0, 0.0)
-    guard.remember("b", 20.0, 0.0)
-    guard.remember("a", 40.0, 0.0)  # "b" is now the oldest
-    guard.remember("c", 50.0, 25.0)  # past "b"'s deadline
-    assert not guard.seen("b")
-    assert guard.seen("a")
-    assert guard.seen("c")
-
-
-def test_the_replay_guard_keeps_within_its_bound() -> None:
-    """Past ``max_entries`` the ids due first are forgotten, whenever they came, and the floor rises to the
-    latest deadline forgotten: an unknown id due by then may be a forgotten one."""
-    guard = ReplayGuard(max_entries=2)
-    for number, until in enumerate([300.0, 100.0, 200.0, 400.0]):
-        guard.remember(f"r{number}", until, 0.0)
-    assert [guard.seen(f"r{n}") for n in range(4)] == [True, False, False, True]
-    assert guard.floor == 200.0
-    assert guard.forgotten_live == 2
-    assert guard.unprovable(200.0)
-    assert not guard.unprovable(200.5)
-
-
-def test_a_copy_of_a_request_forgotten_while_live_is_refused_not_let_through() -> None:
-    """With more live requests than the replay memory holds, a fresh copy of a forgotten one is refused 503
-    (it cannot be told from a replay); requests due later pass, and a redelivery is still let past."""
+def test_a_copy_of_a_request_let_go_by_a_full_memory_is_still_refused() -> None:
+    """With more live requests than the exact memory holds, a copy of one it let go (into the Bloom filters) is
+    refused 503 (a filter cannot say for certain, so the service sends a new request); a redelivery is still
+    let past, and new requests pass."""
     verifier = _verifier(replay_memory=2)
     first, *others = [SIGNER.sign(_request(f"r{n}", deadline=NOW + 60 + n)) for n in range(3)]
     for request in (first, *others):
         verifier.verify(_wire(request))
-    with pytest.raises(signing.UnprovableFreshnessError, match="cannot be told from a replay") as caught:
+    assert verifier.replays.spilled == 1
+    with pytest.raises(signing.UnprovableFreshnessError, match="may be a replay") as caught:
         verifier.verify(_wire(first))
     assert caught.value.status == 503
     verifier.verify(_wire(first), redelivered=True)
-    verifier.verify(_wire(SIGNER.sign(_request("later", deadline=NOW + 90))))
+    verifier.verify(_wire(SIGNER.sign(_request("later", deadline=NOW + 30))))
 
 
-def test_a_replay_memory_restored_after_a_restart_refuses_what_the_first_accepted() -> None:
-    """``entries`` of one guard, given to a new one with ``restore``: the live ids are known again, the expired
-    ones are not brought back, and the floor carries over."""
-    before = ReplayGuard(max_entries=2)
-    for number, until in enumerate([50.0, 300.0, 200.0]):
-        before.remember(f"r{number}", until, 0.0)
-    after = ReplayGuard()
-    after.restore(before.entries(), before.floor, 250.0)
-    assert [after.seen(f"r{n}") for n in range(3)] == [False, True, False]
-    assert after.floor == 50.0
+def test_a_request_due_within_ids_forgotten_altogether_is_refused_503() -> None:
+    """Once the spilled ids outgrow their own bound, the bucket due first is forgotten: a request due within it
+    cannot be told from a replay and is refused 503; one due later passes."""
+    verifier = _verifier()
+    verifier.replays = ReplayGuard(max_entries=1, max_spill_bytes=replayguard.FILTER_BITS // 8)
+    for number, deadline in enumerate([NOW + 40, NOW + 100, NOW + 400]):
+        verifier.verify(_wire(SIGNER.sign(_request(f"r{number}", deadline=deadline))))
+    with pytest.raises(signing.UnprovableFreshnessError, match="may be a replay") as caught:
+        verifier.verify(_wire(SIGNER.sign(_request("early", deadline=NOW + 35))))
+    assert caught.value.status == 503
+    verifier.verify(_wire(SIGNER.sign(_request("late", deadline=NOW + 500))))
