@@ -46,6 +46,13 @@ async def _status(state: StateStore, args: argparse.Namespace) -> int:
             print(f"  last cycle: {cycle.kind} {cycle.outcome}, {cycle.objects} objects ({rate}): {counts}; lag {lag}")
             if cycle.error:
                 print(f"  error: {cycle.error}")
+        retries = await state.retries(job.id)
+        if retries:
+            due = min(retry.next_at for retry in retries.values())
+            print(
+                f"  {len(retries)} object(s) failed and wait to be retried (`sync log {job.id} --failed`); "
+                f"the next in {max(due - now, 0):.0f} s"
+            )
         if job.state == "quarantined":
             print(
                 f"  quarantined: {job.quarantine_reason}; "

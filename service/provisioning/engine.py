@@ -17,8 +17,10 @@ Guarantees
       applied, or staged in the store); a cycle that fails keeps the old one, and the next cycle
       redoes the same changes, which converges because each action is computed against the target.
     * An object the cycle could not write (refused, or its mapping failed) is kept in the store with
-      the watermark, in one transaction, and every delta cycle reads it from the source again and
-      retries it until it is written or gone; a full sync starts the list afresh.
+      the watermark, in one transaction, and delta cycles read it from the source again and retry it
+      until it is written or gone: the next cycle after a first failure, then after ``retry_backoff``
+      (2 minutes), doubling up to ``retry_backoff_max`` (6 hours); a change to it in the source is
+      written at once. A full sync starts the list afresh.
     * A user that a delta creates (new, back in scope, or retried) is added to the groups that hold
       it in the source, which the change feed may not name again.
     * A deletion queued in a cycle is dropped when the same object is written later in that cycle
@@ -52,7 +54,7 @@ from service.provisioning.pipeline import AnchorIndex, Pipeline, Plan, Step
 from service.provisioning.reader import SourceReader, SourceUnavailableError, WatermarkExpiredError
 from service.provisioning.rules import Rules, default_rules, dn_of
 from service.provisioning.settings import JobSettings
-from service.provisioning.state import LeaseLostError, LogEntry, StagedDelete, StateStore
+from service.provisioning.state import LeaseLostError, LogEntry, Retry, StagedDelete, StateStore
 from service.provisioning.targets.base import Target, TargetError, TargetNotFoundError, TargetObject
 
 _log = structlog.get_logger("cloudprov.provisioning")
@@ -169,10 +171,11 @@ class SyncEngine:
                 await self._full(cycle)
             staged = await self._settle_deletes(cycle)
             await self._flush(cycle)
-            kept = {} if report.kind == "full" else {k: e for k, e in retries.items() if k not in cycle.written}
-            await self.state.advance_watermark(
-                self.job_id, self.owner, report.watermark, kept | cycle.failed, now=self.clock()
-            )
+            now = self.clock()
+            done = cycle.written | cycle.failed.keys()
+            kept = {} if report.kind == "full" else {k: r for k, r in retries.items() if k not in done}
+            failed = {k: self._next_try(retries.get(k), error, now) for k, error in cycle.failed.items()}
+            await self.state.advance_watermark(self.job_id, self.owner, report.watermark, kept | failed, now=now)
             await self.state.record_success(self.job_id, self.owner)
             report.outcome = "staged" if staged else ("partial" if report.counts["failed"] else "ok")
         except LeaseLostError as error:
@@ -299,13 +302,26 @@ class SyncEngine:
                 break
         report.lag = self.clock() - read_at
 
-    async def _retry(self, cycle: _Cycle, retries: Mapping[tuple[str, str], str | None]) -> None:
-        """Objects earlier cycles could not write, read from the source again and written (or deleted, when
-        the source no longer has them)."""
-        if not retries:
+    def _next_try(self, previous: Retry | None, error: str | None, now: float) -> Retry:
+        """An object that failed again: the next cycle retries a first failure, then the wait doubles from
+        ``retry_backoff`` up to ``retry_backoff_max``, so an object that keeps failing costs the source and
+        the target a read and a write every few hours instead of every cycle."""
+        failures = previous.failures + 1 if previous is not None else 1
+        settings = self.settings
+        wait = 0.0 if failures == 1 else min(settings.retry_backoff * 2.0 ** (failures - 2), settings.retry_backoff_max)
+        return Retry(error, failures, now + wait)
+
+    async def _retry(self, cycle: _Cycle, retries: Mapping[tuple[str, str], Retry]) -> None:
+        """Objects earlier cycles could not write and whose next try is due, read from the source again and
+        written (or deleted, when the source no longer has them)."""
+        now = self.clock()
+        due = [key for key, retry in retries.items() if retry.next_at <= now]
+        if len(due) < len(retries):
+            _log.info("objects waiting to be retried", job=self.job_id, due=len(due), waiting=len(retries) - len(due))
+        if not due:
             return
         cycle.phase = "retries"
-        for resource_type, anchor in retries:
+        for resource_type, anchor in due:
             resource = await self.reader.get(_ENDPOINTS[resource_type], anchor)
             if resource is not None:
                 await self._one(cycle, resource_type, resource)

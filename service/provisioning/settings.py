@@ -59,6 +59,15 @@ class JobSettings(BaseModel):
     matching_attribute: str | None = Field(
         default=None, description="Target attribute matching an unanchored object on first sync (e.g. userName)."
     )
+    retry_backoff: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds an object that failed twice waits before it is tried again (the next cycle "
+        "retries a first failure); the wait doubles with each further failure.",
+    )
+    retry_backoff_max: float = Field(
+        default=21_600.0, ge=0, description="Longest wait between tries of an object that keeps failing (seconds)."
+    )
     quarantine_after: int = Field(default=3, ge=1, description="Failed cycles in a row before quarantine.")
     quarantine_daily_after: int = Field(
         default=24, ge=1, description="Failed retries in quarantine (backoff up to hourly) before daily retries."

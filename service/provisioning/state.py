@@ -127,6 +127,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        "objects to retry: failures in a row and when the next try is due",
+        [
+            "ALTER TABLE prov_retries ADD COLUMN failures INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE prov_retries ADD COLUMN next_at DOUBLE PRECISION NOT NULL DEFAULT 0",
+        ],
+    ),
 ]
 LOG_BATCH = 400
 _LOG_COLUMNS = "id, job_id, cycle_id, change_id, anchor, resource_type, dn, action, steps, outcome, error, at"
@@ -175,6 +183,15 @@ class LogEntry:
     steps: Sequence[Mapping[str, Any]] = ()
     error: str | None = None
     at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """An object a cycle could not write: why, how many times in a row, and when it is tried again."""
+
+    error: str | None
+    failures: int = 1
+    next_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,12 +418,12 @@ class StateStore:
         job_id: str,
         owner: str | None,
         watermark: str | None,
-        retries: Mapping[tuple[str, str], str | None] | None = None,
+        retries: Mapping[tuple[str, str], Retry] | None = None,
         now: float | None = None,
     ) -> None:
         """Record the watermark the target is complete up to, but for ``retries`` ((resource type, anchor) →
-        error: the objects still to write, which replace the job's earlier ones; None leaves those); the job
-        leaves full-sync mode. One transaction: the changes a watermark passes are written or kept."""
+        ``Retry``: the objects still to write, which replace the job's earlier ones; None leaves those); the
+        job leaves full-sync mode. One transaction: the changes a watermark passes are written or kept."""
         async with self._tx() as tx:
             await self._fenced(
                 tx, job_id, owner, "UPDATE prov_jobs SET watermark = $2, full_sync = FALSE WHERE id = $1", watermark
@@ -417,25 +434,28 @@ class StateStore:
             since = {(r["resource_type"], r["anchor"]): r["since"] for r in rows}
             await tx.execute("DELETE FROM prov_retries WHERE job_id = $1", job_id)
             now = time.time() if now is None else now
-            for (resource_type, anchor), error in retries.items():
+            for (resource_type, anchor), retry in retries.items():
                 await tx.execute(
-                    "INSERT INTO prov_retries (job_id, resource_type, anchor, error, since) "
-                    "VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO prov_retries (job_id, resource_type, anchor, error, since, failures, next_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     job_id,
                     resource_type,
                     anchor,
-                    error,
+                    retry.error,
                     since.get((resource_type, anchor), now),
+                    retry.failures,
+                    retry.next_at,
                 )
 
-    async def retries(self, job_id: str) -> dict[tuple[str, str], str | None]:
-        """The objects a cycle of the job could not write, oldest first: (resource type, anchor) → error."""
+    async def retries(self, job_id: str) -> dict[tuple[str, str], Retry]:
+        """The objects a cycle of the job could not write, oldest first: (resource type, anchor) → ``Retry``."""
         async with self._tx() as tx:
             rows = await tx.fetch(
-                "SELECT resource_type, anchor, error FROM prov_retries WHERE job_id = $1 ORDER BY since, anchor",
+                "SELECT resource_type, anchor, error, failures, next_at FROM prov_retries WHERE job_id = $1 "
+                "ORDER BY since, anchor",
                 job_id,
             )
-        return {(r["resource_type"], r["anchor"]): r["error"] for r in rows}
+        return {(r["resource_type"], r["anchor"]): Retry(r["error"], r["failures"], r["next_at"]) for r in rows}
 
     async def set_next_run(self, job_id: str, owner: str | None, when: float) -> None:
         async with self._tx() as tx:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.provisioning.state import LeaseLostError, LogEntry, StagedDelete, StateError, StateStore
+from service.provisioning import state as state_module
+from service.provisioning.state import LeaseLostError, LogEntry, Retry, StagedDelete, StateError, StateStore
 from tests.conftest import server_missing
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -88,3 +89,27 @@ async def test_log_staged_deletes_restart_and_cycles(state_url: str) -> None:
         await state.finish_cycle(cycle, outcome="ok", counts={"create": 3}, objects=3, rate=1.5, lag=0.1, now=12)
         (last,) = await state.cycles("j")
         assert (last.outcome, dict(last.counts), last.finished_at) == ("ok", {"create": 3}, 12)
+
+
+async def test_objects_to_retry_keep_their_failures_and_next_try(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made before the failure counts (schema 2) keeps its objects to retry, due now with one failure;
+    later watermarks store each object's failures and next try, and keep when it first failed."""
+    with monkeypatch.context() as old:
+        old.setattr(state_module, "MIGRATIONS", state_module.MIGRATIONS[:2])
+        async with StateStore(state_url) as state:
+            await state.put_job("j", "example.com", "t")
+            async with state._tx() as tx:  # a row as schema 2 wrote it
+                await tx.execute(
+                    "INSERT INTO prov_retries (job_id, resource_type, anchor, error, since) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    *("j", "User", "a1", "taken", 100.0),
+                )
+    async with StateStore(state_url) as state:
+        assert await state.retries("j") == {("User", "a1"): Retry("taken", 1, 0.0)}
+        retries = {("User", "a1"): Retry("still taken", 2, 520.0), ("Group", "g1"): Retry(None, 1, 400.0)}
+        await state.advance_watermark("j", None, "w2", retries, now=400.0)
+        assert await state.retries("j") == retries
+        await state.advance_watermark("j", None, "w3", {("Group", "g1"): Retry(None, 2, 640.0)}, now=520.0)
+        assert await state.retries("j") == {("Group", "g1"): Retry(None, 2, 640.0)}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 from cli.sync import add_sync_commands
-from service.provisioning.state import LogEntry, StagedDelete, StateStore
+from service.provisioning.state import LogEntry, Retry, StagedDelete, StateStore
 
 
 def _main(argv: list[str]) -> int:
@@ -21,7 +23,8 @@ def _main(argv: list[str]) -> int:
 
 
 def test_status_log_approve_and_restart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Status shows the last cycle; log filters; approve resumes a paused job; an unknown job exits 2."""
+    """Status shows the last cycle and the objects waiting to be retried; log filters; approve resumes a paused
+    job; an unknown job exits 2."""
     url = f"sqlite:///{tmp_path}/state.db"
 
     async def seed() -> None:
@@ -31,10 +34,16 @@ def test_status_log_approve_and_restart(tmp_path: Path, capsys: pytest.CaptureFi
             await state.finish_cycle(cycle, outcome="ok", counts={"create": 2}, objects=2, rate=2.0, lag=0.5)
             await state.write_log("j", [LogEntry(cycle, "create", "failed", anchor="a1", error="409 taken")])
             await state.stage_deletes("j", None, [StagedDelete("a2", "User", "t2", None, "deleted", 1.0)])
+            retry = Retry("409 taken", 3, time.time() + 600)
+            await state.advance_watermark("j", None, "w1", {("User", "a1"): retry})
 
     asyncio.run(seed())
     assert _main(["sync", "--state", url, "status"]) == 0
-    assert "last cycle: full ok, 2 objects" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "last cycle: full ok, 2 objects" in shown
+    assert re.search(
+        r"1 object\(s\) failed and wait to be retried \(`sync log j --failed`\); the next in (599|600) s", shown
+    )
     assert _main(["sync", "--state", url, "log", "j", "--failed"]) == 0
     assert "409 taken" in capsys.readouterr().out
     assert _main(["sync", "--state", url, "approve-deletes", "j"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,17 @@ async def h() -> AsyncIterator[AgentHarness]:
 async def state(tmp_path: Path) -> AsyncIterator[StateStore]:
     async with StateStore(f"sqlite:///{tmp_path}/state.db") as opened:
         yield opened
+
+
+class Clock:
+    """The engine's clock, ``later`` seconds ahead of the wall clock (leases still run on the wall clock)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.later = 0.0
+        engine.clock = self
+
+    def __call__(self) -> float:
+        return time.time() + self.later
 
 
 async def _user(h: AgentHarness, name: str) -> str:
@@ -174,6 +186,7 @@ async def test_an_object_the_target_refused_is_retried_until_written_with_its_me
     every later delta, though the source does not change it again; once written it joins its group."""
     async with create_target("embedded:") as target:
         engine = await engine_for(h, state, target)
+        clock = Clock(engine)
         assert (await engine.run_cycle()).outcome == "ok"
         blocker = await target.create("User", None, {"userName": "ada"})  # type: ignore[arg-type]
         ada = await _user(h, "ada")
@@ -184,10 +197,37 @@ async def test_an_object_the_target_refused_is_retried_until_written_with_its_me
         assert list(await state.retries("job")) == [("User", ada)]
         assert (await engine.run_cycle()).counts["failed"] == 1  # still refused: still kept
         await target.delete(blocker)
+        clock.later += 120  # its second failure's wait
         retried = await engine.run_cycle()
         assert (retried.outcome, retried.counts["create"], retried.counts["member_add"]) == ("ok", 1, 1)
         assert await state.retries("job") == {}
         assert await target_view(target) == await source_view(h)
+
+
+async def test_an_object_that_keeps_failing_is_tried_less_and_less_often(h: AgentHarness, state: StateStore) -> None:
+    """Each failure in a row doubles the wait before the next try, from retry_backoff up to retry_backoff_max
+    (the next cycle retries a first failure); the cycles in between leave it alone, and once the target
+    takes it, it is written."""
+    async with create_target("embedded:") as target:
+        engine = await engine_for(h, state, target, retry_backoff=120, retry_backoff_max=300)
+        clock = Clock(engine)
+        assert (await engine.run_cycle()).outcome == "ok"
+        blocker = await target.create("User", None, {"userName": "ada"})  # type: ignore[arg-type]
+        key = ("User", await _user(h, "ada"))
+        waits = []
+        for _ in range(5):
+            assert (await engine.run_cycle()).counts["failed"] == 1
+            waits.append(round((await state.retries("job"))[key].next_at - clock()))
+            if waits[-1]:
+                clock.later += waits[-1] - 30
+                assert (await engine.run_cycle()).counts["failed"] == 0  # not due yet: left alone
+                clock.later += 30
+        assert waits == [0, 120, 240, 300, 300]
+        assert (await state.retries("job"))[key].failures == 5
+        await target.delete(blocker)
+        clock.later += 300
+        assert (await engine.run_cycle()).counts["create"] == 1
+        assert await state.retries("job") == {}
 
 
 async def test_a_user_entering_scope_in_a_delta_joins_the_groups_that_hold_it(
