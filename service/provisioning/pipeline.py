@@ -193,6 +193,16 @@ class Pipeline:
         current = await self.target.get_by_anchor(plan.resource_type, plan.anchor)
         held: Collection[str] = current.members if current is not None else group.members
         resolved = await self.index.resolve(plan.members)
+        missing = len(set(plan.members)) - len(resolved)
+        if missing:  # said in the group's log entry: a member left out is otherwise silent
+            plan.steps.append(
+                Step(
+                    "members",
+                    "not in target",
+                    f"{missing} member(s) of the source group are not in the target: out of scope, failed "
+                    "(`sync log --failed`), or written later in the cycle and added then",
+                )
+            )
         wanted = set(resolved.values())
         add = sorted(wanted - set(held))
         remove = sorted(set(held) - wanted)

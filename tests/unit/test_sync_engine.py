@@ -420,6 +420,22 @@ async def test_on_demand_runs_one_object_and_explains_each_step(h: AgentHarness,
     assert [(s.name, s.outcome) for s in steps] == [("import", "not found")]
 
 
+async def test_a_group_says_which_of_its_members_are_not_in_the_target(h: AgentHarness, state: StateStore) -> None:
+    """A group provisioned before its members says how many source members the target lacks; once they are
+    written, it does not."""
+    group = "CN=group0001,OU=groups,dc=example,dc=com"
+    target = MemoryTarget()
+    engine = await engine_for(h, state, target)
+    found = await h.client.search("/Groups", 'displayName eq "group0001"')
+    members = len(found["Resources"][0]["members"])
+    assert members > 0
+    steps = await engine.on_demand(group)
+    missing = [s for s in steps if s.name == "members"]
+    assert [(s.outcome, s.detail.split(" member(s)")[0]) for s in missing] == [("not in target", str(members))]
+    assert (await engine.run_cycle()).outcome == "ok"
+    assert not [s for s in await engine.on_demand(group) if s.name == "members" and s.outcome == "not in target"]
+
+
 class FlakyRequester(Requester):
     """A requester whose first ``failures`` requests time out (an agent that died holding them)."""
 
