@@ -14,6 +14,7 @@ shows the full sync's progress and a summary of what was synced, then makes chan
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,9 +54,10 @@ class Script:
 
 async def run_scim_demo(users: int = 100, groups: int = 5) -> int:
     signer = Signer.generate("demo")
+    state = tempfile.TemporaryDirectory(prefix="cloudprov-scim-demo-")  # the agent's replay memory goes there
     settings = AgentSettings.model_validate(
         {
-            "agent": {"id": "demo-agent", "domains": ["example.com"]},
+            "agent": {"id": "demo-agent", "domains": ["example.com"], "state_dir": state.name},
             "transport": {"url": "local://demo"},
             "directory": {"plugin": "memory", "seed_users": users, "seed_groups": groups},
             "signing": {"public_keys": {"demo": public_key_text(signer.public_key)}},
@@ -75,6 +77,7 @@ async def run_scim_demo(users: int = 100, groups: int = 5) -> int:
     finally:
         stop.set()
         await runner
+        state.cleanup()
     counters = agent.dispatcher.counters
     print(
         f"summary: {script.steps} steps, {script.failures} failed; agent answered {counters.answered} requests, "

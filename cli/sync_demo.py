@@ -90,7 +90,7 @@ async def run_demo(users: int = 100, groups: int = 5, *, follow: bool = False) -
         signer = await signers()
         settings = AgentSettings.model_validate(
             {
-                "agent": {"id": "demo-agent", "domains": [DOMAIN]},
+                "agent": {"id": "demo-agent", "domains": [DOMAIN], "state_dir": str(folder / "agent")},
                 "transport": {"url": f"local://{broker}"},
                 "directory": {"plugin": "memory", "flavor": "ad", "seed_users": users, "seed_groups": groups},
                 "scim": {"profile": "ad", "profile_overrides": {"User": {"_container": "ou=people"}}},
