@@ -28,7 +28,7 @@ from protocol import deadlines
 from protocol.chunking import FrameTooLargeError
 from protocol.envelope import EnvelopeError, Request, decode_request, encode_response
 from protocol.errors import ScimError
-from protocol.signing import ReplayedRequestError, SignatureError, Verifier
+from protocol.signing import ReplayedRequestError, SignatureError, UnprovableFreshnessError, Verifier
 from protocol.slots import Slots
 from transports.base import Delivery, Transport, TransportError
 
@@ -199,7 +199,7 @@ class Dispatcher:
             try:
                 self.verifier.verify(request, redelivered=delivery.redelivered)
             except SignatureError as refused:  # a name of its own: compiled, ``error`` above is an EnvelopeError
-                if isinstance(refused, ReplayedRequestError) and (
+                if isinstance(refused, ReplayedRequestError | UnprovableFreshnessError) and (
                     request.id in self.running or self.responses.get(request.id) is not None
                 ):
                     # A second copy of a request this agent runs or ran (a requester that published it again

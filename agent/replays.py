@@ -37,10 +37,18 @@ def save(guard: ReplayGuard, path: Path, horizon: float) -> int:
     document = {"v": VERSION, "saved_at": time.time(), "guard": saved}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial.unlink(missing_ok=True)  # left by a save that did not finish: made afresh, owner-only
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as out:
         json.dump(document, out, separators=(",", ":"))
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(partial, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)
     return len(saved["ids"])
 
 
@@ -70,7 +78,7 @@ def restore_logged(guard: ReplayGuard, state_dir: Path, clock_skew: float) -> No
     path = path_in(state_dir)
     try:
         count = restore(guard, path, time.time() - clock_skew)
-    except ValueError as exc:
+    except Exception as exc:  # whatever is wrong with the file, the agent starts without it
         _log.warning("replay memory not restored; requests accepted before the restart are not known", error=str(exc))
         return
     if count:

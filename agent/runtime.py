@@ -220,6 +220,7 @@ class Agent:
             state_dir, skew = settings.agent.state_dir, settings.signing.clock_skew
             replays.restore_logged(self.verifier.replays, state_dir, skew)
             stack.callback(replays.save_logged, self.verifier.replays, state_dir, skew)
+            self.transport.max_request_size = settings.scim.max_body_bytes  # before messages arrive
             await self.transport.connect()
             try:
                 async with asyncio.TaskGroup() as group:
@@ -265,6 +266,7 @@ class Agent:
         """Move to new endpoints without losing work: start the new transport, then retire the old."""
         async with self._switching:
             old = self.transport
+            new.max_request_size = self.settings.scim.max_body_bytes  # before messages arrive
             await new.connect()
             self.transport = new
             self._consume(new)

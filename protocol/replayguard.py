@@ -9,11 +9,12 @@ is more than a million ids. ``ReplayGuard`` keeps the latest ``max_entries`` exa
 every request makes); the ids it has to let go while they are live, those due first, spill into Bloom
 filters by deadline, 32 bits an id (``_Spill``). A spilled id is still found: a Bloom filter has no
 false negatives, and the deadline a copy carries is signed, so it is looked for in its own bucket. Since
-a Bloom filter may also hold an id it was never given (a full one about once in 500,000 lookups, and
-only ids due within the spilled ones' deadlines are looked up), such a request is not called a replay
-(409) but ``unprovable``: refused 503, which the service answers by sending it again as a new request.
-Only if the spill outgrows its own bound (``max_spill_bytes``) are ids forgotten; the guard then raises
-``floor`` to their deadline, and an id due no later is ``unprovable`` too.
+a Bloom filter may also hold an id it was never given (about once in 500,000 lookups for each full
+filter of the bucket, 65,536 ids a filter; only ids due within the spilled ones' deadlines are looked
+up), such a request is not called a replay (409) but ``unprovable``: refused 503, which the service
+answers by sending it again as a new request. Only if the spill outgrows its own bound
+(``max_spill_bytes``) are ids forgotten; the guard then raises ``floor`` to their deadline, and an id
+due no later is ``unprovable`` too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ FILTER_BITS = 1 << 21
 FILTER_IDS = 1 << 16
 HASHES = 10
 _MASK = FILTER_BITS - 1
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
+_MIXER = 0xC2B2AE3D27D4EB4F
 
 
 class _Filter:
@@ -70,20 +74,25 @@ class _Spill:
     def hashes(self, request_id: str) -> tuple[int, int]:
         """The id's two 32-bit hashes, combined into its bits (Kirsch and Mitzenmacher): small ints all the way.
 
-        The service's ids are 32 random hex digits: their first and last eight are the two hashes (a
-        keyed hash would cost five times as much, and only verified ids, made by a trusted signer, come
-        here). Any other id is hashed (blake2b). Either way an id always gives the same bits, so a filter
-        never misses an id it was given; a poor id only raises the false positives, answered 503."""
-        first = step = -1
+        The service's ids are 32 hex digits: read as a number, two multiplications mix them (blake2b
+        would cost twice as much; only verified ids, made by a trusted signer, come here). Any other id
+        is hashed (blake2b). Either way an id always gives the same bits, so a filter never misses an
+        id it was given; a poor spread only raises the false positives, answered 503."""
+        number = -1
         if len(request_id) == 32:
             try:
-                first, step = int(request_id[:8], 16), int(request_id[24:], 16) | 1
-            except ValueError:  # not hex digits (int() takes a sign or "_" too: the same id, the same bits)
-                first = -1
-        if first < 0:
+                number = int(request_id, 16)
+            except ValueError:  # not hex digits
+                number = -1
+        if number < 0:  # (int() takes a sign or "_" too: the same id still gives the same bits)
             digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-            first, step = int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little") | 1
-        return first, step
+            return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little") | 1
+        # Knuth's multiplicative hashing of the id folded to 64 bits: the top bits of the product depend on
+        # every digit, so ids that differ in a few digits (counters, timestamps) get unrelated bits too.
+        folded = (number >> 64) ^ (number & _MASK64)
+        first = ((folded * _GOLDEN) & _MASK64) >> 32
+        step = ((folded * _MIXER) & _MASK64) >> 32
+        return first, step | 1
 
     def add(self, request_id: str, deadline: float) -> None:
         index = int(deadline // BUCKET_SECONDS)
@@ -161,8 +170,8 @@ class ReplayGuard:
 
     def unprovable(self, request_id: str, deadline: float) -> bool:
         """Whether ``request_id`` (not ``seen``), with this signed ``deadline``, may have been accepted before: it
-        is in the Bloom filters of ids let go (or one that is not: a full filter, once in 500,000), or it is due
-        no later than ids forgotten altogether."""
+        is in the Bloom filters of ids let go (or one that is not: once in 500,000 lookups for each full
+        filter of its bucket), or it is due no later than ids forgotten altogether."""
         if deadline <= self.floor:
             return True
         spill = self._spill
@@ -238,7 +247,7 @@ def _restore_spill(document: Any, max_filters: int) -> _Spill:
         spill.latest = -math.inf if latest is None else _number(latest, "the spill's latest deadline")
         for index, filters in dict(document["buckets"]).items():
             restored = [_restore_filter(index, count, bits) for count, bits in filters]
-            spill.buckets[int(index)] = restored
+            spill.buckets[_bucket(index)] = restored
             spill.filters += len(restored)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"the spilled ids are damaged: {exc}") from None
@@ -250,3 +259,10 @@ def _restore_filter(index: str, count: Any, bits: Any) -> _Filter:
     if len(raw) != FILTER_BITS // 8 or isinstance(count, bool) or not isinstance(count, int):
         raise ValueError(f"a filter of bucket {index} is damaged")
     return _Filter(raw, count)
+
+
+def _bucket(index: str) -> int:
+    number = int(index)
+    if not 0 <= number < 1 << 40:  # 30-second buckets: 2**40 of them outlast the sun
+        raise ValueError(f"bucket {index[:24]!r} is not a deadline bucket")
+    return number

@@ -342,6 +342,7 @@ class LocalTransport(Transport):
         if limit is not None and len(payload) > limit:
             raise MessageTooLargeError(f"reply of {len(payload)} bytes exceeds max_message_size {limit}")
         self.broker.route_reply(signed_reply_to or message.reply_to, message.correlation_id, payload)
+        # (the correlation is the message's own: in one process, the requester that posted it made both)
 
     def settled(self, delivery: LocalDelivery, message: _Message, outcome: Settlement, reason: str) -> None:
         self._unsettled.pop(delivery, None)

@@ -174,7 +174,8 @@ class SyncEngine:
             now = self.clock()
             done = cycle.written | cycle.failed.keys()
             kept = {} if report.kind == "full" else {k: r for k, r in retries.items() if k not in done}
-            failed = {k: self._next_try(retries.get(k), error, now) for k, error in cycle.failed.items()}
+            known = {} if report.kind == "full" else retries  # a full sync starts the list afresh
+            failed = {k: self._next_try(known.get(k), error, now) for k, error in cycle.failed.items()}
             await self.state.advance_watermark(self.job_id, self.owner, report.watermark, kept | failed, now=now)
             await self.state.record_success(self.job_id, self.owner)
             report.outcome = "staged" if staged else ("partial" if report.counts["failed"] else "ok")
@@ -308,7 +309,8 @@ class SyncEngine:
         the target a read and a write every few hours instead of every cycle."""
         failures = previous.failures + 1 if previous is not None else 1
         settings = self.settings
-        wait = 0.0 if failures == 1 else min(settings.retry_backoff * 2.0 ** (failures - 2), settings.retry_backoff_max)
+        doublings = min(failures - 2, 60)  # 2.0 ** 1024 overflows; 2 ** 60 waits outlast any bound anyway
+        wait = 0.0 if failures == 1 else min(settings.retry_backoff * 2.0**doublings, settings.retry_backoff_max)
         return Retry(error, failures, now + wait)
 
     async def _retry(self, cycle: _Cycle, retries: Mapping[tuple[str, str], Retry]) -> None:

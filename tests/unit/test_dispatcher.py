@@ -15,6 +15,7 @@ from agent import runtime
 from agent.idempotency import ResponseStore
 from agent.scim.handler import Result, ScimHandler
 from protocol.envelope import ScimOperation, decode_response
+from protocol.replayguard import ReplayGuard
 from protocol.signing import Signer
 from service.client import ScimCallError, ScimClient
 from tests.agent_support import DOMAIN, PATCH_SCHEMA, USER_SCHEMA, AgentHarness, HandDelivery, running_agent, wait_until
@@ -116,6 +117,21 @@ async def test_a_fresh_copy_of_a_request_in_hand_is_dropped_without_an_answer() 
         assert harness.agent.dispatcher.counters.duplicates == 1
         found = await harness.client.search("/Users", 'userName eq "grace.hopper"')
         assert found["totalResults"] == 1
+
+
+async def test_a_copy_of_an_answered_request_the_replay_memory_let_go_is_dropped_too() -> None:
+    """A copy of an answered request whose id the exact replay memory let go (into its Bloom filters) is acked
+    without a reply, as a copy of one it still holds is: a 503 would reach the caller before the answer."""
+    async with running_agent() as harness:
+        harness.agent.verifier.replays = ReplayGuard(max_entries=1)
+        signed = harness.client.request("POST", "/Users", body=_new_user(), timeout=60)
+        assert (await harness.client.send(signed)).status == 201
+        assert (await harness.client.call("GET", "/Users", timeout=600)).status == 200  # the POST's id spills
+        assert not harness.agent.verifier.replays.seen(signed.id)
+        copy = HandDelivery(signed.encode())
+        await harness.agent.dispatcher.process(copy)
+        assert (copy.settlement, copy.replies) == (Settlement.ACK, [])
+        assert harness.agent.dispatcher.counters.duplicates == 1
 
 
 async def test_the_answer_goes_where_the_request_signed_not_to_whoever_copied_it() -> None:

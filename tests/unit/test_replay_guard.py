@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -47,10 +48,21 @@ def test_past_its_bound_the_ids_due_first_spill_and_are_still_found() -> None:
     assert not guard.unprovable("new", 100.0)
 
 
-@pytest.mark.parametrize("make_id", [lambda: os.urandom(16).hex(), lambda: f"req-{os.urandom(6).hex()}"])
+COUNTER = itertools.count()
+
+
+@pytest.mark.parametrize(
+    "make_id",
+    [
+        lambda: os.urandom(16).hex(),  # the service's
+        lambda: f"{next(COUNTER):032x}",  # hex, but a counter: ids a digit apart
+        lambda: f"req-{next(COUNTER)}",
+    ],
+    ids=["random hex", "counter hex", "other"],
+)
 def test_new_ids_are_not_taken_for_spilled_ones(make_id: Callable[[], str]) -> None:
     """20,000 new ids due in the bucket of 10,000 spilled ones: none is taken for one of them, and every spilled
-    one is found. Ids of 32 hex digits (the service's) and any others."""
+    one is found. Ids of 32 hex digits (the service's; any client's counter) and any others."""
     guard = ReplayGuard(max_entries=1000)
     old = [make_id() for _ in range(11_000)]
     for number, request_id in enumerate(old):
@@ -109,6 +121,7 @@ def test_what_is_saved_brings_back_exact_and_spilled_ids_still_live() -> None:
         ({"ids": [], "spill": []}, "'spill' is not an object"),
         ({"ids": [], "spill": {"buckets": {"1": [[1, "AA=="]]}}}, "a filter of bucket 1 is damaged"),
         ({"ids": [], "spill": {"buckets": {}}, "floor": "x"}, "the floor is not a number"),
+        ({"ids": [], "spill": {"buckets": {str(10**30): []}}}, "is not a deadline bucket"),
     ],
 )
 def test_a_damaged_document_is_refused_with_what_is_wrong(document: dict[str, object], problem: str) -> None:

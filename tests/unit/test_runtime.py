@@ -323,3 +323,27 @@ async def test_replace_transport_finishes_old_work_and_serves_the_new(broker_nam
             waiting.cancel()
     finally:
         LocalBroker.discard(new_broker)
+
+
+async def test_transports_take_the_agents_request_limit_before_they_connect(broker_name: str) -> None:
+    """A transport inflates requests no further than scim.max_body_bytes from its first message on: the limit is
+    set before it connects (messages waiting in the queue arrive as it does), for a replacement transport too."""
+    seen: list[int] = []
+
+    class Recording(LocalTransport):
+        async def connect(self) -> None:
+            seen.append(self.max_request_size)
+            await super().connect()
+
+    signer = Signer.generate("k")
+    new_broker = f"{broker_name}-new"
+    agent = Agent(
+        _settings(broker_name, signer, scim={"max_body_bytes": 4096}),
+        transport=Recording([DOMAIN], LocalSettings(broker=broker_name)),
+    )
+    try:
+        async with started(agent):
+            await agent.replace_transport(Recording([DOMAIN], LocalSettings(broker=new_broker)))
+    finally:
+        LocalBroker.discard(new_broker)
+    assert seen == [4096, 4096]

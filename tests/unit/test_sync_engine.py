@@ -14,7 +14,7 @@ from aiohttp import web
 from service.provisioning.reader import SourceReader
 from service.provisioning.rules import Rules, rules_from_settings
 from service.provisioning.settings import JobSettings
-from service.provisioning.state import StateStore
+from service.provisioning.state import Retry, StateStore
 from service.provisioning.targets.base import TargetObject
 from service.provisioning.targets.registry import create_target
 from tests.agent_support import PATCH_SCHEMA, USER_SCHEMA, AgentHarness, running_agent
@@ -228,6 +228,22 @@ async def test_an_object_that_keeps_failing_is_tried_less_and_less_often(h: Agen
         clock.later += 300
         assert (await engine.run_cycle()).counts["create"] == 1
         assert await state.retries("job") == {}
+
+
+async def test_the_wait_of_an_object_failing_for_good_stays_at_its_bound(h: AgentHarness, state: StateStore) -> None:
+    """However many failures in a row, the next wait is retry_backoff_max (2.0 ** 1024 would overflow and fail
+    every cycle); a full sync starts the count afresh."""
+    async with create_target("embedded:") as target:
+        engine = await engine_for(h, state, target, retry_backoff=120, retry_backoff_max=300)
+        many = engine._next_try(Retry("taken", 5000, 0.0), "taken", 1000.0)
+        assert (many.failures, many.next_at) == (5001, 1300.0)
+        blocker = await target.create("User", None, {"userName": "ada"})  # type: ignore[arg-type]
+        key = ("User", await _user(h, "ada"))
+        await state.advance_watermark("job", "replica-a", None, {key: Retry("taken", 40, 0.0)})
+        await state.restart("job", "full")
+        assert (await engine.run_cycle()).kind == "full"
+        assert (await state.retries("job"))[key].failures == 1
+        await target.delete(blocker)
 
 
 async def test_a_user_entering_scope_in_a_delta_joins_the_groups_that_hold_it(
