@@ -51,16 +51,27 @@ class ResponseStore:
         if item is not None:
             self._bytes -= len(item[1])
 
-    def put(self, request_id: str, response: bytes) -> None:
+    def put(self, request_id: str, response: bytes, ttl: float | None = None) -> None:
         items = self._items
         if request_id in items:
             self._drop(request_id)
         now = self._clock()
-        items[request_id] = (now + self._ttl, response)
+        items[request_id] = (now + (self._ttl if ttl is None else ttl), response)
         self._bytes += len(response)
         # Usually every bound holds and the oldest response is fresh: one look at it, no loop to set up.
         if self._bytes > self._max_bytes or len(items) > self._max or next(iter(items.values()))[0] < now:
             self._evict(now)
+
+    def entries(self) -> list[tuple[str, float, bytes]]:
+        """The responses kept, oldest first, each with the seconds it has left (``restore`` takes them back)."""
+        now = self._clock()
+        return [(request_id, expires - now, response) for request_id, (expires, response) in self._items.items()]
+
+    def restore(self, entries: list[tuple[str, float, bytes]]) -> None:
+        """Keep again the responses ``entries`` gave (of a store before a restart), for the time each had left."""
+        for request_id, left, response in entries:
+            if left > 0:
+                self.put(request_id, response, left)
 
     def _evict(self, now: float) -> None:
         """Drop the oldest responses while the oldest has expired or a bound is exceeded; the newest is always

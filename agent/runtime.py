@@ -218,8 +218,9 @@ class Agent:
                 max_body_bytes=settings.scim.max_body_bytes,
             )
             state_dir, skew = settings.agent.state_dir, settings.signing.clock_skew
-            replays.restore_logged(self.verifier.replays, state_dir, skew)
-            stack.callback(replays.save_logged, self.verifier.replays, state_dir, skew)
+            answers = self._dispatcher.responses
+            replays.restore_logged(self.verifier.replays, answers, state_dir, skew)
+            stack.callback(replays.save_logged, self.verifier.replays, answers, state_dir, skew)
             self.transport.max_request_size = settings.scim.max_body_bytes  # before messages arrive
             await self.transport.connect()
             try:
