@@ -45,17 +45,16 @@ async def read(handler: ScimHandler, query: dict[str, str]) -> tuple[int, Any]:
     latest: dict[str, tuple[str, ResourceMapping | None, Entry | None, str]] = {}
     for change in batch.changes:
         entry = change.entry
-        try:
-            in_scope = dnlib.is_descendant(change.dn, handler.base, or_self=True)
-        except DirectoryError:
-            in_scope = False
-        if entry is None or not in_scope:
+        in_scope = _under(change.dn, handler.base)
+        # renamed out of the base: gone from SCIM's view, as a deletion would be
+        moved_out = change.kind is ChangeKind.RENAME and not in_scope and _under(change.old_dn, handler.base)
+        if entry is None or not (in_scope or moved_out):
             continue
         mapping = classify(handler.profile, entry)
         scim_id = _id_of(handler, entry, mapping)
         if scim_id is None:
             continue
-        if change.kind is ChangeKind.DELETE:
+        if change.kind is ChangeKind.DELETE or moved_out:
             latest.pop(scim_id, None)
             latest[scim_id] = ("delete", mapping, None, scim_id)
             ref = handler.refs.ref_of(entry, mapping) if mapping else None
@@ -80,6 +79,15 @@ async def read(handler: ScimHandler, query: dict[str, str]) -> tuple[int, Any]:
         "totalResults": len(records),
         "Resources": records,
     }
+
+
+def _under(dn: str | None, base: str) -> bool:
+    if dn is None:
+        return False
+    try:
+        return dnlib.is_descendant(dn, base, or_self=True)
+    except DirectoryError:
+        return False
 
 
 def _id_of(handler: ScimHandler, entry: Entry, mapping: ResourceMapping | None) -> str | None:

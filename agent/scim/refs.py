@@ -4,6 +4,11 @@
 ``id`` (``find``), which ``id`` and resource type does this DN have (``refs_for``, batched and
 concurrent), and which DN does this ``id`` have (``dn_for``). Answers are cached for ``ttl``
 seconds (bounded LRU); our own renames and deletes invalidate them at once.
+
+Every answer is inside the scope SCIM sees: under the base, and matching the directory's scope
+filter. DNs are read with base-level searches (which the directory scopes), not with ``get`` (which
+it does not): a group member outside the scope is no SCIM resource, and its id, once cached, must
+not let a GET or a PATCH by id reach it.
 """
 
 from __future__ import annotations
@@ -12,14 +17,14 @@ import asyncio
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from agent.scim.profile import Profile, ResourceMapping
 from agent.scim.values import anchor_to_id, id_to_anchor
 from plugins import dn as dnlib
-from plugins.directory import Directory, DirectoryError, Entry, InvalidDNError, Scope
+from plugins.directory import Directory, DirectoryError, Entry, InvalidDNError, NoSuchObjectError, Scope
 from plugins.ldapfilter import escape_value
 
 #: References cached at most (by DN and by id): big batches are resolved by searches, not from here,
@@ -100,6 +105,28 @@ class References:
         self._by_id = _Lru(size, ttl)
         self._lookups = asyncio.Semaphore(16)
 
+    def _in_base(self, dn: str) -> bool:
+        if _PLAIN_DN.fullmatch(dn) and _PLAIN_DN.fullmatch(self.base):  # no escapes: compare the strings
+            key, base = dn.lower(), self.base.lower()
+            return key == base or key.endswith("," + base)
+        try:
+            return dnlib.is_descendant(dn, self.base, or_self=True)
+        except DirectoryError:
+            return False
+
+    async def _read(self, dn: str, attributes: Sequence[str]) -> Entry | None:
+        """The entry at ``dn`` if SCIM may see it (under the base, matching the scope filter), else None."""
+        if not self._in_base(dn):
+            return None
+        found: Entry | None = None
+        try:
+            async for page in self.directory.search(dn, scope=Scope.BASE, attributes=attributes, page_size=1):
+                for entry in page:
+                    found = entry
+        except (NoSuchObjectError, InvalidDNError):
+            return None
+        return found
+
     def _remember(self, ref: Ref) -> None:
         self._by_dn.put(normalized(ref.dn), ref)
         self._by_id.put(ref.id, ref)
@@ -145,7 +172,7 @@ class References:
         wanted = attributes or mapping.ldap_attributes
         cached = self._by_id.get(scim_id)
         if cached is not None and cached.resource == mapping.name:
-            entry = await self.directory.get(cached.dn, wanted)
+            entry = await self._read(cached.dn, wanted)
             if entry is not None and self.ref_of(entry, mapping) == cached:
                 return entry
             self.forget(cached)
@@ -189,7 +216,7 @@ class References:
 
             async def look_up(key: str, dn: str) -> None:
                 async with self._lookups:
-                    entry = await self.directory.get(dn, attributes)
+                    entry = await self._read(dn, attributes)
                 ref = self.ref_of(entry) if entry is not None else None
                 if ref is not None:
                     found[key] = ref
@@ -204,6 +231,8 @@ class References:
         (``SEARCH_CHUNK`` to a filter) instead of one read per DN (a group of 50,000 members)."""
         wanted: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (parent, attribute) normalised
         for dn in missing.values():
+            if not self._in_base(dn):
+                continue  # no SCIM resource (the searches below are scoped by the directory's filter)
             if _PLAIN_DN.fullmatch(dn):  # no escapes: split the string, do not parse it
                 rdn, _, parent = dn.partition(",")
                 attribute, _, value = rdn.partition("=")

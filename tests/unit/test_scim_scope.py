@@ -1,0 +1,64 @@
+"""What lies outside the handler's base is no SCIM resource: not through a group's members, a cached id, or the
+change feed (a rename out of the base is a deletion)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.scim.handler import ScimHandler
+from agent.scim.profile import load_profile
+from plugins.memory import MemoryDirectory, MemorySettings
+from protocol.envelope import ScimOperation
+
+BASE = "dc=example,dc=com"
+INSIDE = f"ou=sync,{BASE}"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+@pytest.fixture
+async def directory() -> AsyncIterator[MemoryDirectory]:
+    async with MemoryDirectory(MemorySettings(seed_users=0, seed_groups=0)) as opened:
+        for ou in (INSIDE, f"ou=people,{INSIDE}", f"ou=groups,{INSIDE}", f"ou=elsewhere,{BASE}"):
+            await opened.add(ou, {"objectClass": ["top", "organizationalUnit"], "ou": [ou.split(",")[0][3:]]})
+        yield opened
+
+
+async def _person(directory: MemoryDirectory, dn: str, uid: str) -> str:
+    await directory.add(dn, {"objectClass": ["top", "inetOrgPerson"], "uid": [uid], "cn": [uid], "sn": [uid]})
+    entry = await directory.get(dn, ["entryUUID"])
+    assert entry is not None
+    return str(entry.first("entryUUID"))
+
+
+async def test_a_member_outside_the_base_is_not_shown_nor_reachable_by_its_id(directory: MemoryDirectory) -> None:
+    """A group in the base that names a member outside it shows only the member inside; the outside one's id
+    stays a 404 for GET and PATCH, also after the group was read (its DN was looked up then)."""
+    inside = await _person(directory, f"uid=alice,ou=people,{INSIDE}", "alice")
+    outside = await _person(directory, f"uid=bob,ou=elsewhere,{BASE}", "bob")
+    members = [f"uid=alice,ou=people,{INSIDE}", f"uid=bob,ou=elsewhere,{BASE}"]
+    await directory.add(
+        f"cn=team,ou=groups,{INSIDE}", {"objectClass": ["top", "groupOfNames"], "cn": ["team"], "member": members}
+    )
+    handler = ScimHandler(directory, load_profile("openldap"), base=INSIDE)
+    for _ in range(2):  # the second time from the references cached by the first
+        listed = await handler.handle(ScimOperation("GET", "/Groups", {"filter": 'displayName eq "team"'}))
+        assert [m["value"] for m in listed.body["Resources"][0]["members"]] == [inside]
+        assert (await handler.handle(ScimOperation("GET", f"/Users/{outside}"))).status == 404
+        body = {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "title", "value": "reached"}]}
+        assert (await handler.handle(ScimOperation("PATCH", f"/Users/{outside}", body=body))).status == 404
+        assert (await handler.handle(ScimOperation("GET", f"/Users/{inside}"))).status == 200
+    bob = await directory.get(f"uid=bob,ou=elsewhere,{BASE}", ["title"])
+    assert bob is not None
+    assert not bob.get("title")
+
+
+async def test_a_rename_out_of_the_base_is_a_deletion_in_the_change_feed(directory: MemoryDirectory) -> None:
+    """An entry moved out of the base comes out of /Changes as a deletion (it was skipped: the target kept it)."""
+    handler = ScimHandler(directory, load_profile("openldap"), base=INSIDE)
+    moved = await _person(directory, f"uid=carol,ou=people,{INSIDE}", "carol")
+    start = (await handler.handle(ScimOperation("GET", "/Changes"))).body["watermark"]
+    await directory.rename(f"uid=carol,ou=people,{INSIDE}", "uid=carol", new_superior=f"ou=elsewhere,{BASE}")
+    changes = await handler.handle(ScimOperation("GET", "/Changes", {"watermark": start}))
+    assert [(r["op"], r["id"]) for r in changes.body["Resources"]] == [("delete", moved)]
