@@ -20,7 +20,6 @@ from agent.scim.discovery import CHANGES_SCHEMA
 from agent.scim.profile import ResourceMapping
 from agent.scim.refs import classify
 from agent.scim.values import anchor_to_id
-from plugins import dn as dnlib
 from plugins.directory import ChangeKind, DirectoryError, Entry
 from protocol.errors import ScimError, invalid_value
 
@@ -45,9 +44,9 @@ async def read(handler: ScimHandler, query: dict[str, str]) -> tuple[int, Any]:
     latest: dict[str, tuple[str, ResourceMapping | None, Entry | None, str]] = {}
     for change in batch.changes:
         entry = change.entry
-        in_scope = _under(change.dn, handler.base)
-        # renamed out of the base: gone from SCIM's view, as a deletion would be
-        moved_out = change.kind is ChangeKind.RENAME and not in_scope and _under(change.old_dn, handler.base)
+        in_scope = handler.bases.holds(change.dn)
+        # renamed out of the bases: gone from SCIM's view, as a deletion would be
+        moved_out = change.kind is ChangeKind.RENAME and not in_scope and handler.bases.holds(change.old_dn)
         if entry is None or not (in_scope or moved_out):
             continue
         mapping = classify(handler.profile, entry)
@@ -79,15 +78,6 @@ async def read(handler: ScimHandler, query: dict[str, str]) -> tuple[int, Any]:
         "totalResults": len(records),
         "Resources": records,
     }
-
-
-def _under(dn: str | None, base: str) -> bool:
-    if dn is None:
-        return False
-    try:
-        return dnlib.is_descendant(dn, base, or_self=True)
-    except DirectoryError:
-        return False
 
 
 def _id_of(handler: ScimHandler, entry: Entry, mapping: ResourceMapping | None) -> str | None:

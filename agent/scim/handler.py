@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -31,7 +31,7 @@ from agent.scim.errors import scim_error
 from agent.scim.listing import Lister
 from agent.scim.patch import PatchOperation, parse_operations, patched
 from agent.scim.profile import Kind, Profile, ResourceMapping
-from agent.scim.refs import REMEMBER_PAGE, Ref, References
+from agent.scim.refs import REMEMBER_PAGE, Bases, Ref, References
 from agent.scim.resources import (
     Resource,
     ci_get,
@@ -87,13 +87,18 @@ class ScimHandler:
         settings: ScimSection | None = None,
         retry: RetrySection | None = None,
         base: str | None = None,
+        bases: Sequence[str] | None = None,
     ) -> None:
         self.directory = directory
         self.profile = profile
         self.settings = settings or ScimSection()
         self.retry = retry or RetrySection()
-        self.base = base or directory.base_dn
-        self.refs = References(directory, profile, self.base)
+        #: where new entries go (under their profile's container)
+        self.base = base or (bases[0] if bases else directory.base_dn)
+        #: what SCIM sees: every base (an LDAP directory's ``base_dns``), or the one base given
+        scoped: Sequence[str] = bases or ((base,) if base else getattr(directory, "scope_bases", None) or (self.base,))
+        self.bases = Bases(directory, scoped)
+        self.refs = References(directory, profile, self.base, bases=self.bases)
         self.lister = Lister(self)
 
     # ----------------------------------------------------------------- entry point
@@ -226,7 +231,7 @@ class ScimHandler:
         if attr is None:
             return
         query = f"(&{mapping.ldap_filter}({attr.ldap}={escape_value(rdn_value)}))"
-        async for page in self.directory.search(self.base, query, attributes=[mapping.id_attribute], page_size=2):
+        async for page in self.bases.search(query, attributes=[mapping.id_attribute], page_size=2):
             for entry in page:
                 if own_dn is None or dnlib.normalize(entry.dn) != dnlib.normalize(own_dn):
                     raise uniqueness(f"a {mapping.name} with {mapping.rdn_from} {rdn_value!r} already exists")
@@ -326,7 +331,7 @@ class ScimHandler:
         references = {a.ldap for m in self.profile.resources for a in m.attributes if a.kind is Kind.REFERENCE}
         for attribute in sorted(references, key=str.lower):
             query = f"({attribute}={escape_value(old_dn)})"
-            holders = [e.dn async for page in self.directory.search(self.base, query, attributes=["1.1"]) for e in page]
+            holders = [e.dn async for page in self.bases.search(query, attributes=["1.1"], page_size=500) for e in page]
             for holder in holders:
                 await self.directory.modify(
                     holder,

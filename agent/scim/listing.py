@@ -194,8 +194,8 @@ class Lister:
             prepared = await self._prepare(mapping, text)
         test = prepared.test
         handler = self.handler
-        async for page in handler.directory.search(
-            handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
+        async for page in handler.bases.search(
+            prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
         ):
             dns = reference_dns(mapping, page)
             refs = await handler.refs.refs_for(dns) if dns else {}
@@ -306,8 +306,8 @@ class _Matches(AsyncIterator[list[Resource]]):
             prepared = await lister._prepare(mapping, self._query.get("filter") or None)
             self._test = prepared.test
             handler = lister.handler
-            pages = self._pages = handler.directory.search(
-                handler.base, prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=self._page_size
+            pages = self._pages = handler.bases.search(
+                prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=self._page_size
             )
         return await lister._page(mapping, await pages.__anext__(), self._test)
 

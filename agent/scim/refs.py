@@ -17,7 +17,7 @@ import asyncio
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -95,28 +95,92 @@ class _Lru:
         self._data.pop(key, None)
 
 
+def _under(dn: str, base: str) -> bool:
+    if _PLAIN_DN.fullmatch(dn) and _PLAIN_DN.fullmatch(base):  # no escapes: compare the strings
+        key, top = dn.lower(), base.lower()
+        return key == top or key.endswith("," + top)
+    try:
+        return dnlib.is_descendant(dn, base, or_self=True)
+    except DirectoryError:
+        return False
+
+
+class Bases:
+    """The subtrees SCIM sees (``base_dns``): searches run under each in turn, DNs are checked against them.
+    A base inside another is covered by it (searched once); with one base a search is the directory's own."""
+
+    def __init__(self, directory: Directory, dns: Sequence[str]) -> None:
+        self.directory = directory
+        unique = list(dict.fromkeys(dns))
+        self.dns = tuple(b for b in unique if not any(o != b and _under(b, o) for o in unique))
+
+    def holds(self, dn: str | None) -> bool:
+        return dn is not None and any(_under(dn, base) for base in self.dns)
+
+    def search(self, ldap_filter: str, *, attributes: Sequence[str], page_size: int) -> AsyncIterator[list[Entry]]:
+        if len(self.dns) == 1:
+            return self.directory.search(self.dns[0], ldap_filter, attributes=attributes, page_size=page_size)
+        return _Chained(self.directory, self.dns, ldap_filter, attributes, page_size)
+
+
+class _Chained:
+    """The pages of one search under each base in turn."""
+
+    def __init__(
+        self, directory: Directory, dns: tuple[str, ...], ldap_filter: str, attributes: Sequence[str], page_size: int
+    ) -> None:
+        self._directory, self._dns, self._filter = directory, list(dns), ldap_filter
+        self._attributes, self._page_size = attributes, page_size
+        self._pages: AsyncIterator[list[Entry]] | None = None
+
+    def __aiter__(self) -> _Chained:
+        return self
+
+    async def __anext__(self) -> list[Entry]:
+        while True:
+            if self._pages is None:
+                if not self._dns:
+                    raise StopAsyncIteration
+                base = self._dns.pop(0)
+                self._pages = self._directory.search(
+                    base, self._filter, attributes=self._attributes, page_size=self._page_size
+                )
+            try:
+                page = await self._pages.__anext__()
+            except StopAsyncIteration:
+                self._pages = None
+                continue
+            if page:
+                return page
+
+    async def aclose(self) -> None:
+        closer = getattr(self._pages, "aclose", None)
+        self._dns.clear()
+        if closer is not None:
+            await closer()
+
+
 class References:
     def __init__(
-        self, directory: Directory, profile: Profile, base: str, *, ttl: float = 30.0, size: int = CACHE_SIZE
+        self,
+        directory: Directory,
+        profile: Profile,
+        base: str,
+        *,
+        bases: Bases | None = None,
+        ttl: float = 30.0,
+        size: int = CACHE_SIZE,
     ) -> None:
         self.directory, self.profile, self.base = directory, profile, base
+        self.bases = bases or Bases(directory, (base,))
         self._ttl = ttl
         self._by_dn = _Lru(size, ttl)
         self._by_id = _Lru(size, ttl)
         self._lookups = asyncio.Semaphore(16)
 
-    def _in_base(self, dn: str) -> bool:
-        if _PLAIN_DN.fullmatch(dn) and _PLAIN_DN.fullmatch(self.base):  # no escapes: compare the strings
-            key, base = dn.lower(), self.base.lower()
-            return key == base or key.endswith("," + base)
-        try:
-            return dnlib.is_descendant(dn, self.base, or_self=True)
-        except DirectoryError:
-            return False
-
     async def _read(self, dn: str, attributes: Sequence[str]) -> Entry | None:
         """The entry at ``dn`` if SCIM may see it (under the base, matching the scope filter), else None."""
-        if not self._in_base(dn):
+        if not self.bases.holds(dn):
             return None
         found: Entry | None = None
         try:
@@ -177,7 +241,7 @@ class References:
                 return entry
             self.forget(cached)
         query = f"(&{mapping.ldap_filter}({mapping.id_attribute}={escape_value(anchor)}))"
-        async for page in self.directory.search(self.base, query, attributes=wanted, page_size=2):
+        async for page in self.bases.search(query, attributes=wanted, page_size=2):
             for entry in page:
                 if self.ref_of(entry, mapping) is not None:
                     return entry
@@ -231,7 +295,7 @@ class References:
         (``SEARCH_CHUNK`` to a filter) instead of one read per DN (a group of 50,000 members)."""
         wanted: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (parent, attribute) normalised
         for dn in missing.values():
-            if not self._in_base(dn):
+            if not self.bases.holds(dn):
                 continue  # no SCIM resource (the searches below are scoped by the directory's filter)
             if _PLAIN_DN.fullmatch(dn):  # no escapes: split the string, do not parse it
                 rdn, _, parent = dn.partition(",")

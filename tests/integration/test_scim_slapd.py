@@ -14,7 +14,7 @@ from plugins.directory import Directory
 from plugins.ldap import LdapDirectory
 from protocol.envelope import ScimOperation
 from tests.contract.scim_suite import ScimSuite
-from tests.integration.ldap_support import slapd_settings
+from tests.integration.ldap_support import delete_tree, make_ou, slapd_settings
 
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
@@ -68,3 +68,30 @@ async def test_a_member_outside_the_scope_filter_is_no_resource(tmp_path: Path) 
         finally:
             for dn in (group, alice, bob):
                 await plain.delete(dn)
+
+
+async def test_every_one_of_base_dns_is_served(tmp_path: Path) -> None:
+    """An agent given two base DNs finds users under both, by filter and by id; not those beside them."""
+    tag = uuid.uuid4().hex[:8]
+    async with LdapDirectory(slapd_settings(tmp_path / "plain")) as plain:
+        top = plain.base_dn
+        ous = [await make_ou(plain, top) for _ in range(3)]
+        try:
+            ids = []
+            for number, ou in enumerate(ous):
+                name = f"u{number}-{tag}"
+                await plain.add(
+                    f"uid={name},{ou}", {"objectClass": ["inetOrgPerson"], "uid": [name], "cn": [name], "sn": [name]}
+                )
+                entry = await plain.get(f"uid={name},{ou}", ["entryUUID"])
+                assert entry is not None
+                ids.append(entry.text("entryUUID"))
+            async with LdapDirectory(slapd_settings(tmp_path / "two", base_dns=tuple(ous[:2]))) as scoped:
+                handler = ScimHandler(scoped, load_profile("openldap"))
+                found = await handler.handle(ScimOperation("GET", "/Users", {"filter": f'userName ew "-{tag}"'}))
+                assert sorted(r["id"] for r in found.body["Resources"]) == sorted(ids[:2])
+                assert (await handler.handle(ScimOperation("GET", f"/Users/{ids[1]}"))).status == 200
+                assert (await handler.handle(ScimOperation("GET", f"/Users/{ids[2]}"))).status == 404
+        finally:
+            for ou in ous:
+                await delete_tree(plain, ou)

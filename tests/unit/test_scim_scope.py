@@ -1,5 +1,5 @@
-"""What lies outside the handler's base is no SCIM resource: not through a group's members, a cached id, or the
-change feed (a rename out of the base is a deletion)."""
+"""What lies outside the handler's bases is no SCIM resource: not through a group's members, a cached id, or the
+change feed (a rename out of them is a deletion); what lies in any of them is."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from agent.scim.handler import ScimHandler
 from agent.scim.profile import load_profile
+from plugins.directory import Modification, ModOp
 from plugins.memory import MemoryDirectory, MemorySettings
 from protocol.envelope import ScimOperation
 
@@ -62,3 +63,34 @@ async def test_a_rename_out_of_the_base_is_a_deletion_in_the_change_feed(directo
     await directory.rename(f"uid=carol,ou=people,{INSIDE}", "uid=carol", new_superior=f"ou=elsewhere,{BASE}")
     changes = await handler.handle(ScimOperation("GET", "/Changes", {"watermark": start}))
     assert [(r["op"], r["id"]) for r in changes.body["Resources"]] == [("delete", moved)]
+
+
+async def test_every_base_is_served_and_nothing_outside_them(directory: MemoryDirectory) -> None:
+    """With two bases, lists, GET by id, group members and the change feed take in both; an entry under
+    neither stays out; a base inside another is searched once."""
+    second = f"ou=contractors,{BASE}"
+    await directory.add(second, {"objectClass": ["top", "organizationalUnit"], "ou": ["contractors"]})
+    alice = await _person(directory, f"uid=alice,ou=people,{INSIDE}", "alice")
+    carl = await _person(directory, f"uid=carl,{second}", "carl")
+    await _person(directory, f"uid=bob,ou=elsewhere,{BASE}", "bob")
+    members = [f"uid=alice,ou=people,{INSIDE}", f"uid=carl,{second}", f"uid=bob,ou=elsewhere,{BASE}"]
+    await directory.add(
+        f"cn=team,ou=groups,{INSIDE}", {"objectClass": ["top", "groupOfNames"], "cn": ["team"], "member": members}
+    )
+    handler = ScimHandler(directory, load_profile("openldap"), bases=[INSIDE, second, f"ou=people,{INSIDE}"])
+    assert handler.bases.dns == (INSIDE, second)
+    listed = await handler.handle(ScimOperation("GET", "/Users", {"sortBy": "userName"}))
+    assert [r["userName"] for r in listed.body["Resources"]] == ["alice", "carl"]
+    cursor = await handler.handle(ScimOperation("GET", "/Users", {"cursor": "", "count": "1"}))
+    following = await handler.handle(
+        ScimOperation("GET", "/Users", {"cursor": cursor.body["nextCursor"], "count": "1"})
+    )
+    assert {cursor.body["Resources"][0]["id"], following.body["Resources"][0]["id"]} == {alice, carl}
+    assert (await handler.handle(ScimOperation("GET", f"/Users/{carl}"))).status == 200
+    team = await handler.handle(ScimOperation("GET", "/Groups", {"filter": 'displayName eq "team"'}))
+    assert sorted(m["value"] for m in team.body["Resources"][0]["members"]) == sorted([alice, carl])
+    start = (await handler.handle(ScimOperation("GET", "/Changes"))).body["watermark"]
+    await directory.modify(f"uid=carl,{second}", [Modification(ModOp.REPLACE, "title", ("x",))])
+    await directory.modify(f"uid=bob,ou=elsewhere,{BASE}", [Modification(ModOp.REPLACE, "title", ("x",))])
+    changes = await handler.handle(ScimOperation("GET", "/Changes", {"watermark": start}))
+    assert [(r["op"], r["id"]) for r in changes.body["Resources"]] == [("upsert", carl)]
