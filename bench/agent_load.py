@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.config import AgentSettings
 from agent.runtime import Agent, settle_heap
-from bench.common import result, summary_ms
+from bench.common import agent_state, result, summary_ms
 from plugins.memory import MemoryDirectory, MemorySettings
 from protocol.signing import Signer, public_key_text
 from service.client import ScimClient
@@ -41,7 +41,7 @@ async def run_phase(
     broker = f"bench-{name}"
     settings = AgentSettings.model_validate(
         {
-            "agent": {"id": "bench", "domains": ["example.com"]},
+            "agent": {"id": "bench", "domains": ["example.com"], "state_dir": agent_state()},
             "transport": {"url": f"local://{broker}"},
             "signing": {"public_keys": {"bench": public_key_text(signer.public_key)}},
             "dispatcher": {"max_in_flight": max(concurrency, 1)},

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 from typing import Any
+
+
+def agent_state() -> str:
+    """A state folder of its own for a benchmark's agent (removed at exit): its replay memory, saved when it
+    stops, must not be restored by the next run's agent."""
+    folder = tempfile.mkdtemp(prefix="cloudprov-bench-agent-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def percentile(samples: list[float], fraction: float) -> float:

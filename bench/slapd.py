@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.config import AgentSettings
 from agent.runtime import Agent, settle_heap
+from bench.common import agent_state
 from plugins.ldap import LdapDirectory, LdapSettings
 from protocol.signing import Signer, public_key_text
 from service.client import ScimClient
@@ -104,7 +105,7 @@ async def local_agent(
     broker = f"bench-{uuid.uuid4().hex[:8]}"
     settings = AgentSettings.model_validate(
         {
-            "agent": {"id": "bench", "domains": ["example.com"]},
+            "agent": {"id": "bench", "domains": ["example.com"], "state_dir": agent_state()},
             "transport": {"url": f"local://{broker}"},
             "signing": {"public_keys": {"bench": public_key_text(signer.public_key)}},
             "dispatcher": {"max_in_flight": max_in_flight},

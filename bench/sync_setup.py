@@ -138,7 +138,7 @@ async def raw_dump(url: str, base: str, ldap_filter: str, attributes: list[str],
 # ---------------------------------------------------------------- the agent, in a child process
 def agent_config(url: str, state: Path, queue_prefix: str, public_key: str) -> dict[str, Any]:
     return {
-        "agent": {"id": "bench-agent", "domains": [DOMAIN]},
+        "agent": {"id": "bench-agent", "domains": [DOMAIN], "state_dir": str(state / "agent")},
         "transport": {
             "url": AMQP_URL,
             "options": {"request_queue": f"{queue_prefix}.{{domain}}", "reply_prefix": f"{queue_prefix}.replies."},

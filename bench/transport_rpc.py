@@ -195,13 +195,14 @@ async def agent_over(url: str, options: dict[str, object], n: int, in_flight: in
     """Signed, filtered SCIM GETs from ``ScimClient`` to the real agent (memory directory, zero latency)."""
     from agent.config import AgentSettings
     from agent.runtime import Agent
+    from bench.common import agent_state
     from protocol.signing import Signer, public_key_text
     from service.client import ScimClient
 
     signer = Signer.generate("bench")
     settings = AgentSettings.model_validate(
         {
-            "agent": {"id": "bench-agent", "domains": [DOMAIN]},
+            "agent": {"id": "bench-agent", "domains": [DOMAIN], "state_dir": agent_state()},
             "transport": {"url": url, "options": options},
             "directory": {"plugin": "memory", "seed_users": users},
             "signing": {"public_keys": {"bench": public_key_text(signer.public_key)}},
