@@ -31,6 +31,9 @@ from protocol import configfile
 from protocol.configfile import ConfigFileError, HealthServer, LoggingSection, Section, read_file_ref
 
 ENV_PREFIX = "CLOUDPROV__"
+#: Largest ``signing.clock_skew`` and ``signing.max_lifetime`` (seconds): beyond them a signed request stays
+#: usable for a replay long after it was sent.
+MAX_CLOCK_SKEW, MAX_LIFETIME = 300.0, 3600.0
 
 
 class ConfigError(ConfigFileError):
@@ -128,6 +131,28 @@ class SigningSection(Section):
         description="Accepted request ids remembered exactly until their deadline, to refuse replays (about 250 "
         "bytes each); more live ids go to Bloom filters (4 bytes each, up to 64 MiB).",
     )
+
+    @field_validator("clock_skew")
+    @classmethod
+    def _skew_bounded(cls, value: float) -> float:
+        if value > MAX_CLOCK_SKEW:
+            raise PydanticCustomError(
+                "clock_skew_too_large",
+                "Input should be at most {limit} seconds: a larger skew accepts requests long past their deadline",
+                {"limit": int(MAX_CLOCK_SKEW)},
+            )
+        return value
+
+    @field_validator("max_lifetime")
+    @classmethod
+    def _lifetime_bounded(cls, value: float) -> float:
+        if value > MAX_LIFETIME:
+            raise PydanticCustomError(
+                "max_lifetime_too_large",
+                "Input should be at most {limit} seconds: a captured request could be replayed that long",
+                {"limit": int(MAX_LIFETIME)},
+            )
+        return value
 
 
 class DispatcherSection(Section):

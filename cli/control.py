@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import ssl
@@ -148,6 +149,13 @@ class AdminSetupError(Exception):
     """The admin command cannot say where or how to call: the message names the option, variable or file."""
 
 
+def _seconds(option: str, value: float | None) -> float | None:
+    """A duration option as given; NaN or an infinity (which JSON cannot carry) is refused in one line."""
+    if value is not None and not math.isfinite(value):
+        raise AdminSetupError(f"{option} must be a finite number of seconds, not {value!r}")
+    return value
+
+
 def _admin_target(args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext]:
     url, token, ca_file = args.url, args.token, args.ca_file
     ca_source = "--ca-file"
@@ -273,8 +281,12 @@ def add_control_commands(commands: Any) -> None:
         "create", help="a one-time registration token for a domain", epilog=f"{example} token create --domain a.com"
     )
     create.add_argument("--domain", required=True)
-    create.add_argument("--ttl", type=float, help="seconds the token is valid (default: the service's token_ttl)")
-    create.set_defaults(func=_admin("POST", "/v1/admin/tokens", lambda a: {"domain": a.domain, "ttl": a.ttl}))
+    create.add_argument(
+        "--ttl", type=float, help="seconds the token is valid, 30 days at most (default: the service's token_ttl)"
+    )
+    create.set_defaults(
+        func=_admin("POST", "/v1/admin/tokens", lambda a: {"domain": a.domain, "ttl": _seconds("--ttl", a.ttl)})
+    )
 
     agents = actions.add_parser("agents", help="agents", epilog=f"{example} agents list").add_subparsers(
         dest="what", required=True
@@ -311,8 +323,12 @@ def add_control_commands(commands: Any) -> None:
         help="make a new active key; the old one stays valid for a grace period",
         epilog=f"{example} keys rotate --grace 86400",
     )
-    rotate.add_argument("--grace", type=float, help="seconds the old key stays valid (default: key_grace_period)")
-    rotate.set_defaults(func=_admin("POST", "/v1/admin/keys/rotate", lambda a: {"grace": a.grace}))
+    rotate.add_argument(
+        "--grace",
+        type=float,
+        help="seconds the old keys stay valid, 7 days at most; shortens an earlier grace (default: key_grace_period)",
+    )
+    rotate.set_defaults(func=_admin("POST", "/v1/admin/keys/rotate", lambda a: {"grace": _seconds("--grace", a.grace)}))
 
     pushed = actions.add_parser(
         "settings",

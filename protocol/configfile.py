@@ -2,6 +2,7 @@
 
 One YAML mapping of sections. String values may reference the environment as ``${NAME}`` or
 ``${NAME:-default}``; secrets (and keys, CA bundles) may be ``file:/path`` to read a mounted file.
+Numbers are finite (``.inf`` and ``.nan`` are refused) and never ``true``/``false`` (not taken as 1 and 0).
 ``write_private`` writes a secret file (keys, certificates) readable by its owner only.
 Environment variables named ``<PREFIX>SECTION__KEY`` override the file: scalars stay text (pydantic
 converts ``"5"`` or ``"true"`` where a field wants a number or a flag, and an id such as ``0042``
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from protocol.errors import ProtocolError
 
@@ -26,10 +30,29 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class Section(BaseModel):
-    """A configuration section: frozen, and an unknown key is an error (a typo is never ignored)."""
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number: ``int``, ``float``, or a union of them with ``None``."""
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(kinds) and all(_numeric(kind) for kind in kinds)
+    return annotation in (int, float)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """A configuration section: frozen, and an unknown key is an error (a typo is never ignored).
+
+    A number must be finite (NaN and infinities would disable every bound) and may not be a boolean
+    (pydantic would take ``true`` as 1); text such as ``"5"`` from an environment variable still converts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and _numeric(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("bool_not_number", "Input should be a number, not true or false")
+        return value
 
 
 class LoggingSection(Section):

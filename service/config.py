@@ -59,11 +59,15 @@ class ControlSection(Section):
     ca_cert_file: Path | None = Field(default=None, description="Operator-provided CA certificate (PEM).")
     ca_key_file: Path | None = Field(default=None, description="Its private key (PEM); both or neither.")
     client_cert_lifetime: float = Field(default=30 * DAY, gt=0, description="Seconds an agent certificate lives.")
-    token_ttl: float = Field(default=DAY, gt=0, description="Default lifetime of a registration token (s).")
+    token_ttl: float = Field(
+        default=DAY, gt=0, le=30 * DAY, description="Default lifetime of a registration token (s, 30 days at most)."
+    )
     bootstrap_interval: float = Field(default=600.0, gt=0, description="Seconds between an agent's bootstraps.")
     heartbeat_interval: float = Field(default=600.0, gt=0, description="Seconds between an agent's heartbeats.")
     active_window: float = Field(default=1800.0, gt=0, description="Seen within this many seconds: active.")
-    key_grace_period: float = Field(default=DAY, ge=0, description="Seconds a rotated-out signing key stays valid.")
+    key_grace_period: float = Field(
+        default=DAY, ge=0, le=7 * DAY, description="Seconds a rotated-out signing key stays valid (7 days at most)."
+    )
     clock_skew: float = Field(default=300.0, gt=0, description="Bootstrap requests older/newer than this: refused.")
 
     @field_validator("ca_cert_file", "ca_key_file")

@@ -13,8 +13,9 @@ Live keys
     ``scim.default_page_size``, ``scim.cursor_ttl``, ``scim.max_cursors``.
 
 Guarantees
-    - Each value is validated against the setting it names (the same rules as the file); a value
-      that does not validate is skipped with the reason, the others still apply.
+    - Each value is validated against the setting it names, by its section (the same rules as the
+      file: finite numbers, no ``true`` for a number, the bounds of ``signing``); a value that does
+      not validate is skipped with the reason, the others still apply.
     - Any other key is skipped with the reason: a known setting that needs a restart (the transport,
       the directory, ...), or an unknown one. Skipped keys never stop the agent.
 """
@@ -22,9 +23,9 @@ Guarantees
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.config import AgentSettings
 
@@ -53,10 +54,8 @@ def overlay(base: AgentSettings, remote: Mapping[str, Any]) -> tuple[AgentSettin
             skipped[key] = "needs an agent restart" if _known(section_name, field_name) else "not an agent setting"
             continue
         section: BaseModel = getattr(base, section_name)
-        info = type(section).model_fields[field_name]
-        try:
-            adapter: TypeAdapter[Any] = TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]
-            checked = adapter.validate_python(value)
+        try:  # the whole section, so its configuration and validators apply, not only the field's type
+            checked = getattr(type(section).model_validate({**dict(section), field_name: value}), field_name)
         except ValidationError as error:
             skipped[key] = "; ".join(e["msg"] for e in error.errors())
             continue

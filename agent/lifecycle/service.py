@@ -19,6 +19,8 @@ Guarantees
       the ordered list tried in turn), then the old one is retired (``Agent.replace_transport``);
       if none connects, the agent stays on the old endpoints and the bootstrap counts as failed.
       Domains whose endpoints the control plane does not name are served on the current endpoint.
+    - An endpoint that would serve without authentication (``allow_anonymous``) is never used, from
+      a bootstrap or from the cached one: it is logged as refused and the agent keeps its transport.
     - At start the keys and domains of the last successful bootstrap (``bootstrap.json``) are
       restored, so a restart while the control plane is down still serves.
     - A revoked agent stops taking requests, stops bootstrapping and says why in its readiness.
@@ -85,6 +87,17 @@ def choose_endpoints(document: dict[str, Any]) -> list[dict[str, Any]]:
     return list(lists[0])
 
 
+def _anonymous(transport: Transport) -> bool:
+    """Whether ``transport`` would answer callers without credentials (the http transport's ``allow_anonymous``)."""
+    return getattr(getattr(transport, "settings", None), "allow_anonymous", False) is True
+
+
+def _refuse_anonymous(url: str) -> str:
+    problem = "allow_anonymous is not accepted from the control plane: it would serve SCIM without authentication"
+    _log.warning("endpoint refused; keeping the current transport", endpoint=url.split("@")[-1], problem=problem)
+    return problem
+
+
 def initial_transport(settings: AgentSettings) -> Transport | None:
     """A transport on the last known endpoints (from the cached bootstrap), for a restart; None if none."""
     if not settings.control_plane.enabled:
@@ -96,7 +109,11 @@ def initial_transport(settings: AgentSettings) -> Transport | None:
     if not chosen:
         return None
     first = chosen[0]
-    return create_transport(first["url"], domains=document["domains"], options=first.get("options") or {})
+    transport = create_transport(first["url"], domains=document["domains"], options=first.get("options") or {})
+    if _anonymous(transport):
+        _refuse_anonymous(first["url"])
+        return None
+    return transport
 
 
 class Lifecycle:
@@ -214,8 +231,11 @@ class Lifecycle:
         self.agent.dispatcher.domains = {d.lower() for d in (*self.domains, *domains)}
         errors = []
         for endpoint, key in zip(endpoints, wanted, strict=True):
-            transport = create_transport(endpoint["url"], domains=domains, options=endpoint.get("options") or {})
             try:
+                transport = create_transport(endpoint["url"], domains=domains, options=endpoint.get("options") or {})
+                if _anonymous(transport):
+                    errors.append(f"{endpoint['url'].split('@')[-1]}: {_refuse_anonymous(endpoint['url'])}")
+                    continue
                 await self.agent.replace_transport(transport)
             except Exception as error:  # a transport's own errors differ; each is reported, the next tried
                 errors.append(f"{endpoint['url'].split('@')[-1]}: {error}")
@@ -225,7 +245,7 @@ class Lifecycle:
             _log.info("switched to new transport endpoints", domains=domains)
             return
         self._set_domains(self.domains)
-        raise LifecycleError("no new endpoint could be reached: " + "; ".join(errors))
+        raise LifecycleError("no new endpoint could be used: " + "; ".join(errors))
 
     def _set_domains(self, domains: list[str]) -> None:
         self.domains = list(domains)

@@ -23,17 +23,21 @@ Guarantees
     calls have none); a certificate from another CA fails the TLS handshake, and the agent endpoints
     refuse a request without a valid, current, unrevoked certificate before reading its body. The
     admin token is compared in constant time; with no token configured the admin API answers 503.
+    A body must be a UTF-8 JSON object (256 KiB at most, ``MAX_DEPTH`` levels of nesting at most)
+    without NaN, infinities or lone surrogates: anything else is a 400 ``invalid_json``, never a
+    failure of the control plane.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import structlog
 from aiohttp import web
@@ -48,6 +52,9 @@ _log = structlog.get_logger("cloudprov.control")
 PLANE: web.AppKey[ControlPlane] = web.AppKey("plane", ControlPlane)
 ADMIN_TOKEN: web.AppKey[str | None] = web.AppKey("admin_token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Containers nested deeper than this in a request body are refused (no message of the API needs more; a body
+#: the parser barely accepted could fail when written back or read again deeper in the stack).
+MAX_DEPTH = 32
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -69,13 +76,48 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal_error", "the control plane failed on this request; see its log")
 
 
+def _invalid(problem: str) -> ControlError:
+    return ControlError(400, "invalid_json", f"the request body must be a JSON object: {problem}")
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise _invalid(f"{name} is not a JSON number")
+
+
+def _check_values(body: Any) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH``, text that is not Unicode (a lone surrogate from a ``\\ud800``
+    escape) and numbers too large for a float (``1e400``); iteratively, so any depth the parser accepted is fine."""
+    stack = [(body, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list) and depth >= MAX_DEPTH:
+            raise _invalid(f"it is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            stack.extend((part, depth + 1) for part in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise _invalid("a number is too large")
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise _invalid("a string holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ControlError(400, "invalid_json", "the request body must be a JSON object") from None
+        body = json.loads(raw.decode(), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise _invalid("it is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise _invalid(f"{error.msg} at line {error.lineno}, column {error.colno}") from None
+    except RecursionError:
+        raise _invalid("it is nested too deeply") from None
     if not isinstance(body, dict):
-        raise ControlError(400, "invalid_json", "the request body must be a JSON object")
+        raise _invalid(f"it is a {type(body).__name__}")
+    _check_values(body)
     return body
 
 
@@ -92,8 +134,8 @@ def _admin(handler: Handler) -> Handler:
         expected = request.app[ADMIN_TOKEN]
         if expected is None:
             raise ControlError(503, "admin_disabled", "the admin API is disabled: set admin.token in service.yaml")
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        given = request.headers.get("Authorization", "")  # undecodable bytes come as surrogate escapes
+        if not hmac.compare_digest(given.encode(errors="surrogateescape"), f"Bearer {expected}".encode()):
             raise ControlError(401, "admin_unauthorized", "admin endpoints need 'Authorization: Bearer <admin token>'")
         return await handler(request)
 

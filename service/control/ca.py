@@ -37,7 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protocol.configfile import write_private
 
 AGENT_URI_PREFIX = "urn:cloudprov:agent:"
-AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: A valid agent id, matched with ``fullmatch`` (``$`` would also match before a final newline).
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 CA_LIFETIME = datetime.timedelta(days=3650)
 SERVER_LIFETIME = datetime.timedelta(days=397)
 
@@ -179,7 +180,7 @@ class CertificateAuthority:
 
     def issue_client(self, csr_pem: str, agent_id: str, lifetime: float) -> IssuedCertificate:
         """Sign a client certificate for ``agent_id`` from its CSR (which must name that agent)."""
-        if not AGENT_ID.match(agent_id):
+        if not AGENT_ID.fullmatch(agent_id):
             raise CsrError(f"{agent_id!r} is not a valid agent id (letters, digits, '.', '_', '-'; 128 at most)")
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())

@@ -13,18 +13,25 @@ Guarantees
       ``clock_skew`` seconds of now (else ``stale``) and carry a nonce not seen before (else
       ``replayed``); a refused bootstrap records nothing.
     - After a key rotation, the old and new keys are both handed out until ``key_grace_period``
-      ends; afterwards only the new one (the old one is dropped from the store).
+      ends; afterwards only the new one (the old one is dropped from the store). A rotation's grace
+      also bounds the keys still retiring from earlier rotations.
+    - Durations are finite: a registration token lives at most ``MAX_TOKEN_TTL``, a rotated-out key
+      at most ``MAX_KEY_GRACE``. Domain names are kept lower case without surrounding blanks.
+    - Endpoints never carry ``allow_anonymous``: an agent told to serve SCIM over HTTP must
+      authenticate its callers (a token or client certificates).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 from cryptography import x509
@@ -37,13 +44,21 @@ from service.store import (
     AgentIdTakenError,
     AgentRecord,
     AgentRevokedError,
+    AgentServesOtherDomainsError,
     Store,
     TokenRefusedError,
     UnknownAgentError,
+    normal_domain,
 )
 
 _log = structlog.get_logger("cloudprov.control")
 TOKEN_PREFIX = "cpr_"  # noqa: S105 (a recognisable prefix of registration tokens, not a secret)
+DAY = 86400.0
+#: The longest a registration token may live, and a rotated-out signing key stay trusted (seconds).
+MAX_TOKEN_TTL, MAX_KEY_GRACE = 30 * DAY, 7 * DAY
+#: A domain name once normalised: dot-separated labels of letters, digits, '-' and '_' (253 characters at most).
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+DOMAIN = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 
 
 class ControlError(Exception):
@@ -91,19 +106,71 @@ def _text(body: Mapping[str, Any], key: str, *, required: bool = True) -> str:
     return value
 
 
+def check_domain(value: Any) -> str:
+    """``value`` as a domain name: lower case, without surrounding blanks; 400 when it is not one."""
+    domain = normal_domain(value) if isinstance(value, str) else ""
+    if not DOMAIN.fullmatch(domain):
+        shown = value if isinstance(value, str) else type(value).__name__
+        raise ControlError(
+            400,
+            "invalid_domain",
+            f"{shown!r} is not a domain name (dot-separated labels of letters, digits, '-' and '_'; "
+            "an internationalised name in its xn-- form)",
+        )
+    return domain
+
+
+def check_seconds(value: float, name: str, *, maximum: float, zero: bool) -> float:
+    """A finite duration in ``(0, maximum]`` (``[0, maximum]`` with ``zero``); 400 otherwise."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > maximum:
+        low = "0 or more" if zero else "more than 0"
+        raise ControlError(
+            400, "invalid_request", f"{name!r} must be {low} seconds, at most {maximum:.0f} ({maximum / DAY:g} days)"
+        )
+    return value
+
+
+def _anonymous(url: str, options: Mapping[str, Any]) -> bool:
+    """Whether an endpoint sets ``allow_anonymous`` (in its URL query or its options), whatever the value."""
+    names = [name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)] + list(options)
+    return any(str(name).strip().lower() == "allow_anonymous" for name in names)
+
+
 def check_endpoints(value: Any) -> list[dict[str, Any]]:
-    """An ordered, non-empty list of ``{"url": "scheme://…", "options": {…}}``."""
+    """An ordered, non-empty list of ``{"url": "scheme://…", "options": {…}}``, none with ``allow_anonymous``."""
     if not isinstance(value, list) or not value:
         raise ControlError(400, "invalid_request", "'endpoints' must be a non-empty list of {url, options}")
     endpoints = []
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str) or "://" not in item["url"]:
             raise ControlError(400, "invalid_request", f"endpoint {item!r} needs a 'url' like amqp://host/vhost")
-        options = item.get("options", {})
+        url, options = item["url"], item.get("options", {})
         if not isinstance(options, dict):
-            raise ControlError(400, "invalid_request", f"endpoint {item['url']!r}: 'options' must be a mapping")
-        endpoints.append({"url": item["url"], "options": options})
+            raise ControlError(400, "invalid_request", f"endpoint {url!r}: 'options' must be a mapping")
+        if _anonymous(url, options):
+            raise ControlError(
+                400,
+                "anonymous_endpoint",
+                f"endpoint {url.split('@')[-1]!r}: 'allow_anonymous' is not accepted from the control plane "
+                "(agents would answer SCIM requests from anyone); give the http transport a 'token' or "
+                "'tls_client_ca' instead",
+            )
+        endpoints.append({"url": url, "options": options})
     return endpoints
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a JSON-like value holds NaN or an infinity anywhere (iteratively: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class ControlPlane:
@@ -131,11 +198,8 @@ class ControlPlane:
 
     # ---- registration -----------------------------------------------------------------------
     async def create_token(self, domain: str, ttl: float | None = None) -> dict[str, Any]:
-        if not domain or "/" in domain:
-            raise ControlError(400, "invalid_request", f"{domain!r} is not a domain name")
-        ttl = self.settings.token_ttl if ttl is None else ttl
-        if ttl <= 0:
-            raise ControlError(400, "invalid_request", "'ttl' must be a positive number of seconds")
+        domain = check_domain(domain)
+        ttl = check_seconds(self.settings.token_ttl if ttl is None else ttl, "ttl", maximum=MAX_TOKEN_TTL, zero=False)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self.clock()
         await self.store.create_token(token_hash(token), domain, now, now + ttl)
@@ -156,6 +220,8 @@ class ControlPlane:
             raise ControlError(401, f"token_{error.reason}", str(error)) from None
         except AgentRevokedError as error:
             raise ControlError(403, "agent_revoked", str(error)) from None
+        except AgentServesOtherDomainsError as error:
+            raise ControlError(409, "agent_serves_other_domains", str(error)) from None
         except AgentIdTakenError as error:
             raise ControlError(409, "agent_id_taken", str(error)) from None
         _log.info("agent registered", agent_id=agent_id, domain=domain, serial=issued.serial)
@@ -266,6 +332,7 @@ class ControlPlane:
         return [self.describe(a) for a in await self.store.list_agents()]
 
     async def assign(self, agent_id: str, domain: str, *, assigned: bool) -> dict[str, Any]:
+        domain = check_domain(domain)
         try:
             if assigned:
                 changed = await self.store.assign(agent_id, domain, self.clock())
@@ -286,9 +353,9 @@ class ControlPlane:
         return {"changed": changed}
 
     async def rotate_keys(self, grace: float | None = None) -> dict[str, Any]:
+        """A new active key; the old one, and any still retiring, stay trusted ``grace`` seconds at most."""
         grace = self.settings.key_grace_period if grace is None else grace
-        if grace < 0:
-            raise ControlError(400, "invalid_request", "'grace' must be 0 or more seconds")
+        grace = check_seconds(grace, "grace", maximum=MAX_KEY_GRACE, zero=True)
         now = self.clock()
         new = new_signing_key(now, self.key_secret)
         dropped = await self.store.rotate_signing_key(new, grace, now)
@@ -304,6 +371,7 @@ class ControlPlane:
         ]
 
     async def set_endpoints(self, domain: str, endpoints: Any) -> dict[str, Any]:
+        domain = check_domain(domain)
         checked = check_endpoints(endpoints)
         await self.store.set_endpoints(domain, checked, self.clock())
         return {"domain": domain, "endpoints": checked}
@@ -311,6 +379,8 @@ class ControlPlane:
     async def update_settings(self, values: Any) -> dict[str, Any]:
         if not isinstance(values, dict) or not values:
             raise ControlError(400, "invalid_request", "send a non-empty mapping of settings (null removes one)")
+        if bad := sorted(key for key, value in values.items() if _non_finite(value)):
+            raise ControlError(400, "invalid_request", f"{', '.join(bad)}: NaN and infinities are not setting values")
         version = await self.store.update_settings(values)
         settings, _ = await self.store.settings()
         return {"settings": settings, "settings_version": version}
@@ -321,4 +391,14 @@ class ControlPlane:
         return signer_of(record, self.key_secret)
 
 
-__all__ = ["AGENT_ID", "ControlError", "ControlPlane", "check_endpoints", "token_hash"]
+__all__ = [
+    "AGENT_ID",
+    "MAX_KEY_GRACE",
+    "MAX_TOKEN_TTL",
+    "ControlError",
+    "ControlPlane",
+    "check_domain",
+    "check_endpoints",
+    "check_seconds",
+    "token_hash",
+]

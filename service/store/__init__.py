@@ -12,11 +12,13 @@ from service.store.base import (
     AgentIdTakenError,
     AgentRecord,
     AgentRevokedError,
+    AgentServesOtherDomainsError,
     SigningKeyRecord,
     Store,
     StoreError,
     TokenRefusedError,
     UnknownAgentError,
+    normal_domain,
 )
 
 #: The URL schemes of the PostgreSQL driver, and of every store (``open_store``, the provisioning state).
@@ -45,10 +47,12 @@ __all__ = [
     "AgentIdTakenError",
     "AgentRecord",
     "AgentRevokedError",
+    "AgentServesOtherDomainsError",
     "SigningKeyRecord",
     "Store",
     "StoreError",
     "TokenRefusedError",
     "UnknownAgentError",
+    "normal_domain",
     "open_store",
 ]

@@ -51,6 +51,10 @@ class AgentIdTakenError(StoreError):
     """The agent id belongs to an agent of other domains: a token for one domain cannot take it over."""
 
 
+class AgentServesOtherDomainsError(AgentIdTakenError):
+    """The agent serves the token's domain and others too: a token for one of them cannot re-issue it."""
+
+
 class Tx(Protocol):
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]: ...
 
@@ -163,7 +167,7 @@ class Store(abc.ABC):
             await tx.execute(
                 "INSERT INTO registration_tokens (token_hash, domain, created_at, expires_at) VALUES ($1, $2, $3, $4)",
                 token_hash,
-                domain,
+                normal_domain(domain),
                 now,
                 expires_at,
             )
@@ -171,10 +175,11 @@ class Store(abc.ABC):
     async def register_agent(self, token_hash: str, agent_id: str, serial: str, not_after: float, now: float) -> str:
         """Consume the token and record the agent with its certificate and the token's domain; return it.
 
-        An existing agent registers again (a new certificate) only with a token of a domain it serves;
-        otherwise ``AgentIdTakenError``, or its certificate, domains and endpoints would go to whoever holds
-        a token of any domain. Raises ``TokenRefusedError``, ``AgentRevokedError`` or ``AgentIdTakenError``;
-        then nothing changed.
+        An existing agent registers again (a new certificate) only with a token of the one domain it
+        serves: a token of a domain it does not serve raises ``AgentIdTakenError``, and one of a domain it
+        serves together with others ``AgentServesOtherDomainsError`` (or its certificate, and the other
+        domains' endpoints, would go to whoever holds a token of any one of them). Raises
+        ``TokenRefusedError``, ``AgentRevokedError`` or ``AgentIdTakenError``; then nothing changed.
         """
         async with self.transaction() as tx:
             rows = await tx.fetch(
@@ -186,16 +191,23 @@ class Store(abc.ABC):
             )
             if not rows:
                 raise await _why_refused(tx, token_hash)
-            domain = str(rows[0]["domain"])
+            domain = normal_domain(str(rows[0]["domain"]))
             existing = await tx.fetch("SELECT revoked FROM agents WHERE id = $1", agent_id)
             if existing and existing[0]["revoked"]:
                 raise AgentRevokedError(f"agent {agent_id!r} was revoked; register it under a new id")
-            if existing and not await tx.fetch(
-                "SELECT 1 AS x FROM domain_assignments WHERE agent_id = $1 AND domain = $2", agent_id, domain
-            ):
-                raise AgentIdTakenError(
-                    f"agent id {agent_id!r} is registered and does not serve {domain!r}: register under a new id"
-                )
+            if existing:
+                assigned = await tx.fetch("SELECT domain FROM domain_assignments WHERE agent_id = $1", agent_id)
+                served = {normal_domain(str(r["domain"])) for r in assigned}
+                if domain not in served:
+                    raise AgentIdTakenError(
+                        f"agent id {agent_id!r} is registered and does not serve {domain!r}: register under a new id"
+                    )
+                if served != {domain}:  # the other domains are not named: the token holder may not know them
+                    raise AgentServesOtherDomainsError(
+                        f"agent id {agent_id!r} also serves other domains than {domain!r}, so a token for "
+                        f"{domain!r} cannot re-register it: register under a new id, or ask an admin to "
+                        "unassign the other domains first"
+                    )
             await tx.execute(
                 "INSERT INTO agents (id, cert_serial, cert_not_after, registered_at) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (id) DO UPDATE SET cert_serial = excluded.cert_serial, "
@@ -284,7 +296,7 @@ class Store(abc.ABC):
                 "INSERT INTO domain_assignments (agent_id, domain, assigned_at) VALUES ($1, $2, $3) "
                 "ON CONFLICT (agent_id, domain) DO NOTHING",
                 agent_id,
-                domain,
+                normal_domain(domain),
                 now,
             )
         return count == 1
@@ -294,10 +306,12 @@ class Store(abc.ABC):
         async with self.transaction() as tx:
             if not await tx.fetch("SELECT 1 AS x FROM agents WHERE id = $1", agent_id):
                 raise UnknownAgentError(f"no agent {agent_id!r}")
-            count = await tx.execute(
-                "DELETE FROM domain_assignments WHERE agent_id = $1 AND domain = $2", agent_id, domain
+            count = await tx.execute(  # rows written before domains were normalised are matched too
+                "DELETE FROM domain_assignments WHERE agent_id = $1 AND LOWER(TRIM(domain)) = $2",
+                agent_id,
+                normal_domain(domain),
             )
-        return count == 1
+        return count >= 1
 
     # ---- domain endpoints -------------------------------------------------------------------
     async def set_endpoints(self, domain: str, endpoints: Sequence[Mapping[str, Any]], now: float) -> None:
@@ -305,17 +319,17 @@ class Store(abc.ABC):
             await tx.execute(
                 "INSERT INTO domains (domain, endpoints, updated_at) VALUES ($1, $2, $3) "
                 "ON CONFLICT (domain) DO UPDATE SET endpoints = excluded.endpoints, updated_at = excluded.updated_at",
-                domain,
+                normal_domain(domain),
                 json.dumps([dict(e) for e in endpoints]),
                 now,
             )
 
     async def endpoints(self, domains: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        """The ordered endpoint list of each domain that has one."""
+        """The ordered endpoint list of each of ``domains`` that has one, keyed as asked (compared normalised)."""
         async with self.transaction() as tx:
-            rows = await tx.fetch("SELECT domain, endpoints FROM domains ORDER BY domain")
-        wanted = set(domains)
-        return {str(r["domain"]): json.loads(r["endpoints"]) for r in rows if r["domain"] in wanted}
+            rows = await tx.fetch("SELECT domain, endpoints FROM domains ORDER BY updated_at, domain")
+        found = {normal_domain(str(r["domain"])): json.loads(r["endpoints"]) for r in rows}  # the newest wins
+        return {d: found[normal_domain(d)] for d in sorted(domains) if normal_domain(d) in found}
 
     # ---- request-signing keys ---------------------------------------------------------------
     async def signing_keys(self, now: float) -> list[SigningKeyRecord]:
@@ -338,14 +352,20 @@ class Store(abc.ABC):
         return key
 
     async def rotate_signing_key(self, new: SigningKeyRecord, grace: float, now: float) -> list[str]:
-        """Make ``new`` the active key; the old active one retires after ``grace`` s. Returns the dropped ids."""
+        """Make ``new`` the active key; every other key retires within ``grace`` s. Returns the dropped ids.
+
+        The old active key retires after ``grace``; keys already retiring later than that are brought
+        forward to it (a rotation with a short grace also ends a long grace given before).
+        """
         async with self.transaction() as tx:
             await self._lock(tx, "signing_keys")
             dropped = await tx.fetch(
                 "DELETE FROM signing_keys WHERE state = 'retiring' AND retire_at <= $1 RETURNING id", now
             )
             await tx.execute(
-                "UPDATE signing_keys SET state = 'retiring', retire_at = $1 WHERE state = 'active'", now + grace
+                "UPDATE signing_keys SET state = 'retiring', retire_at = $1 "
+                "WHERE state = 'active' OR (state = 'retiring' AND retire_at > $1)",
+                now + grace,
             )
             await _insert_key(tx, new)
         return [str(r["id"]) for r in dropped]
@@ -390,6 +410,11 @@ class Store(abc.ABC):
         return version
 
 
+def normal_domain(domain: str) -> str:
+    """A domain name as the store keeps and compares it: lower case, without surrounding blanks."""
+    return domain.strip().lower()
+
+
 async def _why_refused(tx: Tx, token_hash: str) -> TokenRefusedError:
     rows = await tx.fetch("SELECT used_at FROM registration_tokens WHERE token_hash = $1", token_hash)
     if not rows:
@@ -401,16 +426,16 @@ async def _why_refused(tx: Tx, token_hash: str) -> TokenRefusedError:
 
 async def _agents(tx: Tx, where: str, *args: Any) -> list[AgentRecord]:
     rows = await tx.fetch(f"SELECT {_AGENT_COLUMNS} FROM agents {where}", *args)  # noqa: S608 (fixed text)
-    assignments = await tx.fetch("SELECT agent_id, domain FROM domain_assignments ORDER BY domain")
-    domains: dict[str, list[str]] = {}
-    for row in assignments:
-        domains.setdefault(str(row["agent_id"]), []).append(str(row["domain"]))
+    assignments = await tx.fetch("SELECT agent_id, domain FROM domain_assignments")
+    domains: dict[str, set[str]] = {}
+    for row in assignments:  # normalised again: rows written before domains were normalised
+        domains.setdefault(str(row["agent_id"]), set()).add(normal_domain(str(row["domain"])))
     agents = []
     for row in rows:
         values = dict(row)
         values["revoked"] = bool(values["revoked"])
         values["last_status"] = json.loads(values["last_status"]) if values["last_status"] else None
-        agents.append(AgentRecord(**values, domains=tuple(domains.get(str(row["id"]), ()))))
+        agents.append(AgentRecord(**values, domains=tuple(sorted(domains.get(str(row["id"]), ())))))
     return agents
 
 
@@ -428,12 +453,15 @@ async def _insert_key(tx: Tx, key: SigningKeyRecord) -> None:
 
 
 __all__ = [
+    "AgentIdTakenError",
     "AgentRecord",
     "AgentRevokedError",
+    "AgentServesOtherDomainsError",
     "SigningKeyRecord",
     "Store",
     "StoreError",
     "TokenRefusedError",
     "Tx",
     "UnknownAgentError",
+    "normal_domain",
 ]

@@ -9,14 +9,18 @@ Guarantees
     starts with ``BEGIN IMMEDIATE``: writers are serialised, also across processes sharing the file,
     which is what makes the store-wide locks of ``Store._lock`` a no-op here. Migrations run in one
     such transaction each. Where SQLite answers "locked" without waiting (several processes opening
-    a new file at once), the step is retried, bounded.
+    a new file at once), the step is retried, bounded. The database holds signing keys and broker
+    credentials: a folder this driver creates is 0700, and the database file with its ``-wal``,
+    ``-shm`` and ``-journal`` files is 0600 (created so, or tightened when found wider), whatever the umask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +34,8 @@ T = TypeVar("T")
 _PARAM = re.compile(r"\$(\d+)")
 #: Tries of a step SQLite may refuse with "database is locked" without waiting (first opens switching to WAL).
 LOCKED_TRIES = 200
+#: The files SQLite keeps next to a database (its mode is theirs when SQLite creates them).
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def _retry_locked(step: Callable[[], T]) -> T:
@@ -42,6 +48,21 @@ def _retry_locked(step: Callable[[], T]) -> T:
                 raise
             time.sleep(0.01)
     return step()
+
+
+def private_database(path: Path) -> None:
+    """Create ``path``'s folder 0700 when missing and the database file 0600; tighten its files found wider."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is masked by the umask, which may take the owner's bits too
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path.name, *(path.name + side for side in SIDE_FILES)):
+        try:
+            mode = stat.S_IMODE((path.parent / name).stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(path.parent / name, 0o600)
 
 
 def sqlite_path(url: str) -> str:
@@ -82,8 +103,8 @@ class SqliteStore(Store):
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.path not in {":memory:", ""}:
+                private_database(Path(self.path))
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA busy_timeout = 10000")
             connection.execute("PRAGMA foreign_keys = ON")

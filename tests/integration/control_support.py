@@ -1,13 +1,15 @@
 """Helpers for control-plane tests: a control plane on loopback HTTPS, an admin client, agents bound to it.
 
 ``control_plane(tmp)`` serves a real ``ControlPlaneServer`` (SQLite in ``tmp``, port 0, short
-intervals, a movable clock); ``Admin`` calls its admin API; ``lifecycle_agent(...)`` registers an
-agent and runs it (memory directory, ``local://`` transport by default) with the lifecycle services.
+intervals, a movable clock); ``Admin`` calls its admin API, ``raw_call`` sends bytes no client would;
+``lifecycle_agent(...)`` registers an agent and runs it (memory directory, ``local://`` transport by
+default) with the lifecycle services.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 import uuid
@@ -85,6 +87,30 @@ async def call_with_headers(
     ):
         payload = await response.json()
         return response.status, payload
+
+
+async def raw_call(
+    server: ControlPlaneServer, method: str, path: str, body: bytes, headers: dict[bytes, bytes]
+) -> tuple[int, dict[str, Any]]:
+    """One HTTPS request written byte for byte (headers and body no client library would send); (status, JSON)."""
+    assert server.plane is not None
+    context = ssl.create_default_context(cadata=server.plane.ca.cert_pem)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+    head = b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n" % (
+        method.encode(),
+        path.encode(),
+        len(body),
+    )
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers.items())
+    try:
+        writer.write(head + b"\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(15):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
 
 def admin_for(server: ControlPlaneServer) -> Admin:

@@ -55,3 +55,21 @@ async def test_admin_and_register_commands(tmp_path: Path, capsys: pytest.Captur
         outsider = [*admin[:4], "wrong", *admin[5:]]
         code, _, err = await _cli(capsys, *outsider, "agents", "list")
         assert (code, "admin_unauthorized" in err) == (2, True)
+
+
+async def test_endless_durations_are_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ttl or grace that is NaN, infinite or above its maximum ends the command with one line on stderr, exit 2."""
+    async with control_plane(tmp_path / "cp") as server:
+        admin = ["admin", "--url", server.url, "--token", ADMIN_TOKEN, "--ca-file", str(tmp_path / "cp" / "ca.pem")]
+        for argv, expected in (
+            (["token", "create", "--domain", "example.com", "--ttl", "inf"], "--ttl must be a finite number"),
+            (["token", "create", "--domain", "example.com", "--ttl", "nan"], "--ttl must be a finite number"),
+            (["token", "create", "--domain", "example.com", "--ttl", "1e300"], "at most 2592000 (30 days)"),
+            (["keys", "rotate", "--grace=-inf"], "--grace must be a finite number"),
+            (["keys", "rotate", "--grace", "1e300"], "at most 604800 (7 days)"),
+        ):
+            code, out, err = await _cli(capsys, *admin, *argv)
+            assert (code, out) == (2, ""), argv
+            assert len(err.strip().splitlines()) == 1, err
+            assert err.startswith("admin: ")
+            assert expected in err, argv

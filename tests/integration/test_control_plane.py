@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
 
-from agent.lifecycle import ControlPlaneRefusedError, ControlPlaneUnavailableError, Identity, register
+from agent.lifecycle import (
+    ControlPlaneRefusedError,
+    ControlPlaneUnavailableError,
+    Identity,
+    initial_transport,
+    register,
+)
 from agent.lifecycle.client import call
 from protocol.signing import Signer
 from service.client import ScimClient
@@ -28,7 +37,8 @@ from tests.integration.control_support import (
     service_settings,
     wait_until,
 )
-from transports.local import LocalRequester
+from transports.http import HttpTransport
+from transports.local import LocalRequester, LocalTransport
 
 
 async def _agent_record(server: ControlPlaneServer, agent_id: str) -> dict[str, object]:
@@ -169,7 +179,7 @@ async def test_forged_stale_and_replayed_bootstraps_are_refused(tmp_path: Path) 
         status, body = await agent_call(
             state, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "n0", "sent_at": float("nan")}
         )
-        assert (status, body["error"]) == (401, "stale")  # NaN is no time: never "within the skew"
+        assert (status, body["error"]) == (400, "invalid_json")  # NaN is not JSON, nor a time "within the skew"
         assert (await _agent_record(server, "agent-1"))["last_bootstrap_at"] is None
 
         first = {"agent_id": "agent-1", "nonce": "n1", "sent_at": now}
@@ -347,6 +357,7 @@ async def test_settings_from_the_control_plane_apply_to_the_running_agent(tmp_pa
                     "scim.max_page_size": 2,
                     "signing.clock_skew": 5,
                     "dispatcher.max_deliveries": 0,  # invalid: skipped, the rest still applies
+                    "signing.max_lifetime": 1e12,  # above the agent's maximum: skipped too
                     "transport.url": "amqp://elsewhere",  # needs a restart: skipped
                     "no.such": 1,
                 },
@@ -356,6 +367,7 @@ async def test_settings_from_the_control_plane_apply_to_the_running_agent(tmp_pa
             agent = running.agent
             assert running.lifecycle.remote_settings["scim.max_page_size"] == 2
             assert agent.verifier.clock_skew == 5
+            assert agent.verifier.max_lifetime == settings.signing.max_lifetime
             assert agent.dispatcher.settings.max_deliveries == settings.dispatcher.max_deliveries
             assert agent.settings.transport.url == settings.transport.url
             client, requester = await _scim_client(server, broker)
@@ -369,3 +381,42 @@ async def test_settings_from_the_control_plane_apply_to_the_running_agent(tmp_pa
                 await running.bootstrap_now()
                 assert (await client.search("/Users", count="50"))["itemsPerPage"] == 5
             assert agent.verifier.clock_skew == 5  # still set by the control plane
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_agent_refuses_a_pushed_endpoint_that_serves_anonymous_callers(tmp_path: Path) -> None:
+    """An allow_anonymous endpoint that reaches an agent anyway (written to the store directly) is refused with
+    a warning: the agent keeps its transport, and nothing answers unauthenticated HTTP on that port."""
+    async with control_plane(tmp_path / "cp") as server:
+        assert server.plane is not None
+        state = tmp_path / "agent"
+        await register_agent(server, state, "agent-1")
+        port = _free_port()
+        anonymous = {"url": f"http://127.0.0.1:{port}/scim?allow_anonymous=true", "options": {}}
+        await server.plane.store.set_endpoints(DOMAIN, [anonymous], time.time())
+        with capture_logs() as logs:
+            async with lifecycle_agent(agent_settings(state, server.url, "agent-1", bootstrap_interval=60)) as running:
+                await wait_until(lambda: running.lifecycle.failures >= 1, "the pushed endpoint was refused")
+                assert isinstance(running.agent.transport, LocalTransport)
+                assert "allow_anonymous" in (running.lifecycle.last_error or "")
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        refused = [e for e in logs if e["event"] == "endpoint refused; keeping the current transport"]
+        assert refused
+        assert refused[0]["log_level"] == "warning"
+        assert "allow_anonymous" in refused[0]["problem"]
+
+
+def test_a_restart_does_not_serve_a_cached_anonymous_endpoint(tmp_path: Path) -> None:
+    """The last bootstrap's endpoint is used at a restart, but not when it would serve anonymous callers."""
+    state = tmp_path / "agent"
+    settings = agent_settings(state, "https://127.0.0.1:1", "agent-1")
+    for query, expected in (("token=secret", HttpTransport), ("allow_anonymous=true", type(None))):
+        endpoint = {"url": f"http://127.0.0.1:0/scim?{query}", "options": {}}
+        Identity(state).save_bootstrap({"agent_id": "agent-1", "domains": [DOMAIN], "endpoints": {DOMAIN: [endpoint]}})
+        assert isinstance(initial_transport(settings), expected), query

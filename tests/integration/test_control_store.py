@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from service.store import (
     AgentIdTakenError,
     AgentRevokedError,
+    AgentServesOtherDomainsError,
     SigningKeyRecord,
     Store,
     TokenRefusedError,
@@ -143,6 +146,47 @@ async def test_a_token_of_another_domain_cannot_take_over_an_agent_id(store: Sto
     assert renewed.cert_serial == "dd"
 
 
+async def test_a_token_cannot_re_register_an_agent_that_serves_other_domains_too(store: Store) -> None:
+    """A token of one of an agent's domains re-issues it only while it serves no other: else nothing changes."""
+    await store.create_token("a1", "a.example", NOW, NOW + 60)
+    await store.register_agent("a1", "agent-1", "aa", NOW + 3600, NOW)
+    await store.assign("agent-1", "b.example", NOW)
+    await store.create_token("a2", "a.example", NOW, NOW + 60)
+    with pytest.raises(AgentServesOtherDomainsError, match="also serves other domains"):
+        await store.register_agent("a2", "agent-1", "bb", NOW + 3600, NOW)
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert (agent.cert_serial, agent.domains) == ("aa", ("a.example", "b.example"))
+    await store.unassign("agent-1", "b.example")
+    assert await store.register_agent("a2", "agent-1", "cc", NOW + 3600, NOW) == "a.example"  # the token was kept
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert agent.cert_serial == "cc"
+
+
+async def test_domains_are_kept_and_compared_normalised(store: Store) -> None:
+    """Domains are stored lower case without blanks, and rows written before that are still found by lookups."""
+    await store.create_token("t", " Example.ORG ", NOW, NOW + 60)
+    assert await store.register_agent("t", "agent-1", "aa", NOW + 3600, NOW) == "example.org"
+    await store.set_endpoints("EXAMPLE.org", [{"url": "local://x"}], NOW)
+    async with store.transaction() as tx:  # as an older control plane wrote them
+        await tx.execute("INSERT INTO domains (domain, endpoints, updated_at) VALUES ('Old.Example', '[]', $1)", NOW)
+        await tx.execute(
+            "INSERT INTO domain_assignments (agent_id, domain, assigned_at) VALUES ('agent-1', 'Old.Example', $1)", NOW
+        )
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert agent.domains == ("example.org", "old.example")
+    assert await store.endpoints(["Example.org", "old.example", "other.example"]) == {
+        "Example.org": [{"url": "local://x"}],  # keyed as asked
+        "old.example": [],
+    }
+    assert await store.unassign("agent-1", "OLD.example")
+    agent = await store.get_agent("agent-1")
+    assert agent is not None
+    assert agent.domains == ("example.org",)
+
+
 async def test_assignments_bootstrap_and_heartbeat_are_recorded(store: Store) -> None:
     """Assign/unassign change the agent's domains; bootstrap and heartbeat set its times, version and status."""
     await store.create_token("t", "a.example", NOW, NOW + 60)
@@ -185,6 +229,20 @@ async def test_signing_keys_rotate_with_a_grace_period(store: Store) -> None:
     assert await store.prune_signing_keys(NOW + 111) == ["k1"]
 
 
+async def test_a_rotation_with_a_shorter_grace_shortens_keys_already_retiring(store: Store) -> None:
+    """A key retiring after a long grace is brought forward by a later rotation with a shorter one."""
+    await store.ensure_signing_key(lambda: _key("k1"))
+    await store.rotate_signing_key(_key("k2", NOW + 10), grace=7 * 86400, now=NOW + 10)
+    await store.rotate_signing_key(_key("k3", NOW + 20), grace=30, now=NOW + 20)
+    assert [(k.id, k.retire_at) for k in await store.signing_keys(NOW + 21)] == [
+        ("k1", NOW + 50),
+        ("k2", NOW + 50),
+        ("k3", None),
+    ]
+    await store.rotate_signing_key(_key("k4", NOW + 30), grace=0, now=NOW + 30)
+    assert [k.id for k in await store.signing_keys(NOW + 30)] == ["k4"]
+
+
 async def test_concurrent_key_creation_makes_one_active_key(store_url: str) -> None:
     """Replicas that all find no key at start agree on a single active key."""
     stores = [open_store(store_url) for _ in range(3)]
@@ -205,3 +263,50 @@ async def test_settings_and_endpoints_are_versioned_and_kept(store: Store) -> No
     endpoints = [{"url": "amqp://b/"}, {"url": "amqp://a/"}]
     await store.set_endpoints("a.example", endpoints, NOW)
     assert await store.endpoints(["a.example", "other"]) == {"a.example": endpoints}
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that takes nothing away, so modes come from the code alone."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {path.name: _mode(path) for path in folder.iterdir()}
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_sqlite_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """A new SQLite store's folder is 0700 and its database, -wal and -shm files 0600, even with umask 000."""
+    path = tmp_path / "state" / "control.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.update_settings({"a": 1})
+        assert _mode(path.parent) == 0o700
+        assert _modes(path.parent) == {"control.db": 0o600, "control.db-wal": 0o600, "control.db-shm": 0o600}
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_sqlite_files_found_readable_by_others_are_tightened(tmp_path: Path) -> None:
+    """An existing database and its side files with wider modes are made 0600 when the store opens."""
+    path = tmp_path / "control.db"
+    async with open_store(f"sqlite:///{path}"):
+        pass
+    for name in ("control.db", "control.db-wal", "control.db-journal"):
+        (tmp_path / name).touch()
+        (tmp_path / name).chmod(0o644)
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.update_settings({"a": 1})
+        assert _modes(tmp_path) == {
+            "control.db": 0o600,
+            "control.db-wal": 0o600,
+            "control.db-shm": 0o600,
+            "control.db-journal": 0o600,
+        }

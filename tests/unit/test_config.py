@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentSettings, ConfigError, load_settings
+from agent.lifecycle.remote import overlay
 from cli.main import main
 
 
@@ -235,6 +236,63 @@ def test_every_faulty_key_is_listed(tmp_path: Path) -> None:
     assert "dispatcher.grace_period: Input should be greater than or equal to 0" in message
     assert "logging.level: Input should be 'debug', 'info', 'warning' or 'error'" in message
     assert "transport.url: Value error, not a URL (no scheme://)" in message
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("signing:\n  clock_skew: .inf\n", "signing.clock_skew: Input should be a finite number"),
+        ("scim:\n  cursor_ttl: .nan\n", "scim.cursor_ttl: Input should be a finite number"),
+        ("dispatcher:\n  grace_period: -.inf\n", "dispatcher.grace_period: Input should be a finite number"),
+        ("health:\n  max_loop_lag: .inf\n", "health.max_loop_lag: Input should be a finite number"),
+        ("dispatcher:\n  max_deliveries: true\n", "dispatcher.max_deliveries: Input should be a number, not true"),
+        ("health:\n  port: false\n", "health.port: Input should be a number, not true or false"),
+        ("retry:\n  jitter: yes\n", "retry.jitter: Input should be a number, not true or false"),
+        ("signing:\n  clock_skew: 301\n", "signing.clock_skew: Input should be at most 300 seconds"),
+        ("signing:\n  max_lifetime: 1e12\n", "signing.max_lifetime: Input should be at most 3600 seconds"),
+    ],
+)
+def test_numbers_must_be_finite_bounded_and_not_booleans(tmp_path: Path, yaml_text: str, message: str) -> None:
+    """Infinity and NaN, a boolean where a number belongs, and a skew or lifetime above its cap are refused by key."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, yaml_text), env={})
+    assert message in str(caught.value)
+
+
+def test_numbers_at_their_caps_and_from_the_environment_are_accepted() -> None:
+    """The caps themselves are valid, and numeric text from an environment variable still converts."""
+    env = {
+        "CLOUDPROV__SIGNING__CLOCK_SKEW": "300",
+        "CLOUDPROV__SIGNING__MAX_LIFETIME": "3600",
+        "CLOUDPROV__DISPATCHER__MAX_DELIVERIES": "7",
+    }
+    settings = load_settings(None, env=env)
+    assert (settings.signing.clock_skew, settings.signing.max_lifetime) == (300, 3600)
+    assert settings.dispatcher.max_deliveries == 7
+    with pytest.raises(ConfigError, match=r"signing\.clock_skew: Input should be a finite number"):
+        load_settings(None, env={"CLOUDPROV__SIGNING__CLOCK_SKEW": "inf"})
+
+
+def test_settings_from_the_control_plane_follow_the_same_rules() -> None:
+    """A pushed value that is not finite, a boolean for a number, or above a cap is skipped with its reason."""
+    base = AgentSettings()
+    remote = {
+        "signing.clock_skew": float("inf"),
+        "signing.max_lifetime": 1e12,
+        "scim.cursor_ttl": float("nan"),
+        "dispatcher.max_deliveries": True,
+        "dispatcher.grace_period": 10,
+    }
+    settings, skipped = overlay(base, remote)
+    assert skipped == {
+        "signing.clock_skew": "Input should be a finite number",
+        "signing.max_lifetime": "Input should be at most 3600 seconds: a captured request could be replayed that long",
+        "scim.cursor_ttl": "Input should be a finite number",
+        "dispatcher.max_deliveries": "Input should be a number, not true or false",
+    }
+    assert settings.signing == base.signing
+    assert settings.scim == base.scim
+    assert (settings.dispatcher.max_deliveries, settings.dispatcher.grace_period) == (5, 10)
 
 
 def test_invalid_yaml_is_reported(tmp_path: Path) -> None:

@@ -47,6 +47,8 @@ def test_client_certificate_names_the_agent() -> None:
     [
         ("agent-1", "agent-2", "must name the agent"),
         ("agent-1", "bad id/..", "not a valid agent id"),
+        ("agent-1\n", "agent-1\n", "not a valid agent id"),  # ``$`` alone would match before the newline
+        ("agent-1", "agent-1\n", "not a valid agent id"),
     ],
 )
 def test_csr_for_another_agent_is_refused(csr_agent: str, claimed: str, message: str) -> None:
