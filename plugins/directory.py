@@ -61,6 +61,25 @@ class DirectoryTimeoutError(UnavailableError):
     """The operation did not finish within its time limit."""
 
 
+class WriteOutcomeUnknownError(DirectoryError):
+    """A write failed after a server may have received it (connection lost, no answer in time): it may
+    have been applied. Not an ``UnavailableError``: repeating it blindly could apply it twice (an add
+    then fails with "already exists"), so neither the plugin nor its callers retry it; read the entry
+    to learn the outcome."""
+
+
+class PoolExhaustedError(UnavailableError):
+    """No pooled connection became free in time: all are held (paged searches, SCIM cursors, slow
+    operations). Unavailable (try again later), but the plugin does not retry it: the caller has
+    already waited a whole ``operation_timeout``."""
+
+
+class LimitExceededError(ConstraintError):
+    """A server limit refused the operation: a search returned more entries than the bound identity may
+    read (sizeLimitExceeded), or an administrative limit (adminLimitExceeded: a search too costly, an
+    entry too big to store). Not worth retrying: narrow the search, or raise the limit on the server."""
+
+
 class Scope(enum.IntEnum):
     BASE = 0
     ONELEVEL = 1

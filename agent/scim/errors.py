@@ -9,21 +9,27 @@ from plugins.directory import (
     InsufficientAccessError,
     InvalidDNError,
     InvalidFilterError,
+    LimitExceededError,
     NoSuchObjectError,
     NotAllowedError,
     UnavailableError,
+    WriteOutcomeUnknownError,
 )
 from protocol.errors import ScimError
 
 _MAP: tuple[tuple[type[DirectoryError], int, str | None], ...] = (
     (NoSuchObjectError, 404, None),
     (AlreadyExistsError, 409, "uniqueness"),
+    (LimitExceededError, 400, "tooMany"),
     (ConstraintError, 400, "invalidValue"),
     (NotAllowedError, 400, "mutability"),
     (InsufficientAccessError, 403, None),
     (InvalidFilterError, 400, "invalidFilter"),
     (InvalidDNError, 400, "invalidValue"),
     (UnavailableError, 503, None),
+    # 503, but not transient (not an UnavailableError): the agent answers it and does not take the request
+    # again, since the write may have been applied; the caller reads the resource to learn the outcome
+    (WriteOutcomeUnknownError, 503, None),
 )
 
 

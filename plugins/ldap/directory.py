@@ -2,10 +2,14 @@
 
 Settings: ``LdapSettings`` (``plugins/ldap/settings.py``). Guarantees:
 - one pooled connection per concurrent operation, waiting without spinning (``connection.py``,
-  ``pool.py``); each operation (each page) is bounded by ``operation_timeout``;
+  ``pool.py``); waiting for a free connection, and each operation (each page), are bounded by
+  ``operation_timeout`` (a connection not free in time: ``PoolExhaustedError``, not retried);
 - reads (``search``, ``get``, and the first page of a paged search) retry recoverable errors; writes
-  retry only when no server received the request (connecting failed) — a write that failed in flight
-  raises ``UnavailableError`` and is never replayed blindly;
+  retry them only when the server cannot have applied the request (connecting failed, or the server
+  answered busy or unavailable) — a write that failed in flight (connection lost, no answer in time)
+  raises ``WriteOutcomeUnknownError`` and is never replayed blindly;
+- an error result on any page of a paged search raises its own ``DirectoryError`` (a server limit:
+  ``LimitExceededError``); the page asked for in advance is abandoned only while it is still pending;
 - ``search`` ANDs ``scope_filter`` into every search whose base overlaps the scope (``scoped``), so
   objects outside it are invisible to SCIM; ``get`` (a read by DN) is not filtered: its callers name
   an object they already found, or read back what they wrote, or read outside the scope (rootDSE,
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 import bonsai
+import structlog
 from bonsai._bonsai import ldapentry as c_entry
 
 from plugins import dn as dnlib
@@ -45,12 +50,14 @@ from plugins.directory import (
     ModOp,
     NoSuchObjectError,
     NotAllowedError,
+    PoolExhaustedError,
     Scope,
     UnavailableError,
+    WriteOutcomeUnknownError,
 )
 from plugins.ldap import compat
 from plugins.ldap.connection import RawNames, binary_attributes, make_client
-from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, translate
+from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, server_answered, translate
 from plugins.ldap.pool import ConnectionPool
 from plugins.ldap.retry import retrying
 from plugins.ldap.settings import LdapSettings
@@ -75,13 +82,17 @@ _OP: dict[ModOp, int] = {
     ModOp.REPLACE: bonsai.LDAPModOp.REPLACE,
 }
 _FAILURES = (bonsai.LDAPError, OSError, TimeoutError)
+_log = structlog.get_logger("cloudprov.ldap")
 
 
 def _abandon(conn: Any, msg_id: int) -> None:
-    """Abandon an operation whose answer nobody will read (libldap then drops it when it arrives)."""
+    """Abandon an operation whose answer nobody will read (libldap then drops it when it arrives).
+
+    Called while another error may be on its way out: it never raises, so that error is the one seen."""
     try:
         conn.abandon(msg_id)
-    except _FAILURES:
+    except Exception as exc:  # bonsai raises SystemError for an id whose answer has been read already
+        _log.warning("could not abandon an LDAP operation; closing its connection", msg_id=msg_id, error=repr(exc))
         conn.close()  # cannot tell what the connection holds: the pool will not lend it again
 
 
@@ -109,20 +120,15 @@ class _NotOpen:
         raise DirectoryClosedError("LdapDirectory is not open: use `async with LdapDirectory(settings)`")
 
 
-class _InFlightError(Exception):
-    """Internal marker: a write failed after a server may have received it."""
-
-    def __init__(self, error: DirectoryError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _translated(exc: BaseException, what: str | _Search, write: bool) -> Exception:
-    """The error to raise for ``exc`` from an operation (``what``: its description): ``_InFlightError``
-    for a write that failed after a server may have received it."""
+def _translated(exc: BaseException, what: str | _Search, write: bool) -> DirectoryError:
+    """The error to raise for ``exc`` from an operation (``what``: its description):
+    ``WriteOutcomeUnknownError`` for a write that failed after a server may have received it (the
+    retry policy, which retries ``UnavailableError`` only, then leaves it alone)."""
     error = translate(exc, context=str(what))
-    if write and isinstance(error, UnavailableError):
-        return _InFlightError(error)
+    if write and isinstance(error, UnavailableError) and not server_answered(exc):
+        return WriteOutcomeUnknownError(
+            f"{error}; the server may or may not have applied the write: read the entry before repeating it"
+        )
     return error
 
 
@@ -151,6 +157,7 @@ class LdapDirectory(Directory):
             connect_timeout=self.settings.connect_timeout,
             max_idle=self.settings.max_idle,
             failover_hold=self.settings.failover_hold,
+            wait_timeout=self.settings.operation_timeout,
         )
         try:
             self.root_dse = await self.read_root_dse()
@@ -230,21 +237,18 @@ class LdapDirectory(Directory):
     # ------------------------------------------------------------------ calling with pool + retry
     async def call(self, what: str | _Search, op: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
         """Run ``op(conn)`` on a pooled connection, translating errors and retrying what is safe to retry."""
-        try:
-            try:  # the common case: _once's body in this frame (a coroutine less), no retry machinery
-                async with self.pool.connection() as conn:
-                    try:
-                        return await op(conn)
-                    except _FAILURES as exc:
-                        raise _translated(exc, what, write) from exc
-            except RECOVERABLE:
-                if self.settings.retry.attempts <= 1:
-                    raise
-            async for attempt in retrying(self.settings.retry, first_wait=True):
-                with attempt:
-                    return await self._once(what, op, write=write)
-        except _InFlightError as marker:
-            raise marker.error from marker.error.__cause__
+        try:  # the common case: _once's body in this frame (a coroutine less), no retry machinery
+            async with self.pool.connection() as conn:
+                try:
+                    return await op(conn)
+                except _FAILURES as exc:
+                    raise _translated(exc, what, write) from exc
+        except RECOVERABLE as error:
+            if self.settings.retry.attempts <= 1 or isinstance(error, PoolExhaustedError):
+                raise
+        async for attempt in retrying(self.settings.retry, first_wait=True):
+            with attempt:
+                return await self._once(what, op, write=write)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _once(self, what: str | _Search, op: Callable[[Any], Awaitable[T]], *, write: bool) -> T:
@@ -335,14 +339,18 @@ class LdapDirectory(Directory):
                         asked.raw.learn(entries[0].attributes)
                     fetched = None
                     if optioned and msg_id is not None:  # ranged retrieval searches on this connection
-                        fetched, msg_id = await conn.get_result(msg_id, timeout), None
+                        pending, msg_id = msg_id, None
+                        fetched = await conn.get_result(pending, timeout)
                     for entry in optioned:
                         await self._complete_ranges(conn, entry)
                     if entries:
                         yielded = True
                         yield entries
                     if msg_id is not None:
-                        fetched, msg_id = await conn.get_result(msg_id, timeout), None
+                        # no longer ours to abandon once awaited: it ends in a result (even an error
+                        # result, which completes it), or the failure closes the connection
+                        pending, msg_id = msg_id, None
+                        fetched = await conn.get_result(pending, timeout)
                     if fetched is None:
                         break
                     page = found = fetched
@@ -410,8 +418,8 @@ class LdapDirectory(Directory):
 
         try:
             return await attempt_once()
-        except RECOVERABLE:
-            if self.settings.retry.attempts <= 1:
+        except RECOVERABLE as error:
+            if self.settings.retry.attempts <= 1 or isinstance(error, PoolExhaustedError):
                 raise
         async for attempt in retrying(self.settings.retry, first_wait=True):
             with attempt:

@@ -1,8 +1,12 @@
 """A small pool of bonsai connections: one connection per concurrent operation.
 
-Settings: ``pool_size``, ``connect_timeout``, ``max_idle``, ``failover_hold`` and the URL list of
-``LdapSettings``. Guarantees:
-- at most ``pool_size`` connections exist; a caller waits (without spinning) for a free one;
+Settings: ``pool_size``, ``connect_timeout``, ``max_idle``, ``failover_hold``, ``operation_timeout`` (the
+longest wait for a free connection) and the URL list of ``LdapSettings``. Guarantees:
+- at most ``pool_size`` connections exist; a caller waits (without spinning, in arrival order) for a
+  free one, at most ``wait_timeout`` seconds: then ``PoolExhaustedError``, an ``UnavailableError`` the
+  plugin does not retry (logged as ``ldap pool exhausted``). Paged searches keep their connection
+  between pages (a SCIM cursor holds one until it is read to the end or expires): the bound keeps
+  every other operation from waiting for them forever;
 - a connection goes back to the pool only after an operation that ended with an LDAP result (even an
   error result); a lost connection, a timeout or a cancellation closes it, and every idle connection
   opened before that failure is dropped too (a restarted server broke them all);
@@ -22,10 +26,14 @@ from types import TracebackType
 from typing import Any
 
 import bonsai
+import structlog
 
-from plugins.directory import UnavailableError
+from plugins.directory import PoolExhaustedError, UnavailableError
 from plugins.ldap.errors import connection_is_reusable, translate
+from protocol import deadlines
 from protocol.slots import Slots
+
+_log = structlog.get_logger("cloudprov.ldap")
 
 #: An idle connection: (connection, generation, idle since, URL). A tuple: one is made per operation.
 _Idle = tuple[Any, int, float, str]
@@ -42,10 +50,13 @@ class ConnectionPool:
         connect_timeout: float,
         max_idle: float,
         failover_hold: float,
+        wait_timeout: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clients = clients
+        self._size = size
         self._slots = Slots(size)
+        self._wait_timeout = wait_timeout
         self._idle: list[_Idle] = []
         self._busy: set[Any] = set()
         self._generation = 0
@@ -65,6 +76,24 @@ class ConnectionPool:
     def connection(self) -> _Lease:
         """A connection for one operation at a time (``async with``); broken ones never return to the pool."""
         return _Lease(self)
+
+    async def _wait_for_slot(self) -> None:
+        """Wait for a slot (every connection is lent) at most ``wait_timeout`` seconds."""
+        try:
+            with deadlines.running().within(self._wait_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            _log.warning(
+                "ldap pool exhausted",
+                pool_size=self._size,
+                waited_seconds=self._wait_timeout,
+                hint="every connection is in use (open paged searches, SCIM cursors, slow operations)",
+            )
+            raise PoolExhaustedError(
+                f"no LDAP connection became free within {self._wait_timeout:g} s: all {self._size} pooled "
+                "connections are in use (paged searches and SCIM cursors keep theirs); try again later, or "
+                "raise pool_size"
+            ) from None
 
     def _give_back(self, conn: Any, generation: int, url: str, error: BaseException | None) -> None:
         self._busy.discard(conn)
@@ -138,7 +167,7 @@ class _Lease:
             raise UnavailableError("the LDAP connection pool is closed")
         slots = pool._slots
         if not slots.take():  # a free slot is taken without making a coroutine to await
-            await slots.acquire()
+            await pool._wait_for_slot()
         try:
             taken = pool._take_idle()
             if taken is None:

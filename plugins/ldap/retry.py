@@ -2,8 +2,10 @@
 
 Settings: ``LdapSettings.retry`` (attempts, initial_backoff, max_backoff, jitter). Guarantees:
 exponential backoff with random jitter; only ``UnavailableError`` (server down, busy, unavailable,
-timeout) is retried, the last error is re-raised as is. Reads retry any recoverable failure; writes
-retry only failures that happened before the request reached a server (see ``directory.py``).
+timeout) is retried, except ``PoolExhaustedError`` (the caller waited a whole operation timeout for a
+connection already); the last error is re-raised as is. Reads retry any recoverable failure; a write
+that may have reached the server raises ``WriteOutcomeUnknownError``, which is never retried (see
+``directory.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
     wait_random,
 )
 
+from plugins.directory import PoolExhaustedError
 from plugins.ldap.errors import RECOVERABLE
 from plugins.ldap.settings import RetrySettings
 
@@ -40,7 +44,7 @@ def retrying(
             await asyncio.sleep(wait(state))
 
     return AsyncRetrying(
-        retry=retry_if_exception_type(retry_on),
+        retry=retry_if_exception_type(retry_on) & retry_if_not_exception_type(PoolExhaustedError),
         stop=stop_after_attempt(max(1, settings.attempts - 1) if first_wait else settings.attempts),
         wait=wait,
         before=pause_first,

@@ -73,8 +73,8 @@ class LdapSettings(BaseModel):
     )
     base_dns: tuple[str, ...] = Field(
         default=(),
-        description="Subtrees in scope for delta and deletion detection; the first is `base_dn`. Empty: the "
-        "server's default naming context.",
+        description="Subtrees SCIM serves (lists, reads, delta, deletion detection); new entries go under the "
+        "first. Empty: the server's default naming context.",
     )
     scope_filter: str | None = Field(
         default=None,

@@ -1,4 +1,5 @@
-"""Helpers for the real-server LDAP tests: settings from ``scripts/servers.sh``, throwaway OUs, slapd control."""
+"""Helpers for the real-server LDAP tests: settings from ``scripts/servers.sh``, throwaway OUs, slapd control,
+and a slapd of a test's own (``OwnSlapd``) for tests that pause it or load it heavily."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from plugins import dn as dnlib
@@ -128,3 +131,67 @@ class Paused:
 
     def __exit__(self, *exc: object) -> None:
         os.kill(self.pid, signal.SIGCONT)
+
+
+class OwnSlapd:
+    """``with OwnSlapd(folder) as slapd:`` — a slapd of the test's own, configured as the shared one
+    (``scripts/servers.sh`` with its own state folder and free ports), for a test that pauses it or
+    loads it heavily; stopped and removed on exit. ``slapd.settings(tmp_path)``, ``slapd.pid``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port_pair()
+        self.env: dict[str, str] = {}
+
+    def _servers(self, *args: str) -> None:
+        env = {
+            **os.environ,
+            "CLOUDPROV_SERVERS_DIR": str(self.folder),
+            "CLOUDPROV_SLAPD_PORT": str(self.port),
+            "CLOUDPROV_SLAPD_TLS_PORT": str(self.port + 1),
+        }
+        subprocess.run([str(servers_script()), *args], env=env, check=True, capture_output=True, timeout=60)
+
+    def __enter__(self) -> OwnSlapd:
+        self._servers("start", "slapd")
+        for line in (self.folder / "env").read_text().splitlines():
+            name, _, value = line.partition("=")
+            self.env[name] = value
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._servers("stop", "slapd")
+
+    @property
+    def pid(self) -> int:
+        return int(Path(self.env["CLOUDPROV_SLAPD_PID_FILE"]).read_text().strip())
+
+    def settings(self, tmp_path: Path, **overrides: Any) -> LdapSettings:
+        values: dict[str, Any] = {
+            "urls": (self.env["CLOUDPROV_SLAPD_URL"],),
+            "bind_dn": self.env["CLOUDPROV_SLAPD_BIND_DN"],
+            "password": self.env["CLOUDPROV_SLAPD_PASSWORD"],
+            "base_dns": (self.env["CLOUDPROV_SLAPD_BASE"],),
+            "state_dir": tmp_path,
+            "retry": {"attempts": 3, "initial_backoff": 0.05, "max_backoff": 0.5, "jitter": 0.05},
+        }
+        values.update(overrides)
+        return LdapSettings.model_validate(values)
+
+
+def _free_port_pair() -> int:
+    """A port that is free on 127.0.0.1, and the one after it too (slapd's ldap:// and ldaps://)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port < 65535:
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no two free consecutive ports on 127.0.0.1")

@@ -4,11 +4,13 @@ order, never lost (the lease takes a free slot without a coroutine; the rest goe
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from plugins.directory import UnavailableError
+from plugins.directory import PoolExhaustedError, UnavailableError
 from plugins.ldap.pool import ConnectionPool
 
 
@@ -35,10 +37,13 @@ class FakeClient:
         return self.made[-1]
 
 
-def pool_of(size: int) -> tuple[ConnectionPool, FakeClient]:
+def pool_of(size: int, wait_timeout: float = 5.0) -> tuple[ConnectionPool, FakeClient]:
     client = FakeClient()
     clients: list[tuple[str, Any]] = [("ldap://fake", client)]
-    return ConnectionPool(clients, size=size, connect_timeout=1, max_idle=60, failover_hold=0), client
+    pool = ConnectionPool(
+        clients, size=size, connect_timeout=1, max_idle=60, failover_hold=0, wait_timeout=wait_timeout
+    )
+    return pool, client
 
 
 async def test_at_most_size_connections_are_lent_and_waiters_go_in_order() -> None:
@@ -113,3 +118,26 @@ async def test_a_stale_idle_connection_is_closed_not_lent() -> None:
     async with pool.connection() as fresh:
         assert fresh is client.made[-1]
         assert fresh is not first
+
+
+async def test_waiting_for_a_connection_is_bounded() -> None:
+    """With every connection held (a paged search, a SCIM cursor), a lease waits at most ``wait_timeout``,
+    then fails with ``PoolExhaustedError`` (an ``UnavailableError``: SCIM 503) and a logged warning; it
+    takes no slot with it."""
+    pool, _ = pool_of(1, wait_timeout=0.2)
+    held = pool.connection()
+    await held.__aenter__()
+    started = time.monotonic()
+    with (
+        capture_logs() as logs,
+        pytest.raises(PoolExhaustedError, match=r"no LDAP connection became free within 0\.2 s"),
+    ):
+        await asyncio.wait_for(pool.connection().__aenter__(), 5)
+    assert 0.2 <= time.monotonic() - started < 2
+    assert [(log["event"], log["log_level"], log["pool_size"]) for log in logs] == [
+        ("ldap pool exhausted", "warning", 1)
+    ]
+    await held.__aexit__(None, None, None)
+    async with pool.connection():
+        assert pool._slots.free == 0
+    assert pool._slots.free == 1

@@ -51,7 +51,7 @@ class OneConnectionPool(ConnectionPool):
     """A pool that always lends the same fake connection."""
 
     def __init__(self, conn: Any) -> None:
-        super().__init__([], size=1, connect_timeout=1, max_idle=1, failover_hold=0)
+        super().__init__([], size=1, connect_timeout=1, max_idle=1, failover_hold=0, wait_timeout=1)
         self.conn = conn
 
     @asynccontextmanager
