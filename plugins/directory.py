@@ -271,6 +271,9 @@ class Directory(abc.ABC):
 
     #: Errors worth retrying with backoff; everything else surfaces at once.
     recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = (UnavailableError,)
+    #: Operations the directory runs at once (an LDAP connection pool), or None for no bound. A paged
+    #: search left open (a SCIM cursor) holds one of them until it ends.
+    max_concurrency: int | None = None
 
     async def __aenter__(self) -> Self:
         await self.open()

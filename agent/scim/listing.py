@@ -5,7 +5,10 @@ Index paging (RFC 7644 §3.4.2.4) streams the directory's pages and counts every
 draft-ietf-scim-cursor-pagination extension: ``cursor`` empty to start, ``nextCursor`` in the
 response) keeps one directory search open per cursor (directory pages as big as the first request's
 ``count``), so reading a whole directory page after page costs one pass, not one pass per page.
-Open cursors are bounded (``scim.max_cursors``) and expire after ``scim.cursor_ttl`` seconds idle.
+Open cursors are bounded (``scim.max_cursors``, and half the directory's ``max_concurrency``: each holds
+one of its connections, the other requests keep the rest) and expire after ``scim.cursor_ttl`` seconds
+idle. Over the bound, the idle ones least lately used are closed (their next page is 400 invalidCursor,
+and a reader starts again); a cursor in the middle of a page is never closed under it.
 """
 
 from __future__ import annotations
@@ -211,12 +214,18 @@ class Lister:
             "Resources": window,
         }
 
-    def _expire(self) -> None:
+    def _expire(self, keep: str = "") -> None:
         deadline = time.monotonic() - self.settings.cursor_ttl
         for token in [t for t, c in self._cursors.items() if c.touched < deadline and not c.lock.locked()]:
             self._close(token)
-        while len(self._cursors) > self.settings.max_cursors:
-            self._close(next(iter(self._cursors)))
+        bound = self.settings.max_cursors
+        concurrency = self.handler.directory.max_concurrency
+        if concurrency is not None:
+            bound = min(bound, max(1, concurrency // 2))
+        excess = len(self._cursors) - bound
+        if excess > 0:  # the idle ones least lately used (the dict keeps them in the order they were last used)
+            for token in [t for t, c in self._cursors.items() if t != keep and not c.lock.locked()][:excess]:
+                self._close(token)
 
     def _close(self, token: str) -> None:
         cursor = self._cursors.pop(token, None)
@@ -240,13 +249,14 @@ class Lister:
             cursor = self._cursors.get(token)
             if cursor is None or cursor.mapping is not mapping:
                 raise ScimError(400, f"cursor {token!r} is unknown or expired; start again", "invalidCursor")
+            self._cursors.move_to_end(token)  # the least lately used are closed first
         else:
             token = secrets.token_urlsafe(16)
             # directory pages as big as the client's: a whole read is one pass with few round trips
             stream = self._matches(mapping, query, max(count, _DIRECTORY_PAGE))
             cursor = _Cursor(stream, mapping, 0, time.monotonic(), asyncio.Lock())
             self._cursors[token] = cursor
-            self._expire()
+            self._expire(keep=token)
         async with cursor.lock:
             page: list[Resource] = []
             try:

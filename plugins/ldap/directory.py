@@ -140,6 +140,7 @@ class LdapDirectory(Directory):
 
     def __init__(self, settings: LdapSettings) -> None:
         self.settings = settings
+        self.max_concurrency = settings.pool_size
         self._pool: ConnectionPool | _NotOpen = _NotOpen()
         self._flavor: Flavor | None = settings.flavor if settings.flavor != "auto" else None
         self._base_dn: str | None = settings.base_dns[0] if settings.base_dns else None

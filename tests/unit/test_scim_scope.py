@@ -94,3 +94,26 @@ async def test_every_base_is_served_and_nothing_outside_them(directory: MemoryDi
     await directory.modify(f"uid=bob,ou=elsewhere,{BASE}", [Modification(ModOp.REPLACE, "title", ("x",))])
     changes = await handler.handle(ScimOperation("GET", "/Changes", {"watermark": start}))
     assert [(r["op"], r["id"]) for r in changes.body["Resources"]] == [("upsert", carl)]
+
+
+async def test_open_cursors_keep_half_the_directorys_connections_at_most(directory: MemoryDirectory) -> None:
+    """Each open cursor holds a connection of the directory: with 4, at most 2 stay open; opening a third closes
+    the one least lately used (its next page is 400 invalidCursor), not the newest, nor one just read from."""
+    for number in range(6):
+        await _person(directory, f"uid=u{number},ou=people,{INSIDE}", f"u{number}")
+    directory.max_concurrency = 4
+    handler = ScimHandler(directory, load_profile("openldap"), base=INSIDE)
+
+    async def start() -> str:
+        first = await handler.handle(ScimOperation("GET", "/Users", {"cursor": "", "count": "1"}))
+        return str(first.body["nextCursor"])
+
+    async def next_page(cursor: str) -> int:
+        return (await handler.handle(ScimOperation("GET", "/Users", {"cursor": cursor, "count": "1"}))).status
+
+    oldest, used = await start(), await start()
+    assert await next_page(oldest) == 200  # now the most lately used
+    newest = await start()
+    assert [await next_page(c) for c in (oldest, newest)] == [200, 200]
+    refused = await handler.handle(ScimOperation("GET", "/Users", {"cursor": used, "count": "1"}))
+    assert (refused.status, refused.body["scimType"]) == (400, "invalidCursor")
