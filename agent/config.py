@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -132,27 +133,24 @@ class SigningSection(Section):
         "bytes each); more live ids go to Bloom filters (4 bytes each, up to 64 MiB).",
     )
 
-    @field_validator("clock_skew")
+    @field_validator("clock_skew", "max_lifetime")
     @classmethod
-    def _skew_bounded(cls, value: float) -> float:
-        if value > MAX_CLOCK_SKEW:
+    def _bounded(cls, value: float, info: ValidationInfo) -> float:
+        limit, why = _SIGNING_BOUNDS[str(info.field_name)]
+        if value > limit:
             raise PydanticCustomError(
-                "clock_skew_too_large",
-                "Input should be at most {limit} seconds: a larger skew accepts requests long past their deadline",
-                {"limit": int(MAX_CLOCK_SKEW)},
+                f"{info.field_name}_too_large",
+                "Input should be at most {limit} seconds: {why}",
+                {"limit": int(limit), "why": why},
             )
         return value
 
-    @field_validator("max_lifetime")
-    @classmethod
-    def _lifetime_bounded(cls, value: float) -> float:
-        if value > MAX_LIFETIME:
-            raise PydanticCustomError(
-                "max_lifetime_too_large",
-                "Input should be at most {limit} seconds: a captured request could be replayed that long",
-                {"limit": int(MAX_LIFETIME)},
-            )
-        return value
+
+#: The largest ``signing`` durations, and why.
+_SIGNING_BOUNDS = {
+    "clock_skew": (MAX_CLOCK_SKEW, "a larger skew accepts requests long past their deadline"),
+    "max_lifetime": (MAX_LIFETIME, "a captured request could be replayed that long"),
+}
 
 
 class DispatcherSection(Section):

@@ -7,18 +7,20 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bench.sync_setup import free_port_pair
 from plugins import dn as dnlib
 from plugins.directory import Entry, NoSuchObjectError, Scope
 from plugins.ldap import LdapDirectory, LdapSettings
+from plugins.ldap.pool import ConnectionPool
 from tests.conftest import server_missing
 from tests.servers.env import server_env, servers_script
 
@@ -140,7 +142,7 @@ class OwnSlapd:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = _free_port_pair()
+        self.port = free_port_pair()
         self.env: dict[str, str] = {}
 
     def _servers(self, *args: str) -> None:
@@ -181,17 +183,13 @@ class OwnSlapd:
         return LdapSettings.model_validate(values)
 
 
-def _free_port_pair() -> int:
-    """A port that is free on 127.0.0.1, and the one after it too (slapd's ldap:// and ldaps://)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port < 65535:
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two free consecutive ports on 127.0.0.1")
+class OneConnectionPool(ConnectionPool):
+    """A pool that always lends the same fake connection."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__([], size=1, connect_timeout=1, max_idle=1, failover_hold=0, wait_timeout=1)
+        self.conn = conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        yield self.conn

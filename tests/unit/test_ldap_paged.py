@@ -4,8 +4,6 @@ advance that cannot be abandoned, surface as what they are (never bonsai's ``Sys
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from structlog.testing import capture_logs
 
 from plugins.directory import ConstraintError, LimitExceededError
 from plugins.ldap import LdapDirectory, LdapSettings
-from plugins.ldap.pool import ConnectionPool
+from tests.integration.ldap_support import OneConnectionPool
 
 BASE = "DC=example,DC=test"
 
@@ -71,18 +69,6 @@ class NeverAbandons(LaterPageFails):
 
     def abandon(self, msg_id: int) -> None:
         raise SystemError("src/_bonsai/utils.c:456: bad argument to internal function")
-
-
-class OneConnectionPool(ConnectionPool):
-    """A pool that always lends the same fake connection."""
-
-    def __init__(self, conn: Any) -> None:
-        super().__init__([], size=1, connect_timeout=1, max_idle=1, failover_hold=0, wait_timeout=1)
-        self.conn = conn
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        yield self.conn
 
 
 def _directory(tmp_path: Path, conn: Any) -> LdapDirectory:

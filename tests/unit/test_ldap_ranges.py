@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import bonsai
 
 from plugins.ldap import LdapDirectory, LdapSettings
-from plugins.ldap.pool import ConnectionPool
+from tests.integration.ldap_support import OneConnectionPool
 
 GROUP = "CN=big,CN=Users,DC=example,DC=test"
 
@@ -45,18 +43,6 @@ class ChunkingConnection:
         if not ranged:
             attributes["cn"] = ["big"]
         return [_Found(GROUP, attributes)]
-
-
-class OneConnectionPool(ConnectionPool):
-    """A pool that always lends the same fake connection."""
-
-    def __init__(self, conn: Any) -> None:
-        super().__init__([], size=1, connect_timeout=1, max_idle=1, failover_hold=0, wait_timeout=1)
-        self.conn = conn
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        yield self.conn
 
 
 def _directory(tmp_path: Path, conn: Any, **settings: Any) -> LdapDirectory:
