@@ -102,11 +102,16 @@ async def running_agent(
     *,
     transport: Callable[[str], Transport] | None = None,
     timeout: float = 10.0,
+    broker: str | None = None,
+    signer: Signer | None = None,
     **settings: Any,
 ) -> AsyncIterator[AgentHarness]:
-    """A started agent on a broker of its own, and a client for it; stopped and forgotten on exit."""
-    broker_name = f"agent-test-{uuid.uuid4().hex}"
-    signer = Signer.generate("test")
+    """A started agent on a broker of its own, and a client for it; stopped and forgotten on exit.
+
+    A ``broker`` and ``signer`` given (and a ``state_dir``) outlive it: a second agent on them is the first
+    one restarted."""
+    broker_name = broker or f"agent-test-{uuid.uuid4().hex}"
+    signer = signer or Signer.generate("test")
     state = Path(tempfile.mkdtemp(prefix="cloudprov-agent-"))  # its replay memory is saved there
     settings.setdefault("state_dir", state)
     agent = Agent(
@@ -125,7 +130,8 @@ async def running_agent(
         stop.set()
         async with asyncio.timeout(10):
             await runner
-        LocalBroker.discard(broker_name)
+        if broker is None:
+            LocalBroker.discard(broker_name)
         shutil.rmtree(state, ignore_errors=True)
 
 

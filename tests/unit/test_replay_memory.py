@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -15,31 +13,17 @@ from structlog.testing import capture_logs
 
 from agent import replays
 from agent.idempotency import ResponseStore
-from agent.runtime import Agent
 from protocol.envelope import decode_response
 from protocol.replayguard import ReplayGuard
 from protocol.signing import Signer
-from service.client import ScimClient
-from tests.agent_support import DOMAIN, PATCH_SCHEMA, HandDelivery, agent_settings
+from tests.agent_support import DOMAIN, PATCH_SCHEMA, AgentHarness, HandDelivery, running_agent
 from transports.base import Settlement
-from transports.local import LocalBroker, LocalRequester
+from transports.local import LocalBroker
 
 
-@asynccontextmanager
-async def agent_on(broker: str, signer: Signer, state: Path) -> AsyncIterator[tuple[Agent, ScimClient]]:
-    """An agent with its state in ``state`` on local broker ``broker`` (which outlives it), and a client."""
-    agent = Agent(agent_settings(broker, signer, state_dir=state, memory={"seed_users": 3, "seed_groups": 0}))
-    stop = asyncio.Event()
-    runner = asyncio.create_task(agent.run(stop))
-    try:
-        async with asyncio.timeout(5):
-            await agent.started.wait()
-        async with LocalRequester.from_url(f"local://{broker}") as requester:
-            yield agent, ScimClient(requester, signer, DOMAIN, timeout=10)
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await runner
+def agent_on(broker: str, signer: Signer, state: Path) -> AbstractAsyncContextManager[AgentHarness]:
+    """An agent with its state in ``state`` on local broker ``broker`` (both outlive it), and a client."""
+    return running_agent(broker=broker, signer=signer, state_dir=state, memory={"seed_users": 3, "seed_groups": 0})
 
 
 def _title(title: str) -> dict[str, object]:
@@ -53,14 +37,16 @@ async def test_a_write_copied_or_redelivered_after_a_restart_is_not_applied_agai
     undid that change.)"""
     broker, signer = "replay-restart", Signer.generate("test")
     try:
-        async with agent_on(broker, signer, tmp_path) as (_, client):
+        async with agent_on(broker, signer, tmp_path) as harness:
+            client = harness.client
             found = await client.search("/Users", 'userName eq "user00001"')
             path = f"/Users/{found['Resources'][0]['id']}"
             first = client.request("PATCH", path, body=_title("first"))
             assert (await client.send(first)).status == 200
             assert (await client.call("PATCH", path, body=_title("second"))).status == 200
         assert replays.path_in(tmp_path).exists()
-        async with agent_on(broker, signer, tmp_path) as (agent, client):  # a memory directory seeded afresh
+        async with agent_on(broker, signer, tmp_path) as harness:  # a memory directory seeded afresh
+            agent, client = harness.agent, harness.client
             dispatcher = agent.dispatcher
             before = (await client.call("GET", path)).body["title"]
             copy, redelivered = HandDelivery(first.encode()), HandDelivery(first.encode(), delivery_count=2)
@@ -83,8 +69,8 @@ async def test_a_damaged_replay_memory_is_reported_and_the_agent_starts(tmp_path
     broker, signer = "replay-damaged", Signer.generate("test")
     try:
         with capture_logs() as logs:
-            async with agent_on(broker, signer, tmp_path) as (_, client):
-                assert (await client.call("GET", "/Users")).status == 200
+            async with agent_on(broker, signer, tmp_path) as harness:
+                assert (await harness.client.call("GET", "/Users")).status == 200
     finally:
         LocalBroker.discard(broker)
     warnings = [entry for entry in logs if entry["log_level"] == "warning" and "replay memory" in entry["event"]]
