@@ -118,6 +118,12 @@ class ScimSection(Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted (bytes).")
     cursor_ttl: float = Field(default=300.0, gt=0, description="Seconds an idle list cursor stays open.")
     max_cursors: int = Field(default=64, ge=1, description="Open list cursors at most (oldest closed first).")
+    lookup_batch: int = Field(
+        default=64,
+        ge=1,
+        description='Equality lookups (`attr eq "value"`) of one attribute that arrive together, read with one '
+        "directory search at most, over a directory where a search is a round trip (LDAP). 1: each alone.",
+    )
 
 
 class SigningSection(Section):

@@ -274,6 +274,10 @@ class Directory(abc.ABC):
     #: Operations the directory runs at once (an LDAP connection pool), or None for no bound. A paged
     #: search left open (a SCIM cursor) holds one of them until it ends.
     max_concurrency: int | None = None
+    #: Whether a search is a round trip worth sharing: the SCIM layer then reads equality lookups that
+    #: arrive together as one ``(|f1 f2 …)`` search (``agent.scim.lookups``). Not for a directory in the
+    #: agent's own process, where a search costs no round trip and an OR of lookups may cost a scan.
+    shared_lookups: ClassVar[bool] = False
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -380,6 +380,16 @@ def text_predicates(name: str, op: CompareOp) -> Callable[[str], Predicate]:
     return make
 
 
+def eq_key(name: str) -> Callable[[str], str]:
+    """The key ``name eq "wanted"`` compares by, for a plain attribute: ``predicate`` of that comparison holds
+    on a resource exactly when one of its text values (or complex values' ``value``) has the key of
+    ``wanted``, provided ``wanted`` is not a date-time (``parse_datetime``: compared chronologically). The
+    case-folded text, or the text itself for a caseExact attribute."""
+    if _DEFAULT._is_case_exact(AttrPath(name), ""):
+        return str
+    return fold_case
+
+
 def _text_predicate(name: str, op: CompareOp, wanted: str, case_exact: bool) -> Predicate:
     """``name op "wanted"`` as ``_compare`` decides it for a string operand that is not a date-time
     (nothing to order chronologically): a string value compares (case-folded unless caseExact), a

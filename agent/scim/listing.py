@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent.scim.discovery import LIST_SCHEMA
+from agent.scim.lookups import Lookups
 from agent.scim.profile import ResourceMapping
 from agent.scim.projection import AttrPath, parse_paths, project
 from agent.scim.refs import Ref
@@ -71,6 +72,8 @@ class _Prepared(NamedTuple):
     exact: bool
     #: The SCIM filter re-checked on each resource the directory returns; None when the translation is exact.
     test: scimeval.Predicate | None
+    #: ``(attribute, value)`` of an equality lookup that may be read with others (``agent.scim.lookups``).
+    lookup: tuple[str, str] | None = None
 
 
 #: A comparison's template (None: the general path), and how its predicate is made (None: ``predicate``).
@@ -83,12 +86,26 @@ def _projected(
     return [project(resource, attributes, excluded) for resource in resources]
 
 
+def _listing(
+    window: list[Resource], total: int, start: int, attributes: list[AttrPath] | None, excluded: list[AttrPath] | None
+) -> tuple[int, Any]:
+    """An index-paged list response (``window``: the resources from ``start`` on), projected."""
+    return 200, {
+        "schemas": [LIST_SCHEMA],
+        "totalResults": total,
+        "startIndex": start,
+        "itemsPerPage": len(window),
+        "Resources": window if attributes is None and excluded is None else _projected(window, attributes, excluded),
+    }
+
+
 class Lister:
     def __init__(self, handler: ScimHandler) -> None:
         self.handler = handler
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._prepared: dict[tuple[str, str | None], _Prepared] = {}
         self._templates: dict[tuple[str, str, str | None, str], _Template] = {}
+        self.lookups = Lookups(handler)
 
     @property
     def settings(self) -> ScimSection:
@@ -154,7 +171,8 @@ class Lister:
             return None
         node = scimfilter.Compare(scimfilter.AttrPath(name, sub, None), op, value)
         test = scimeval.predicate(node) if predicates is None else predicates(value)
-        return _Prepared(mapping, node, found.ldap_filter, False, test)
+        together = op == "eq" and sub is None and scimeval.parse_datetime(value) is None
+        return _Prepared(mapping, node, found.ldap_filter, False, test, (name, value) if together else None)
 
     def _matches(self, mapping: ResourceMapping, query: dict[str, str], page_size: int) -> _Matches:
         """Every resource of ``mapping`` that matches the request's filter, in directory order, a
@@ -186,8 +204,6 @@ class Lister:
         if "cursor" in query:
             return await self._cursor_page(mapping, query, count, attributes, excluded)
         start = max(_int(query, "startIndex", 1), 1)
-        total = 0
-        window: list[Resource] = []
         # The directory's pages straight, not through ``_matches``: an async generator per request costs
         # its setup and teardown (the event loop tracks each one), and most lists are one page. Likewise a
         # kept filter and a page without references are dealt with without a coroutine.
@@ -195,7 +211,18 @@ class Lister:
         prepared = self._kept(mapping, text)
         if prepared is None:
             prepared = await self._prepare(mapping, text)
-        test = prepared.test
+        test, lookup, lookups = prepared.test, prepared.lookup, self.lookups
+        if lookup is not None and test is not None and start == 1 and lookups.shared():
+            waiting = lookups.join(mapping, lookup[0], lookup[1], prepared.ldap_filter, test)
+            try:
+                found = await waiting.future
+            except asyncio.CancelledError:
+                lookups.left(waiting)
+                raise
+            if found is not None:
+                return _listing(found[:count], len(found), start, attributes, excluded)
+        total = 0
+        window: list[Resource] = []
         handler = self.handler
         async for page in handler.bases.search(
             prepared.ldap_filter, attributes=mapping.ldap_attributes, page_size=_DIRECTORY_PAGE
@@ -205,14 +232,8 @@ class Lister:
             for resource in self._passing(mapping, page, refs, test):
                 total += 1
                 if total >= start and len(window) < count:
-                    window.append(project(resource, attributes, excluded))
-        return 200, {
-            "schemas": [LIST_SCHEMA],
-            "totalResults": total,
-            "startIndex": start,
-            "itemsPerPage": len(window),
-            "Resources": window,
-        }
+                    window.append(resource)
+        return _listing(window, total, start, attributes, excluded)
 
     def _expire(self, keep: str = "") -> None:
         deadline = time.monotonic() - self.settings.cursor_ttl

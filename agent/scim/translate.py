@@ -397,3 +397,14 @@ def compare_template(mapping: ResourceMapping, path: sf.AttrPath, op: str) -> Co
         between = [f"{trail})({name}={lead}" for name in names[1:]]
         fixed = (f"(&{mapping.ldap_filter}(|({names[0]}={lead}", *between, f"{trail})))")
     return CompareTemplate(fixed, op != "eq")
+
+
+def any_of(mapping: ResourceMapping, filters: list[str]) -> str:
+    """One LDAP filter selecting what any of ``filters`` selects, for comparisons of ``mapping`` translated
+    by ``CompareTemplate``: ``(&<mapping filter><assertion>)`` each, so the mapping filter goes once,
+    around the OR of their assertions (a server then intersects its index of the mapping filter once,
+    not once per comparison)."""
+    head = f"(&{mapping.ldap_filter}"
+    if all(f.startswith(head) and f.endswith(")") for f in filters):
+        return f"{head}(|{''.join(f[len(head) : -1] for f in filters)}))"
+    return f"(|{''.join(filters)})"

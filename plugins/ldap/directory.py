@@ -137,6 +137,7 @@ class LdapDirectory(Directory):
 
     Settings: ClassVar[type[LdapSettings]] = LdapSettings
     recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = RECOVERABLE
+    shared_lookups: ClassVar[bool] = True
 
     def __init__(self, settings: LdapSettings) -> None:
         self.settings = settings

@@ -31,6 +31,7 @@ Guarantees
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import random
 import uuid
@@ -1242,6 +1243,47 @@ class ScimSuite(abc.ABC):
                 assert {resource["id"] for resource in listed["Resources"]} == expected, text
                 checked += 1
         assert checked >= 200
+
+    async def test_lookups_at_once_answer_as_each_alone(self, scim: Scim, profile: Profile) -> None:
+        """Equality lookups sent together (``agent.scim.lookups`` reads them with one search where the
+        directory shares lookups) answer exactly what each answers alone: other spellings of a value, values
+        with filter metacharacters, missing and repeated values, projections and counts, and a value so
+        many entries share that the shared search is abandoned."""
+        domain = "@example.test" if profile.name == "ad" else ""
+        ns = scim.ns
+        names = ["ann", "Ben", "a*)(uid=*", "c\\5c", "d e"]
+        for name in names:
+            await scim.user(name + domain, title=f"{ns}plain" if name == "ann" else f"{ns}Engineer")
+        for index in range(10):  # more entries than a shared search keeps for two lookups
+            await scim.user(f"e{index}{domain}", title=f"{ns}Engineer")
+        queries: list[dict[str, str]] = [
+            *({"filter": f"userName eq {json.dumps(ns + name + domain)}"} for name in names),
+            {"filter": f'userName eq "{ns}ann{domain}"', "attributes": "userName"},
+            {"filter": f'userName eq "{ns}ann{domain}"', "count": "0"},
+            {"filter": f'userName eq "{ns.upper()}ANN{domain.upper()}"'},  # another spelling, and the exact one
+            {"filter": f'username eq "{ns}ben{domain}"', "excludedAttributes": "title"},
+            {"filter": f'userName eq "{ns}missing{domain}"'},
+            {"filter": f'title eq "{ns}Engineer"'},
+            {"filter": f'title eq "{ns}plain"'},
+            {"filter": f'title eq "{ns}plain" and userName sw "{ns}"'},  # not a plain lookup: read alone
+        ]
+        alone = [await scim.ok("GET", "/Users", query) for query in queries]
+        lookups = scim.handler.lister.lookups
+        searches = lookups.searches
+        together = await asyncio.gather(*(scim.ok("GET", "/Users", query) for query in queries))
+        assert together == alone
+        assert (lookups.searches > searches) == scim.directory.shared_lookups
+        user_names = [[r["userName"] for r in body["Resources"]] for body in alone]
+        assert user_names[:5] == [[ns + name + domain] for name in names]
+        assert alone[5]["Resources"][0].keys() == {"schemas", "id", "userName"}
+        assert alone[6]["totalResults"] == 1
+        assert alone[6]["Resources"] == []
+        assert user_names[7] == [f"{ns}ann{domain}"]
+        assert user_names[8] == [f"{ns}Ben{domain}"]
+        assert "title" not in alone[8]["Resources"][0]
+        assert alone[9]["totalResults"] == 0
+        assert alone[10]["totalResults"] == 14
+        assert user_names[11] == user_names[12] == [f"{ns}ann{domain}"]
 
     @pytest.fixture
     async def awkward(self, scim: Scim) -> dict[str, dict[str, Any]]:

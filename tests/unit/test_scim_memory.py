@@ -23,13 +23,21 @@ async def _with_containers(directory: MemoryDirectory, profile_name: str) -> Non
             await directory.add(dn, {"objectClass": ["top", object_class], attribute: [value]})
 
 
+class SharingMemoryDirectory(MemoryDirectory):
+    """The memory directory with lookups read together, as over LDAP (``Directory.shared_lookups``)."""
+
+    shared_lookups = True
+
+
 class TestMemoryOpenLdapScim(ScimSuite):
+    """With lookups read together; the ``ad`` case below reads each alone."""
+
     profile_name = "openldap"
 
     @pytest.fixture
     async def directory(self) -> AsyncIterator[Directory]:
         # Seeded users and groups stand for the other tenants of a shared server.
-        async with MemoryDirectory(MemorySettings(seed_users=6, seed_groups=2)) as directory:
+        async with SharingMemoryDirectory(MemorySettings(seed_users=6, seed_groups=2)) as directory:
             await _with_containers(directory, self.profile_name)
             yield directory
 
