@@ -9,7 +9,9 @@ started and stopped. For concurrency 1 and ``--concurrency`` it measures lookups
   - ``LdapDirectory.search``: the plugin (pool, paging, entry conversion), same filter, asking for the
     attributes the SCIM GET asks for (the openldap profile's user attributes);
   - SCIM: ``GET /Users?filter=userName eq "…"`` signed, through the local transport, the dispatcher,
-    the SCIM handler and the plugin (requester and agent share this process and its one core);
+    the SCIM handler and the plugin (requester and agent share this process and its one core). Lookups
+    that arrive together are read with one LDAP search (``agent.scim.lookups``), as for any client:
+    ``scim_searches_per_lookup`` says how many searches the agent made per lookup;
 and prints each rate and its ratio to raw (target for SCIM at ``--concurrency``: >= 0.7), and the CPU
 this process spent per lookup (``*_cpu_us``: for raw, bonsai alone; the differences are our layers).
 The variants take turns, ``--rounds`` times over a share of the queries each, and each figure is
@@ -32,7 +34,7 @@ import random
 import signal
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -95,6 +97,16 @@ async def plugin_rate(directory: LdapDirectory, uids: list[str], concurrency: in
     return await timed(len(uids), [worker() for _ in range(concurrency)])
 
 
+class CountedLdapDirectory(LdapDirectory):
+    """The agent's directory, counting its searches (all instances together)."""
+
+    searches = 0
+
+    def search(self, *args: Any, **kwargs: Any) -> AsyncIterator[list[Entry]]:
+        CountedLdapDirectory.searches += 1
+        return super().search(*args, **kwargs)
+
+
 async def scim_rate(scim: ScimClient, uids: list[str], concurrency: int) -> Timing:
     queue = iter(uids)
 
@@ -138,7 +150,8 @@ async def measure(slapd: ThrowawaySlapd, queries: int, concurrency: int, rounds:
     rng = random.Random(7)
     uids = [uid(rng.randrange(slapd.users)) for _ in range(queries)]
     settings = slapd.settings(pool_size=concurrency)
-    async with LdapDirectory(settings) as directory, local_agent(settings) as scim:
+    agent = local_agent(settings, directory_class=CountedLdapDirectory)
+    async with LdapDirectory(settings) as directory, agent as scim:
         await plugin_rate(directory, uids[:200], concurrency)  # warm the pools
         await scim_rate(scim, uids[:200], concurrency)
 
@@ -152,10 +165,15 @@ async def measure(slapd: ThrowawaySlapd, queries: int, concurrency: int, rounds:
 
         for conc in (1, concurrency):
             timings: dict[str, list[Timing]] = {name: [] for name in variants(conc)}
+            searches = lookups = 0
             for turn in range(rounds):
                 share = uids[turn::rounds]
                 for name, run in variants(conc).items():
+                    before = CountedLdapDirectory.searches
                     timings[name].append(await run(share))
+                    if name == "scim":
+                        searches += CountedLdapDirectory.searches - before
+                        lookups += len(share)
             rate = {name: statistics.median(t.per_s for t in got) for name, got in timings.items()}
             cpu = {name: statistics.median(t.cpu_us for t in got) for name, got in timings.items()}
             result(
@@ -167,6 +185,7 @@ async def measure(slapd: ThrowawaySlapd, queries: int, concurrency: int, rounds:
                 scim_per_s=round(rate["scim"]),
                 scim_ratio=round(rate["scim"] / rate["raw"], 2),
                 scim_ratio_to_readable_only=round(rate["scim"] / rate["raw_readable_only"], 2),
+                scim_searches_per_lookup=round(searches / lookups, 3),
                 **({"target_scim_ratio": 0.7} if conc == concurrency else {}),
                 **{f"{name}_cpu_us": round(us) for name, us in cpu.items()},
             )

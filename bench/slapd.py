@@ -98,7 +98,11 @@ class ThrowawaySlapd:
 
 @asynccontextmanager
 async def local_agent(
-    directory: LdapSettings, *, max_in_flight: int = 64, profile: str = "openldap"
+    directory: LdapSettings,
+    *,
+    max_in_flight: int = 64,
+    profile: str = "openldap",
+    directory_class: type[LdapDirectory] = LdapDirectory,
 ) -> AsyncIterator[ScimClient]:
     """A running agent over ``directory`` on a fresh local broker, and a signed client to it."""
     signer = Signer.generate("bench")
@@ -113,7 +117,7 @@ async def local_agent(
             "logging": {"level": "error"},
         }
     )
-    agent = Agent(settings, directory=LdapDirectory(directory), services=[settle_heap])  # as `agent run` does
+    agent = Agent(settings, directory=directory_class(directory), services=[settle_heap])  # as `agent run` does
     stop = asyncio.Event()
     runner = asyncio.create_task(agent.run(stop))
     started = asyncio.create_task(agent.started.wait())

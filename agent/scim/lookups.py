@@ -133,11 +133,13 @@ class Lookups:
 
     def _ended(self, group: list[Lookup], task: asyncio.Task[None]) -> None:
         """A shared search's task is over: the lookups it did not answer (cancelled before it started, so
-        ``_read`` never ran) are read alone."""
+        ``_read`` never ran) are read alone. Each lookup lets go of its group and task: both refer back to it,
+        and every lookup would otherwise be left to the cyclic garbage collector."""
         self._tasks.discard(task)
         for lookup in group:
             if not lookup.future.done():
                 lookup.future.set_result(None)
+            lookup.group, lookup.task = [], None  # no cycles left for the collector to find
 
     async def _read(self, group: list[Lookup]) -> None:
         """``_search`` the group, then answer each lookup: what the search gave it, or None (read it alone)

@@ -5,6 +5,7 @@ what each answers alone by the SCIM suite (``test_lookups_at_once_answer_as_each
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from agent.config import ScimSection
 from agent.scim.handler import ScimHandler
+from agent.scim.lookups import Lookup
 from agent.scim.profile import load_profile
 from agent.scim.translate import any_of
 from plugins.directory import Entry, LimitExceededError, Scope, UnavailableError
@@ -232,3 +234,20 @@ def test_eq_key_decides_what_the_predicate_decides(wanted: str, stored: str, nam
     resource: dict[str, Any] = {name: stored}
     assert holds(resource) == (key(wanted) == key(stored))
     assert holds({name: [{"value": stored}]}) == (key(wanted) == key(stored))
+
+
+async def test_lookups_read_together_are_freed_without_the_cyclic_collector(directory: SharingMemoryDirectory) -> None:
+    """A lookup and its group, and its group's search task, refer to each other until the search ends: then
+    they are let go, so that a busy agent does not leave every lookup to the garbage collector."""
+    handler = ScimHandler(directory, load_profile("openldap"))
+    gc.collect()
+    gc.disable()
+    try:
+        assert await _lookups(handler, [f'userName eq "user{index}"' for index in range(4)]) == [
+            [f"user{index}"] for index in range(4)
+        ]
+        await asyncio.sleep(0)  # the search task's done callbacks
+        assert handler.lister.lookups.searches == 1
+        assert not [thing for thing in gc.get_objects() if isinstance(thing, Lookup)]
+    finally:
+        gc.enable()
