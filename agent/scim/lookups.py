@@ -118,12 +118,12 @@ class Lookups:
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, {}
         most = max(1, self._handler.settings.lookup_batch)
-        for group in waiting.values():
+        for waited in waiting.values():
+            group = [lookup for lookup in waited if not lookup.future.done()]  # not the ones gone meanwhile
             for start in range(0, len(group), most):
                 chunk = group[start : start + most]
                 if len(chunk) == 1:
-                    if not chunk[0].future.done():
-                        chunk[0].future.set_result(None)
+                    chunk[0].future.set_result(None)
                     continue
                 task = asyncio.get_running_loop().create_task(self._read(chunk))
                 self._tasks.add(task)

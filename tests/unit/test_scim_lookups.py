@@ -251,3 +251,18 @@ async def test_lookups_read_together_are_freed_without_the_cyclic_collector(dire
         assert not [thing for thing in gc.get_objects() if isinstance(thing, Lookup)]
     finally:
         gc.enable()
+
+
+async def test_a_lookup_gone_before_the_turn_ends_is_not_searched_for(directory: SharingMemoryDirectory) -> None:
+    """Of two lookups joined in one turn, one cancelled before the turn ended: the other is read alone."""
+    handler = ScimHandler(directory, load_profile("openldap"))
+    requests = [
+        asyncio.ensure_future(handler.handle(ScimOperation("GET", "/Users", {"filter": f'userName eq "user{i}"'})))
+        for i in (1, 2)
+    ]
+    await asyncio.sleep(0)  # both have joined; the turn in which they did has not ended
+    requests[0].cancel()
+    result = await requests[1]
+    assert [resource["userName"] for resource in result.body["Resources"]] == ["user2"]
+    assert requests[0].cancelled()
+    assert handler.lister.lookups.searches == 0
