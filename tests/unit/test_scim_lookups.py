@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from agent.scim.handler import ScimHandler
 from agent.scim.lookups import Lookup
 from agent.scim.profile import load_profile
 from agent.scim.translate import any_of
-from plugins.directory import Entry, LimitExceededError, Scope, UnavailableError
+from plugins.directory import Entry, LimitExceededError, UnavailableError
 from plugins.memory import MemorySettings
 from protocol import scimeval
 from protocol.envelope import ScimOperation
@@ -28,45 +28,37 @@ from tests.unit.test_scim_memory import SharingMemoryDirectory
 PEOPLE = "ou=people,dc=example,dc=com"
 
 
-class FailingSharedSearches(SharingMemoryDirectory):
-    """Refuses every search that ORs lookups together, with ``error`` (by default a limit of the server's)."""
+class RiggedSharedSearches(SharingMemoryDirectory):
+    """Hands every search that ORs lookups together to ``shared``, which may fail it or slow it down."""
+
+    def search(self, base: str, ldap_filter: str = "(objectClass=*)", **options: Any) -> AsyncIterator[list[Entry]]:
+        pages = super().search(base, ldap_filter, **options)
+        return self.shared(pages) if "(|(uid=" in ldap_filter else pages
+
+    def shared(self, pages: AsyncIterator[list[Entry]]) -> AsyncIterator[list[Entry]]:
+        return pages
+
+
+class FailingSharedSearches(RiggedSharedSearches):
+    """Refuses every shared search with ``error`` (by default a limit of the server's)."""
 
     error: Exception = LimitExceededError("administrative limit exceeded")
     shared_searches = 0
 
-    def search(
-        self,
-        base: str,
-        ldap_filter: str = "(objectClass=*)",
-        *,
-        scope: Scope = Scope.SUBTREE,
-        attributes: Sequence[str] | None = None,
-        page_size: int = 500,
-    ) -> AsyncIterator[list[Entry]]:
-        if "(|(uid=" in ldap_filter:
-            self.shared_searches += 1
-            raise self.error
-        return super().search(base, ldap_filter, scope=scope, attributes=attributes, page_size=page_size)
+    def shared(self, pages: AsyncIterator[list[Entry]]) -> AsyncIterator[list[Entry]]:
+        self.shared_searches += 1
+        raise self.error
 
 
 class UnavailableForSharedSearches(FailingSharedSearches):
     error = UnavailableError("the server is busy")
 
 
-class SlowSharedSearches(SharingMemoryDirectory):
-    """Takes far longer over a search that ORs lookups together than anyone waits."""
+class SlowSharedSearches(RiggedSharedSearches):
+    """Takes far longer over a shared search than anyone waits."""
 
-    def search(
-        self,
-        base: str,
-        ldap_filter: str = "(objectClass=*)",
-        *,
-        scope: Scope = Scope.SUBTREE,
-        attributes: Sequence[str] | None = None,
-        page_size: int = 500,
-    ) -> AsyncIterator[list[Entry]]:
-        pages = super().search(base, ldap_filter, scope=scope, attributes=attributes, page_size=page_size)
-        return _late(pages) if "(|(uid=" in ldap_filter else pages
+    def shared(self, pages: AsyncIterator[list[Entry]]) -> AsyncIterator[list[Entry]]:
+        return _late(pages)
 
 
 async def _late(pages: AsyncIterator[list[Entry]]) -> AsyncIterator[list[Entry]]:
