@@ -394,32 +394,36 @@ def _text_predicate(name: str, op: CompareOp, wanted: str, case_exact: bool) -> 
     """``name op "wanted"`` as ``_compare`` decides it for a string operand that is not a date-time
     (nothing to order chronologically): a string value compares (case-folded unless caseExact), a
     complex one by its ``value``, any other (boolean, number, null) does not match."""
-    if not case_exact:
-        wanted = fold_case(wanted)
-    negated = op == "ne"
-    positive: CompareOp = "eq" if negated else op  # "ne" is "not eq", decided below
+    return _TextPredicate(name, op, wanted, case_exact)
 
-    def test(text: str) -> bool:
-        return _text_compare(positive, text if case_exact else fold_case(text), wanted)
 
-    def holds_on(resource: Mapping[str, Any]) -> bool:
-        value = get_ci(resource, name)
+class _TextPredicate:
+    """``_text_predicate``'s function. An object, not nested functions: compiled, those share an environment
+    that refers back to them, and a lister that makes a predicate per lookup (a new value each time) left
+    every one of them to the cyclic garbage collector."""
+
+    __slots__ = ("_case_exact", "_folded_eq", "_name", "_negated", "_positive", "_wanted")
+
+    def __init__(self, name: str, op: CompareOp, wanted: str, case_exact: bool) -> None:
+        self._name = name
+        self._case_exact = case_exact
+        self._wanted = wanted if case_exact else fold_case(wanted)
+        self._negated = op == "ne"
+        self._positive: CompareOp = "eq" if self._negated else op  # "ne" is "not eq", decided below
+        self._folded_eq = op == "eq" and not case_exact  # the common case, without a call per value
+
+    def __call__(self, resource: Mapping[str, Any]) -> bool:
+        value = get_ci(resource, self._name)
+        if self._folded_eq and type(value) is str:
+            return fold_case(value) == self._wanted
         if value is None:
-            return negated
+            return self._negated
+        case_exact = self._case_exact
         for candidate in value if isinstance(value, list) else (value,):
             if isinstance(candidate, Mapping):
                 candidate = get_ci(candidate, "value")
-            if isinstance(candidate, str) and test(candidate):
-                return not negated
-        return negated
-
-    if op != "eq" or case_exact:
-        return holds_on
-
-    def equal_folded(resource: Mapping[str, Any]) -> bool:  # the common case, without a call per value
-        value = get_ci(resource, name)
-        if type(value) is str:
-            return fold_case(value) == wanted
-        return holds_on(resource)
-
-    return equal_folded
+            if isinstance(candidate, str) and _text_compare(
+                self._positive, candidate if case_exact else fold_case(candidate), self._wanted
+            ):
+                return not self._negated
+        return self._negated

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import scimeval
 from protocol.errors import ScimError
 from protocol.scimeval import Evaluator, check, fold_case, holds, matches, parse_datetime, predicate
 from protocol.scimfilter import And, AttrPath, Compare, Not, Or, parse_filter
@@ -321,3 +323,17 @@ def test_fold_case_keeps_length_and_is_idempotent(text: str) -> None:
     assert fold_case(folded) == folded
     ascii_only = text.encode("ascii", "ignore").decode()
     assert fold_case(ascii_only) == ascii_only.lower()
+
+
+def test_text_predicates_are_freed_without_the_cyclic_collector() -> None:
+    """A lister makes a predicate per lookup (a new value each time): none may wait for the garbage collector."""
+    made = scimeval.text_predicates("userName", "eq")
+    gc.collect()
+    gc.disable()
+    try:
+        for index in range(100):
+            for test in (made(f"user{index}"), predicate(parse_filter(f'title co "x{index}"'))):
+                assert not test({"userName": "someone", "title": "nothing"})
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
