@@ -275,7 +275,7 @@ class Directory(abc.ABC):
     #: search left open (a SCIM cursor) holds one of them until it ends.
     max_concurrency: int | None = None
     #: Whether a search is a round trip worth sharing: the SCIM layer then reads equality lookups that
-    #: arrive together as one ``(|f1 f2 …)`` search (``agent.scim.lookups``). Not for a directory in the
+    #: arrive together with one search for all of them (``agent.scim.lookups``). Not for a directory in the
     #: agent's own process, where a search costs no round trip and an OR of lookups may cost a scan.
     shared_lookups: ClassVar[bool] = False
 

@@ -9,6 +9,10 @@ Open cursors are bounded (``scim.max_cursors``, and half the directory's ``max_c
 one of its connections, the other requests keep the rest) and expire after ``scim.cursor_ttl`` seconds
 idle. Over the bound, the idle ones least lately used are closed (their next page is 400 invalidCursor,
 and a reader starts again); a cursor in the middle of a page is never closed under it.
+
+A plain equality lookup (``userName eq "…"``) over a directory whose searches are round trips is read
+with the other lookups of its event-loop turn (``agent.scim.lookups``), with the answer its own search
+would give.
 """
 
 from __future__ import annotations
