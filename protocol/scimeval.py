@@ -382,9 +382,9 @@ def text_predicates(name: str, op: CompareOp) -> Callable[[str], Predicate]:
 
 def eq_key(name: str) -> Callable[[str], str]:
     """The key ``name eq "wanted"`` compares by, for a plain attribute: ``predicate`` of that comparison holds
-    on a resource exactly when one of its text values (or complex values' ``value``) has the key of
-    ``wanted``, provided ``wanted`` is not a date-time (``parse_datetime``: compared chronologically). The
-    case-folded text, or the text itself for a caseExact attribute."""
+    on a resource exactly when one of its ``text_values`` has the key of ``wanted``, provided ``wanted`` is
+    not a date-time (``parse_datetime``: compared chronologically). The case-folded text, or the text
+    itself for a caseExact attribute."""
     if _DEFAULT._is_case_exact(AttrPath(name), ""):
         return str
     return fold_case
@@ -416,14 +416,26 @@ class _TextPredicate:
         value = get_ci(resource, self._name)
         if self._folded_eq and type(value) is str:
             return fold_case(value) == self._wanted
-        if value is None:
-            return self._negated
         case_exact = self._case_exact
-        for candidate in value if isinstance(value, list) else (value,):
-            if isinstance(candidate, Mapping):
-                candidate = get_ci(candidate, "value")
-            if isinstance(candidate, str) and _text_compare(
-                self._positive, candidate if case_exact else fold_case(candidate), self._wanted
-            ):
+        for text in _texts(value):
+            if _text_compare(self._positive, text if case_exact else fold_case(text), self._wanted):
                 return not self._negated
         return self._negated
+
+
+def text_values(resource: Mapping[str, Any], name: str) -> list[str]:
+    """The texts ``name op "…"`` compares (``_text_predicate``) in ``resource``: its string values, and the
+    ``value`` of its complex ones; not booleans, numbers or nulls."""
+    return _texts(get_ci(resource, name))
+
+
+def _texts(value: Any) -> list[str]:
+    if value is None:
+        return []
+    texts: list[str] = []
+    for candidate in value if isinstance(value, list) else (value,):
+        if isinstance(candidate, Mapping):
+            candidate = get_ci(candidate, "value")
+        if isinstance(candidate, str):
+            texts.append(candidate)
+    return texts

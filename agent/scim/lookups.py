@@ -35,7 +35,7 @@ import contextvars
 import copy
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.scim.resources import Resource, reference_dns
 from agent.scim.translate import any_of
@@ -201,15 +201,7 @@ class Lookups:
 def _hand_out(resource: Resource, name: str, key: Callable[[str], str], by_key: dict[str, list[Lookup]]) -> None:
     """Give ``resource`` to the lookups it passes with the value they asked for; mark the ones it passes by
     another spelling."""
-    value: Any = scimeval.get_ci(resource, name)
-    if value is None:
-        return
-    texts: list[str] = []
-    for candidate in value if isinstance(value, list) else (value,):
-        if isinstance(candidate, dict):
-            candidate = scimeval.get_ci(candidate, "value")
-        if isinstance(candidate, str):
-            texts.append(candidate)
+    texts = scimeval.text_values(resource, name)  # what the lookups' predicates compare
     passed: dict[int, Lookup] = {}
     for text in texts:
         for lookup in by_key.get(key(text), ()):
