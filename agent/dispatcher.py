@@ -88,7 +88,6 @@ class Dispatcher:
         ``deliveries()``: at C=64 over a 5 ms directory, 0.78-0.80 of C/L instead of 0.74-0.75
         (``bench.agent_load``; docs/performance.md)."""
         mine = self._by_transport.setdefault(id(transport), set())
-        transport.max_request_size = self.max_body_bytes  # a compressed request inflates no further
         slots = self._slots
         loop = asyncio.get_running_loop()
         # The tasks' log context is this one's, not that of the code whose callback hands a delivery over.
