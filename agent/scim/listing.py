@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from agent.scim.discovery import LIST_SCHEMA
 from agent.scim.lookups import Lookups
@@ -69,15 +69,25 @@ class _Cursor:
     pending: list[Resource] = field(default_factory=list)  # read from the directory, not yet returned
 
 
-class _Prepared(NamedTuple):
-    mapping: ResourceMapping
-    node: scimfilter.Filter | None
-    ldap_filter: str
-    exact: bool
-    #: The SCIM filter re-checked on each resource the directory returns; None when the translation is exact.
-    test: scimeval.Predicate | None
-    #: ``(attribute, value)`` of an equality lookup that may be read with others (``agent.scim.lookups``).
-    lookup: tuple[str, str] | None = None
+class _Prepared:
+    """A list request's filter, ready: the LDAP filter to search with and what to re-check. A class, not a
+    named tuple: compiled, it is made without running Python code (a lookup prepares one each time)."""
+
+    __slots__ = ("ldap_filter", "lookup", "mapping", "test")
+
+    def __init__(
+        self,
+        mapping: ResourceMapping,
+        ldap_filter: str,
+        test: scimeval.Predicate | None,
+        lookup: tuple[str, str] | None = None,
+    ) -> None:
+        self.mapping = mapping
+        self.ldap_filter = ldap_filter
+        #: The SCIM filter re-checked on each resource the directory returns; None when the translation is exact.
+        self.test = test
+        #: ``(attribute, value)`` of an equality lookup that may be read with others (``agent.scim.lookups``).
+        self.lookup = lookup
 
 
 #: A comparison's template (None: the general path), and how its predicate is made (None: ``predicate``).
@@ -140,9 +150,8 @@ class Lister:
             if node is not None:
                 scimeval.check(node)
             found = await translation(node, mapping, self.handler.refs)
-            exact = found.exact or node is None
-            test = None if exact or node is None else scimeval.predicate(node)
-            prepared, resolved_ids = _Prepared(mapping, node, found.ldap_filter, exact, test), found.resolved_ids
+            test = None if found.exact or node is None else scimeval.predicate(node)
+            prepared, resolved_ids = _Prepared(mapping, found.ldap_filter, test), found.resolved_ids
         if not resolved_ids and (text is None or len(text) <= _PREPARED_LENGTH):
             if len(self._prepared) >= _PREPARED_SIZE:
                 self._prepared.clear()
@@ -170,13 +179,15 @@ class Lister:
                 scimeval.text_predicates(name, op) if sub is None else None,
             )
         _, template, predicates = kept
-        found = None if template is None else template.translation(value)
-        if found is None:
+        ldap_filter = None if template is None else template.ldap_filter(value)
+        if ldap_filter is None:
             return None
-        node = scimfilter.Compare(scimfilter.AttrPath(name, sub, None), op, value)
-        test = scimeval.predicate(node) if predicates is None else predicates(value)
+        if predicates is None:
+            test = scimeval.predicate(scimfilter.Compare(scimfilter.AttrPath(name, sub, None), op, value))
+        else:
+            test = predicates(value)
         together = op == "eq" and sub is None and scimeval.parse_datetime(value) is None
-        return _Prepared(mapping, node, found.ldap_filter, False, test, (name, value) if together else None)
+        return _Prepared(mapping, ldap_filter, test, (name, value) if together else None)
 
     def _matches(self, mapping: ResourceMapping, query: dict[str, str], page_size: int) -> _Matches:
         """Every resource of ``mapping`` that matches the request's filter, in directory order, a

@@ -355,13 +355,14 @@ class CompareTemplate:
     #: spaces) is a presence test, which the general path translates.
     needs_value: bool
 
-    def translation(self, value: str) -> Translation | None:
-        """The translation of the comparison with ``value``; None when the general path must decide."""
+    def ldap_filter(self, value: str) -> str | None:
+        """The LDAP filter of the comparison with ``value`` (never exact, no id resolved); None when the
+        general path must decide."""
         if self.needs_value:
             value = _folded(value)
             if not value:
                 return None
-        return Translation(escape_value(value).join(self.fixed), False, False)
+        return escape_value(value).join(self.fixed)
 
 
 def compare_template(mapping: ResourceMapping, path: sf.AttrPath, op: str) -> CompareTemplate | None:
