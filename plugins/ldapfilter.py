@@ -129,7 +129,9 @@ def escape_value(value: str | bytes) -> str:
     """Escape a value for an RFC 4515 filter: ``* ( ) \\ NUL`` and every non-printable or non-ASCII
     octet become ``\\XX``; the result is pure printable ASCII."""
     if isinstance(value, str):
-        if value.isascii() and value.isprintable() and not any(char in value for char in "*()\\"):
+        # four searches of the string, not a generator: every lookup's value comes through here
+        plain = value.isascii() and value.isprintable()
+        if plain and "*" not in value and "(" not in value and ")" not in value and "\\" not in value:
             return value
         value = value.encode("utf-8")
     return "".join(
