@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,12 @@ class Identity:
     def not_after(self) -> float:
         return self.certificate().not_valid_after_utc.timestamp()
 
-    def client_context(self) -> ssl.SSLContext:
-        """Verify the control plane against its CA and present the agent's certificate."""
+    def client_context(self, now: float | None = None) -> ssl.SSLContext:
+        """Verify the control plane against its CA and present the agent's certificate.
+
+        An expired certificate is an ``IdentityError`` that says so: presented, the control plane's TLS
+        would only end the handshake, which reads as a connection reset. ``now``: Unix seconds (the
+        wall clock by default, as TLS checks it)."""
         if not self.ca_file.exists():
             raise IdentityError(f"the control plane's CA file {self.ca_file} is missing")
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -105,6 +110,12 @@ class Identity:
             context.load_cert_chain(self.cert_file, self.key_file)
         except (FileNotFoundError, ssl.SSLError) as exc:
             raise IdentityError(f"cannot load the agent's key and certificate from {self.state_dir}: {exc}") from None
+        expiry = self.certificate().not_valid_after_utc
+        if expiry.timestamp() <= (time.time() if now is None else now):
+            raise IdentityError(
+                f"the agent's certificate {self.cert_file} expired at {expiry.isoformat()}, so the control plane "
+                "refuses it: register the agent again ('cloudprov agent register --control-plane URL --token T')"
+            )
         return context
 
     def save_bootstrap(self, document: dict[str, Any]) -> None:

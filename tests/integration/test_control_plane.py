@@ -20,6 +20,7 @@ from agent.lifecycle import (
     register,
 )
 from agent.lifecycle.client import call
+from agent.lifecycle.identity import new_key_and_csr
 from protocol.signing import Signer
 from service.client import ScimClient
 from service.control.app import ControlPlaneServer
@@ -337,6 +338,32 @@ async def test_certificate_renewal_replaces_the_old_certificate(tmp_path: Path) 
             stale, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "s", "sent_at": 0}
         )
         assert (status, body["error"]) == (401, "certificate_superseded")
+
+
+async def test_an_expired_certificate_is_named_as_such_not_reported_as_a_reset(tmp_path: Path) -> None:
+    """The control plane's TLS refuses an expired client certificate with a bare end of the handshake; the
+    agent says its certificate expired, when, and how to get a new one, in its log and its readiness."""
+    async with control_plane(tmp_path / "cp") as server:
+        state = tmp_path / "a"
+        await register_agent(server, state, "agent-1")
+        assert server.plane is not None
+        key, csr = new_key_and_csr("agent-1")
+        expired = server.plane.ca.issue_client(csr, "agent-1", lifetime=-60)  # valid until a minute ago
+        Identity(state).save(key, expired.pem)
+        context = ssl.create_default_context(cadata=server.plane.ca.cert_pem)
+        context.load_cert_chain(state / "agent.pem", state / "agent.key")
+        body = {"agent_id": "agent-1", "nonce": "n1", "sent_at": time.time()}
+        with pytest.raises(ControlPlaneUnavailableError):  # presented anyway: nothing says why
+            await call(server.url, "POST", "/v1/bootstrap", body, context=context, timeout=5)
+        settings = agent_settings(state, server.url, "agent-1", bootstrap_interval=60)
+        with capture_logs() as logs:
+            async with lifecycle_agent(settings) as running:
+                await wait_until(lambda: running.lifecycle.failures >= 1, "the first bootstrap failed")
+                reasons = running.agent.not_ready_reasons()
+        assert any("certificate" in r and "expired at" in r and "agent register" in r for r in reasons), reasons
+        failed = [e for e in logs if e["event"] == "bootstrap failed; serving on the current endpoints"]
+        assert failed, logs
+        assert "expired at" in failed[0]["error"]
 
 
 async def test_settings_from_the_control_plane_apply_to_the_running_agent(tmp_path: Path) -> None:
