@@ -140,8 +140,7 @@ class Attributes(Mapping[str, list[AttrValue]]):
     def adopt(cls, pairs: Iterable[tuple[str, list[AttrValue]]]) -> Attributes:
         """Attributes that take these lists as they are (no copy; the caller gives them up); empty lists
         are left out and a name repeated in another case joins the first. For plugins' hot paths."""
-        made = cls()
-        data = made._data
+        data: dict[str, tuple[str, list[AttrValue]]] = {}
         for name, values in pairs:
             if not values:
                 continue
@@ -150,7 +149,7 @@ class Attributes(Mapping[str, list[AttrValue]]):
                 data[key][1].extend(values)
             else:
                 data[key] = (name, values)
-        return made
+        return cls._holding(data)
 
     def first(self, name: str) -> AttrValue | None:
         item = self._data.get(name.lower())
