@@ -11,7 +11,9 @@ Guarantees
       agent's current one; revoked agents are refused with the reason given at revocation.
     - A bootstrap must name the agent its certificate names (else ``forged``), be sent within
       ``clock_skew`` seconds of now (else ``stale``) and carry a nonce not seen before (else
-      ``replayed``); a refused bootstrap records nothing.
+      ``replayed``); a refused bootstrap records nothing. A nonce is remembered for as long as its
+      request is fresh: an agent sending more than ``NONCES_PER_AGENT`` requests within that time is
+      refused (429) without crowding out the others' nonces.
     - After a key rotation, the old and new keys are both handed out until ``key_grace_period``
       ends; afterwards only the new one (the old one is dropped from the store). A rotation's grace
       also bounds the keys still retiring from earlier rotations.
@@ -77,24 +79,55 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: Live nonces one agent may hold: an agent sends a bootstrap every few minutes and a heartbeat a minute,
+#: a few within any clock-skew window; a thousand is a flood.
+NONCES_PER_AGENT = 1_000
+#: Live nonces of all agents together.
+MAX_NONCES = 100_000
+#: The longest nonce accepted (an agent sends 32 hex digits).
+MAX_NONCE_LENGTH = 128
+
+
 class NonceCache:
-    """Bootstrap nonces seen within the clock-skew window (per replica; bounded, oldest forgotten)."""
+    """Bootstrap nonces seen within the clock-skew window, by agent (per replica).
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()
+    Bounded without ever forgetting a live nonce (which would let a copy of its request through): an agent
+    holding ``per_agent`` live nonces is refused (``agent_busy``) while the others go on, and once all
+    together hold ``max_entries`` every new one is refused (``busy``). Expired nonces are dropped in the
+    order they came."""
+
+    def __init__(self, max_entries: int = MAX_NONCES, per_agent: int = NONCES_PER_AGENT) -> None:
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # (agent, nonce) -> until, by arrival
+        self._held: dict[str, int] = {}  # live nonces per agent
         self._max = max_entries
+        self.per_agent = per_agent
 
-    def add(self, nonce: str, until: float, now: float) -> bool:
-        """Remember ``nonce``; False when it was already there."""
-        while self._seen:
-            oldest, expiry = next(iter(self._seen.items()))
-            if expiry > now and len(self._seen) < self._max:
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, agent_id: str, nonce: str, until: float, now: float) -> str | None:
+        """Remember ``agent_id``'s ``nonce`` until ``until``; None if it is new, else why it is refused:
+        ``replayed``, ``agent_busy`` or ``busy``."""
+        seen, held = self._seen, self._held
+        while seen:
+            (oldest_agent, oldest), expiry = next(iter(seen.items()))
+            if expiry > now:
                 break
-            del self._seen[oldest]
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = until
-        return True
+            del seen[oldest_agent, oldest]
+            left = held[oldest_agent] - 1
+            if left:
+                held[oldest_agent] = left
+            else:
+                del held[oldest_agent]
+        if (agent_id, nonce) in seen:
+            return "replayed"
+        if held.get(agent_id, 0) >= self.per_agent:
+            return "agent_busy"
+        if len(seen) >= self._max:
+            return "busy"
+        seen[agent_id, nonce] = until
+        held[agent_id] = held.get(agent_id, 0) + 1
+        return None
 
 
 def _text(body: Mapping[str, Any], key: str, *, required: bool = True) -> str:
@@ -268,8 +301,19 @@ class ControlPlane:
             raise ControlError(
                 401, "stale", f"'sent_at' must be the sender's clock in epoch seconds, within {skew:g}s of ours"
             )
-        if not self.nonces.add(f"{agent.id}/{nonce}", sent_at + skew, now):
+        if len(nonce) > MAX_NONCE_LENGTH:
+            raise ControlError(400, "invalid_request", f"'nonce' must be at most {MAX_NONCE_LENGTH} characters")
+        refused = self.nonces.add(agent.id, nonce, sent_at + skew, now)
+        if refused == "replayed":
             raise ControlError(409, "replayed", f"nonce {nonce!r} was already used; every request needs a new one")
+        if refused == "agent_busy":
+            raise ControlError(
+                429,
+                "too_many_requests",
+                f"agent {agent.id!r} sent more than {self.nonces.per_agent} requests within {skew:g}s; try again later",
+            )
+        if refused is not None:
+            raise ControlError(503, "busy", "the control plane holds too many recent requests; try again later")
 
     # ---- agent calls (mTLS) -----------------------------------------------------------------
     async def bootstrap(self, agent: AgentRecord, body: Mapping[str, Any], address: str | None) -> dict[str, Any]:

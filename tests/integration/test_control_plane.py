@@ -25,6 +25,7 @@ from protocol.signing import Signer
 from service.client import ScimClient
 from service.control.app import ControlPlaneServer
 from service.control.ca import CertificateAuthority, make_csr
+from service.control.plane import NonceCache
 from tests.integration.control_support import (
     DOMAIN,
     Admin,
@@ -196,6 +197,40 @@ async def test_forged_stale_and_replayed_bootstraps_are_refused(tmp_path: Path) 
         with pytest.raises(ControlPlaneRefusedError) as anonymous:
             await call(server.url, "POST", "/v1/bootstrap", first, context=context, timeout=5)
         assert anonymous.value.code == "certificate_required"
+
+
+async def test_an_agent_flooding_nonces_is_refused_and_the_others_still_bootstrap(tmp_path: Path) -> None:
+    """An agent past its share of fresh nonces gets 429 (its earlier nonces still count as used); another
+    agent bootstraps as usual; a nonce longer than the limit is refused before it is remembered."""
+    async with control_plane(tmp_path / "cp") as server:
+        assert server.plane is not None
+        server.plane.nonces = NonceCache(per_agent=2)
+        flooder, other = tmp_path / "a", tmp_path / "b"
+        await register_agent(server, flooder, "agent-1")
+        await register_agent(server, other, "agent-2")
+        now = time.time()
+        for nonce in ("n1", "n2"):
+            status, _ = await agent_call(
+                flooder, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": nonce, "sent_at": now}
+            )
+            assert status == 200
+        status, body = await agent_call(
+            flooder, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "n3", "sent_at": now}
+        )
+        assert (status, body["error"]) == (429, "too_many_requests")
+        status, body = await agent_call(
+            flooder, server.url, "/v1/bootstrap", {"agent_id": "agent-1", "nonce": "n1", "sent_at": now}
+        )
+        assert (status, body["error"]) == (409, "replayed")
+        status, _ = await agent_call(
+            other, server.url, "/v1/bootstrap", {"agent_id": "agent-2", "nonce": "n1", "sent_at": now}
+        )
+        assert status == 200
+        status, body = await agent_call(
+            other, server.url, "/v1/bootstrap", {"agent_id": "agent-2", "nonce": "x" * 129, "sent_at": now}
+        )
+        assert (status, body["error"]) == (400, "invalid_request")
+        assert len(server.plane.nonces) == 3
 
 
 async def test_non_admin_calls_to_admin_endpoints_are_refused(tmp_path: Path) -> None:
