@@ -10,9 +10,13 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
   every other value that parses as a Python integer literal into an ``int`` (``+14155552671``,
   ``0x10``, ``1_000`` then come back as ``14155552671``, ``16``, ``1000``: not the stored text). A
   connection's operation can name the attributes kept as bytes instead (``raw``, set by the caller
-  for one operation; None: the client's binary list): ``rawnames.RawNames`` of the attributes a
-  search names, whose values then arrive exactly as stored (``values.to_entries`` decodes the text
-  ones).
+  for one operation; None: the client's binary list); ``raw_named`` gives the names of a search
+  that lists its attributes, whose values then arrive exactly as stored (``values.to_entries``
+  decodes the text ones). The list is short on purpose: bonsai compares every attribute name of
+  every entry with the listed names until one matches (two copies and two allocations per
+  comparison); ``RawNames`` holds them UTF-8 encoded (bonsai encodes a ``str`` at every comparison)
+  and, once an entry has been seen, in the order the server returns them, and bonsai iterates them
+  through a ``RawCursor`` that starts each attribute's scan after the name the previous one matched.
 - One outstanding operation per connection, as in bonsai; the pool enforces it.
 - ``make_client`` sets manual paging (bonsai's automatic paging breaks on Samba when the last page is
   exactly full), raw binary attributes, certificate checking (``demand`` unless disabled) and the CA.
@@ -21,7 +25,7 @@ Settings: ``LdapSettings`` (URL, bind, TLS, binary attributes). Guarantees:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 import bonsai
@@ -29,7 +33,6 @@ from bonsai._bonsai import ldapconnection as c_connection
 from bonsai.asyncio import AIOLDAPConnection
 
 from plugins.ldap.gcpause import call_paused
-from plugins.ldap.rawnames import RawCursor, RawNames
 from plugins.ldap.settings import LdapSettings
 from protocol import deadlines
 
@@ -159,6 +162,94 @@ class ReadableOnlyConnection(AIOLDAPConnection):
 def binary_attributes(settings: LdapSettings) -> list[str]:
     """The attributes whose values stay ``bytes``: the configured ones and those the delta code needs."""
     return sorted({*settings.binary_attributes, *REQUIRED_BINARY}, key=str.lower)
+
+
+def raw_named(attributes: list[str]) -> list[str] | None:
+    """The attributes to keep as bytes for a search asking for ``attributes``: all it names (options
+    dropped), so every value arrives as stored; None when it may return attributes it does not name
+    (``*``, ``+``, or a name given as an OID, which comes back under its name): the binary list."""
+    named: dict[str, str] = {}
+    for name in attributes:
+        if name == "1.1":  # no attributes at all
+            continue
+        if name in ("*", "+") or name[:1].isdigit():
+            return None
+        plain = name.partition(";")[0]
+        named.setdefault(plain.lower(), plain)
+    return list(named.values())
+
+
+class RawNames(list[bytes]):
+    """``raw_named(attributes)`` as bonsai compares it fastest: UTF-8 encoded, and (after ``learn``) in the
+    order the server returns the attributes.
+
+    For every attribute of every entry, bonsai scans this list until a name matches (ignoring case),
+    copying both names at each comparison: with the list in the server's order an entry's n-th
+    attribute matches at the n-th name, not wherever the caller's (often alphabetical) order put it.
+    The order changes only the cost: membership, hence which values stay bytes, is the same.
+    """
+
+    __slots__ = ("cursor", "ordered")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        super().__init__(name.encode() for name in names)
+        self.ordered = False
+        self.cursor = RawCursor(self)
+
+    def learn(self, returned: Iterable[str]) -> None:
+        """Put first the names in ``returned`` (an entry's attribute names, in the server's order), in
+        that order; the others keep theirs after them. Done once: ``ordered`` is then True."""
+        position: dict[bytes, int] = {}
+        for name in returned:
+            position.setdefault(name.lower().encode(), len(position))
+        last = len(position)
+        self.sort(key=lambda name: position.get(name.lower(), last))
+        self.cursor = RawCursor(self)
+        self.ordered = True
+
+    @classmethod
+    def named(cls, attributes: list[str]) -> RawNames | None:
+        """The ``RawNames`` of a search asking for ``attributes`` (None: the client's binary list)."""
+        names = raw_named(attributes)
+        return None if names is None else cls(names)
+
+
+#: Lists of more names are not rotated (see ``RawCursor``).
+_ROTATED_AT_MOST = 64
+
+
+class RawCursor:
+    """``RawNames`` as bonsai iterates them while it parses a reply: every name, for each attribute of an
+    entry, but starting after the name that the entry's previous attribute matched.
+
+    bonsai iterates its list anew for each attribute (``iter``, then compares name after name until one
+    matches): with the list in the server's order, the n-th attribute of an entry was found after n
+    comparisons. Here each ``iter`` gives a rotation of the whole list (so an attribute is found, or
+    not, exactly as in the list) that starts where the previous attribute was found, read off how far
+    bonsai went through the previous iterator; the entry's next attribute is then found at the first
+    comparison. ``PluginClient.raw_attributes`` (read once per entry) starts each entry at the top.
+    """
+
+    __slots__ = ("_after", "_last", "_rotations", "_start")
+
+    def __init__(self, names: list[bytes]) -> None:
+        count = len(names)
+        # longer lists (rare: a search naming many attributes) are scanned from the top: rotations cost count²
+        rotated = range(count) if count <= _ROTATED_AT_MOST else range(min(count, 1))
+        self._rotations = [names[at:] + names[:at] for at in rotated] or [[]]
+        size = len(self._rotations)
+        # bonsai stopped at the name that matched: the next scan starts after it (none matched: where it
+        # started); _after[start][names left in the iterator] is that start
+        self._after = [[(start + size - left) % size for left in range(count + 1)] for start in range(size)]
+        self._start = 0
+        self._last: Any = None  # the list iterator handed out last (None: the entry's first attribute)
+
+    def __iter__(self) -> Iterator[bytes]:
+        last = self._last
+        start = 0 if last is None else self._after[self._start][last.__length_hint__()]
+        self._start = start
+        self._last = found = iter(self._rotations[start])
+        return found
 
 
 def make_client(settings: LdapSettings, url: str) -> bonsai.LDAPClient:

@@ -56,10 +56,9 @@ from plugins.directory import (
     WriteOutcomeUnknownError,
 )
 from plugins.ldap import compat
-from plugins.ldap.connection import binary_attributes, make_client
+from plugins.ldap.connection import RawNames, binary_attributes, make_client
 from plugins.ldap.errors import RECOVERABLE, DirectoryClosedError, server_answered, translate
 from plugins.ldap.pool import ConnectionPool
-from plugins.ldap.rawnames import RawNames
 from plugins.ldap.retry import retrying
 from plugins.ldap.settings import LdapSettings
 from plugins.ldap.values import (

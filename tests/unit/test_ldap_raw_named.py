@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plugins.ldap.rawnames import RawNames, raw_named
+from plugins.ldap.connection import RawNames, raw_named
 
 NAMES = ["cn", "CN", "mail", "sn", "uid", "telephoneNumber", "employeeNumber", "title", "objectClass"]
 
