@@ -26,11 +26,11 @@ Guarantees
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -91,34 +91,39 @@ MAX_NONCE_LENGTH = 128
 class NonceCache:
     """Bootstrap nonces seen within the clock-skew window, by agent (per replica).
 
-    Bounded without ever forgetting a live nonce (which would let a copy of its request through): an agent
-    holding ``per_agent`` live nonces is refused (``agent_busy``) while the others go on, and once all
-    together hold ``max_entries`` every new one is refused (``busy``). Expired nonces are dropped in the
-    order they came."""
+    Bounded without ever forgetting a nonce whose request is still fresh (which would let a copy of that
+    request through): an agent holding ``per_agent`` live nonces is refused (``agent_busy``) while the
+    others go on, and once all together hold ``max_entries`` every new one is refused (``busy``). Nonces
+    are dropped in the order they expire, and ``horizon`` is the latest expiry dropped: a request fresh
+    no longer than that (its send time plus the skew) is refused (``stale``), whatever the clock did
+    since, so a forgotten nonce is never taken for a new one."""
 
     def __init__(self, max_entries: int = MAX_NONCES, per_agent: int = NONCES_PER_AGENT) -> None:
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # (agent, nonce) -> until, by arrival
+        self._seen: dict[tuple[str, str], float] = {}  # (agent, nonce) -> until
+        self._due: list[tuple[float, str, str]] = []  # a heap of (until, agent, nonce)
         self._held: dict[str, int] = {}  # live nonces per agent
         self._max = max_entries
         self.per_agent = per_agent
+        self.horizon = -math.inf
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def add(self, agent_id: str, nonce: str, until: float, now: float) -> str | None:
         """Remember ``agent_id``'s ``nonce`` until ``until``; None if it is new, else why it is refused:
-        ``replayed``, ``agent_busy`` or ``busy``."""
-        seen, held = self._seen, self._held
-        while seen:
-            (oldest_agent, oldest), expiry = next(iter(seen.items()))
-            if expiry > now:
-                break
-            del seen[oldest_agent, oldest]
-            left = held[oldest_agent] - 1
+        ``stale``, ``replayed``, ``agent_busy`` or ``busy``."""
+        seen, due, held = self._seen, self._due, self._held
+        while due and due[0][0] <= now:
+            expiry, dropped_agent, dropped = heapq.heappop(due)
+            del seen[dropped_agent, dropped]
+            left = held[dropped_agent] - 1
             if left:
-                held[oldest_agent] = left
+                held[dropped_agent] = left
             else:
-                del held[oldest_agent]
+                del held[dropped_agent]
+            self.horizon = max(self.horizon, expiry)
+        if until <= self.horizon:
+            return "stale"
         if (agent_id, nonce) in seen:
             return "replayed"
         if held.get(agent_id, 0) >= self.per_agent:
@@ -126,6 +131,7 @@ class NonceCache:
         if len(seen) >= self._max:
             return "busy"
         seen[agent_id, nonce] = until
+        heapq.heappush(due, (until, agent_id, nonce))
         held[agent_id] = held.get(agent_id, 0) + 1
         return None
 
@@ -301,9 +307,13 @@ class ControlPlane:
             raise ControlError(
                 401, "stale", f"'sent_at' must be the sender's clock in epoch seconds, within {skew:g}s of ours"
             )
-        if len(nonce) > MAX_NONCE_LENGTH:
-            raise ControlError(400, "invalid_request", f"'nonce' must be at most {MAX_NONCE_LENGTH} characters")
+        if len(nonce) > MAX_NONCE_LENGTH or not (nonce.isascii() and nonce.isprintable()):
+            raise ControlError(
+                400, "invalid_request", f"'nonce' must be at most {MAX_NONCE_LENGTH} printable ASCII characters"
+            )
         refused = self.nonces.add(agent.id, nonce, sent_at + skew, now)
+        if refused == "stale":
+            raise ControlError(401, "stale", "the request was sent too long ago to be told from a copy; send a new one")
         if refused == "replayed":
             raise ControlError(409, "replayed", f"nonce {nonce!r} was already used; every request needs a new one")
         if refused == "agent_busy":

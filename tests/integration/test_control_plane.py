@@ -201,7 +201,7 @@ async def test_forged_stale_and_replayed_bootstraps_are_refused(tmp_path: Path) 
 
 async def test_an_agent_flooding_nonces_is_refused_and_the_others_still_bootstrap(tmp_path: Path) -> None:
     """An agent past its share of fresh nonces gets 429 (its earlier nonces still count as used); another
-    agent bootstraps as usual; a nonce longer than the limit is refused before it is remembered."""
+    agent bootstraps as usual; a nonce too long, or not printable ASCII, is refused before it is remembered."""
     async with control_plane(tmp_path / "cp") as server:
         assert server.plane is not None
         server.plane.nonces = NonceCache(per_agent=2)
@@ -226,10 +226,11 @@ async def test_an_agent_flooding_nonces_is_refused_and_the_others_still_bootstra
             other, server.url, "/v1/bootstrap", {"agent_id": "agent-2", "nonce": "n1", "sent_at": now}
         )
         assert status == 200
-        status, body = await agent_call(
-            other, server.url, "/v1/bootstrap", {"agent_id": "agent-2", "nonce": "x" * 129, "sent_at": now}
-        )
-        assert (status, body["error"]) == (400, "invalid_request")
+        for bad in ("x" * 129, "caf\u00e9", "a\nb"):
+            status, body = await agent_call(
+                other, server.url, "/v1/bootstrap", {"agent_id": "agent-2", "nonce": bad, "sent_at": now}
+            )
+            assert (status, body["error"]) == (400, "invalid_request"), bad
         assert len(server.plane.nonces) == 3
 
 

@@ -37,3 +37,27 @@ def test_a_full_memory_refuses_new_nonces_instead_of_forgetting_live_ones() -> N
     assert all(nonces.add(f"agent-{index}", "n", until=200.0, now=150.0) == "replayed" for index in range(4))
     assert nonces.add("agent-9", "n", until=300.0, now=200.5) is None  # the others expired: room again
     assert len(nonces) == 1
+
+
+def test_a_request_no_fresher_than_a_forgotten_nonce_is_refused_as_stale() -> None:
+    """A nonce is dropped once its request's freshness ends; a request whose freshness ends no later than
+    the latest dropped one is refused, so its copy cannot come back as new: at the very moment its nonce
+    goes, or after the clock stepped back."""
+    nonces = NonceCache()
+    assert nonces.add("a1", "n", until=130.0, now=100.0) is None
+    assert nonces.add("a1", "other", until=140.0, now=130.0) is None  # at 130 the first nonce is dropped
+    assert nonces.add("a1", "n", until=130.0, now=130.0) == "stale"  # its copy, still fresh at 130
+    assert nonces.add("a1", "n", until=130.0, now=120.0) == "stale"  # the clock stepped back 10 s
+    assert nonces.horizon == 130.0
+
+
+def test_nonces_go_in_the_order_they_expire_not_the_order_they_came() -> None:
+    """One request sent ahead of time (its freshness ends late) keeps no expired nonce of another agent
+    alive: they stop counting against that agent's share and the total, and may be used again."""
+    nonces = NonceCache(max_entries=4, per_agent=3)
+    assert nonces.add("ahead", "x", until=1600.0, now=1000.0) is None
+    for index in range(3):
+        assert nonces.add("victim", f"v{index}", until=1000.5, now=1000.0) is None
+    assert nonces.add("victim", "v3", until=1400.0, now=1100.0) is None
+    assert nonces.add("victim", "v0", until=1400.0, now=1100.0) is None  # expired, so a new request may reuse it
+    assert len(nonces) == 3
