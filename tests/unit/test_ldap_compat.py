@@ -37,3 +37,11 @@ def test_every_escaped_dn_is_accepted(rdns: list[tuple[str, str]]) -> None:
     """What ``plugins.dn`` writes (any value, escaped) is a DN bonsai takes."""
     text = ",".join(f"{name}={dn.escape_value(value)}" for name, value in rdns)
     assert RFC4514_DN.match(text) is not None
+
+
+def test_a_dn_of_many_hex_values_that_fails_is_refused_at_once() -> None:
+    """Hex-string values (``#04AB``) read one way only: a failing DN of many of them is refused without
+    trying every combination (with two readings, 60 of them would be 2^60 tries and never end)."""
+    hostile = ",".join(f"cn=#{index:04X}" for index in range(60)) + "\\"
+    assert RFC4514_DN.match(hostile) is None
+    assert RFC4514_DN.match(hostile[:-1]) is not None
