@@ -114,7 +114,8 @@ class Identity:
         if expiry.timestamp() <= (time.time() if now is None else now):
             raise IdentityError(
                 f"the agent's certificate {self.cert_file} expired at {expiry.isoformat()}, so the control plane "
-                "refuses it: register the agent again ('cloudprov agent register --control-plane URL --token T')"
+                "refuses it: register the agent again with a token for its domain ('cloudprov agent register "
+                f"--control-plane URL --token T --ca-file {self.ca_file}')"
             )
         return context
 
