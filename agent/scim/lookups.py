@@ -37,7 +37,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from agent.scim.resources import Resource, reference_dns
+from agent.scim.resources import Resource
 from agent.scim.translate import any_of
 from protocol import scimeval
 
@@ -186,9 +186,7 @@ class Lookups:
                 seen += len(page)
                 if seen > limit:
                     return False
-                dns = reference_dns(mapping, page)
-                refs = await handler.refs.refs_for(dns) if dns else {}
-                for resource in handler.listed(mapping, page, refs):
+                for resource in await handler.resources(mapping, page):
                     _hand_out(resource, name, key, by_key)
                 page.clear()
         finally:
