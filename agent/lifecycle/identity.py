@@ -97,12 +97,11 @@ class Identity:
     def not_after(self) -> float:
         return self.certificate().not_valid_after_utc.timestamp()
 
-    def client_context(self, now: float | None = None) -> ssl.SSLContext:
+    def client_context(self) -> ssl.SSLContext:
         """Verify the control plane against its CA and present the agent's certificate.
 
-        An expired certificate is an ``IdentityError`` that says so: presented, the control plane's TLS
-        would only end the handshake, which reads as a connection reset. ``now``: Unix seconds (the
-        wall clock by default, as TLS checks it)."""
+        An expired certificate (by the wall clock, as TLS checks it) is an ``IdentityError`` that says so:
+        presented, the control plane's TLS would only end the handshake, which reads as a connection reset."""
         if not self.ca_file.exists():
             raise IdentityError(f"the control plane's CA file {self.ca_file} is missing")
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -111,7 +110,7 @@ class Identity:
         except (FileNotFoundError, ssl.SSLError) as exc:
             raise IdentityError(f"cannot load the agent's key and certificate from {self.state_dir}: {exc}") from None
         expiry = self.certificate().not_valid_after_utc
-        if expiry.timestamp() <= (time.time() if now is None else now):
+        if expiry.timestamp() <= time.time():
             raise IdentityError(
                 f"the agent's certificate {self.cert_file} expired at {expiry.isoformat()}, so the control plane "
                 "refuses it: register the agent again with a token for its domain ('cloudprov agent register "
